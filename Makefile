@@ -1,0 +1,38 @@
+# `make run` installs into .venv, starts a Prefect server, runs the example experiment.
+# `make test` installs and runs the whole suite against real services it starts.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install run test bench lint clean prefect-up prefect-down
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required (found %s)" % sys.version.split()[0])'
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || { echo "cannot create a venv: install python3-venv (apt-get install python3-venv)"; exit 1; }
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
+	@touch $@
+
+run: install
+	@bash scripts/run_example.sh
+
+test: install
+	@bash scripts/test.sh
+
+bench: install
+	$(BIN)/python -m bench
+
+lint: install
+	$(BIN)/ruff check .
+
+prefect-up: install
+	@bash scripts/prefect_server.sh start
+
+prefect-down:
+	@bash scripts/prefect_server.sh stop
+
+clean:
+	rm -rf $(VENV) .airavata

@@ -1,0 +1,1 @@
+"""One module per outside system; each imports the domain, never the other way round."""

@@ -1,0 +1,1 @@
+"""Prefect worker types and the pilot agent that runs on compute nodes."""

@@ -1,0 +1,1 @@
+"""The REST API, the scheduler service for agents, and the `airavata` CLI."""

@@ -1,0 +1,247 @@
+"""The `airavata` command line (typer + rich).
+
+Exit status: 0 success; 1 an experiment that did not complete, or a failure outside the user's
+input; 2 bad input (spec, parameters, arguments, unknown ids), one line per problem.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from adapters.db import NotFound, Store
+from api import service
+from flows.problems import SpecError
+from flows.settings import Settings, get_settings
+from flows.states import EXPERIMENT_TERMINAL, ExperimentStatus, TaskState
+
+app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
+                  help="Airavata experiment orchestration on Prefect.")
+experiment_app = typer.Typer(no_args_is_help=True, help="Compile, run and follow experiments.")
+app.add_typer(experiment_app, name="experiment")
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+ParamOpt = typer.Option([], "--param", "-p", help="Override a parameter: KEY=VALUE (repeatable)")
+ACTIVE_COLUMNS = (TaskState.QUEUED, TaskState.DATA_STAGING, TaskState.ENV_SETUP,
+                  TaskState.RUNNING, TaskState.OUTPUT_STAGING)
+
+
+class UserError(Exception):
+    """Bad input that is not a spec problem: printed as one line, exit status 2."""
+
+
+def _store(settings: Settings) -> Store:
+    return Store(settings.db_url)
+
+
+@experiment_app.command("compile")
+def compile_cmd(
+    file: Path = typer.Argument(..., help="Experiment YAML"),
+    param: list[str] = ParamOpt,
+    as_json: bool = typer.Option(False, "--json", help="Print every task instance as JSON"),
+    max_instances: int | None = typer.Option(None, min=1, help="Expansion limit"),
+    workdir: str | None = typer.Option(None, help="Root of the instances' working directories"),
+) -> None:
+    """Validate an experiment and expand it into its task instances."""
+    settings = get_settings()
+    _, _, graph = service.compile_file(
+        file, param, root=workdir or str(settings.runs_dir / "<experiment-id>"),
+        max_instances=max_instances or settings.max_instances)
+    if as_json:
+        write = sys.stdout.write
+        write(f'{{"name": {json.dumps(graph.name)}, "total": {graph.total}, "tasks": [')
+        for n, inst in enumerate(graph.iter_instances()):
+            write(("," if n else "") + "\n  " + graph.instance_json(inst))
+        write("\n]}\n")
+        return
+    table = Table(title=f"{graph.name}: {graph.total:,} task instances")
+    for col in ("step", "instances", "foreach", "depends_on", "swept inputs", "retries"):
+        table.add_column(col)
+    for s in graph.steps:
+        table.add_row(s.name, f"{s.count:,}", ", ".join(s.foreach) or "-",
+                      ", ".join(s.barriers) or "-",
+                      ", ".join(f"{k}({len(v)})" for k, v in s.axes) or "-", str(s.retries))
+    out.print(table)
+
+
+@experiment_app.command("run")
+def run_cmd(
+    file: Path = typer.Argument(..., help="Experiment YAML"),
+    param: list[str] = ParamOpt,
+    watch: bool = typer.Option(False, "--watch", "-w", help="Follow progress until it ends"),
+) -> None:
+    """Submit an experiment; it runs in the background (follow it with --watch or status)."""
+    settings = get_settings()
+    store = _store(settings)
+    exp_id = service.submit(store, settings, file, param)
+    exp = store.get_experiment(exp_id)
+    pid = service.start_runner(exp)
+    store.update_experiment(exp_id, runner_pid=pid)
+    out.print(f"experiment [bold]{exp_id}[/] submitted: {exp['total_tasks']:,} tasks, "
+              f"working directory {exp['workdir']}")
+    if watch:
+        raise typer.Exit(_watch(store, exp_id))
+    out.print(f"follow it with: airavata experiment status {exp_id[:8]} --watch")
+
+
+def _counts_table(exp: dict, counts: dict[str, dict[str, int]], elapsed: float) -> Table:
+    table = Table(title=f"{exp['name']} ({exp['id'][:8]}) {exp['status']} {elapsed:.0f}s")
+    for col in ("step", "total", "waiting", "active", "completed", "failed", "upstream failed",
+                "canceled"):
+        table.add_column(col, justify="left" if col == "step" else "right")
+    for step, c in counts.items():
+        active = sum(c.get(s, 0) for s in ACTIVE_COLUMNS)
+        table.add_row(step, str(sum(c.values())), str(c.get(TaskState.CREATED, 0)), str(active),
+                      str(c.get(TaskState.COMPLETED, 0)), str(c.get(TaskState.FAILED, 0)),
+                      str(c.get(TaskState.UPSTREAM_FAILED, 0)), str(c.get(TaskState.CANCELED, 0)))
+    return table
+
+
+def _watch(store: Store, exp_id: str, interval: float = 0.5) -> int:
+    start = time.monotonic()
+    shown_link = False
+    exp = store.get_experiment(exp_id)
+    try:
+        with Live(console=out, auto_refresh=False, transient=False) as live:
+            while True:
+                exp = store.get_experiment(exp_id)
+                if exp["flow_run_id"] and not shown_link:
+                    ui = service.prefect_ui_url()
+                    if ui:
+                        live.console.print(f"Prefect UI: {ui}/runs/flow-run/{exp['flow_run_id']}")
+                    shown_link = True
+                live.update(_counts_table(exp, store.state_counts(exp_id),
+                                          time.monotonic() - start), refresh=True)
+                if exp["status"] in EXPERIMENT_TERMINAL:
+                    break
+                if (exp["runner_pid"] and not service.runner_alive(exp)
+                        and time.monotonic() - start > 2):
+                    exp = store.get_experiment(exp_id)
+                    if exp["status"] not in EXPERIMENT_TERMINAL:
+                        service.fail_unfinished(store, exp_id, ExperimentStatus.FAILED,
+                                                "runner exited unexpectedly; see runner.log")
+                    continue
+                time.sleep(interval)
+    except KeyboardInterrupt:
+        err.print(f"stopped watching; the experiment keeps running. "
+                  f"airavata experiment cancel {exp_id[:8]} stops it.")
+        return 130
+    out.print()
+    _print_outcome(store, exp)
+    return 0 if exp["status"] == ExperimentStatus.COMPLETED else 1
+
+
+def _print_outcome(store: Store, exp: dict) -> None:
+    out.print(f"experiment {exp['id']} {exp['status']}: {exp['message'] or ''}")
+    failed = store.tasks(exp["id"], states=[TaskState.FAILED], limit=10)
+    for row in failed:
+        out.print(f"  {row['instance_id']} failed: {row['reason']} "
+                  f"(logs: {row['workdir']}/stderr.log)")
+    if exp["status"] == ExperimentStatus.FAILED and not failed and exp["message"]:
+        out.print(f"  see {exp['workdir']}/runner.log")
+
+
+@experiment_app.command("status")
+def status_cmd(
+    experiment: str = typer.Argument(..., help="Experiment id (or a unique prefix)"),
+    watch: bool = typer.Option(False, "--watch", "-w", help="Follow progress until it ends"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Show an experiment's progress per step."""
+    store = _store(get_settings())
+    exp = store.get_experiment(experiment)
+    if watch:
+        raise typer.Exit(_watch(store, exp["id"]))
+    counts = store.state_counts(exp["id"])
+    if as_json:
+        print(json.dumps({"id": exp["id"], "name": exp["name"], "status": exp["status"],
+                          "message": exp["message"], "workdir": exp["workdir"],
+                          "flow_run_id": exp["flow_run_id"], "steps": counts}, indent=2))
+        return
+    out.print(_counts_table(exp, counts, _elapsed(exp)))
+    if exp["status"] in EXPERIMENT_TERMINAL:
+        _print_outcome(store, exp)
+
+
+def _elapsed(exp: dict) -> float:
+    start, end = exp["started_at"], exp["finished_at"]
+    if not start:
+        return 0.0
+    if end is None:
+        return time.time() - start.timestamp()
+    return (end - start).total_seconds()
+
+
+@experiment_app.command("list")
+def list_cmd(limit: int = typer.Option(20, min=1, help="How many, newest first")) -> None:
+    """List experiments, newest first."""
+    store = _store(get_settings())
+    table = Table()
+    for col in ("id", "name", "status", "tasks", "created", "message"):
+        table.add_column(col)
+    for e in store.list_experiments(limit):
+        table.add_row(e["id"][:8], e["name"], e["status"], f"{e['total_tasks']:,}",
+                      e["created_at"].strftime("%Y-%m-%d %H:%M:%S"), e["message"] or "")
+    out.print(table)
+
+
+@experiment_app.command("cancel")
+def cancel_cmd(experiment: str = typer.Argument(..., help="Experiment id (or a unique prefix)")
+               ) -> None:
+    """Cancel an experiment: running tasks are stopped, waiting ones never start."""
+    result = service.cancel(_store(get_settings()), experiment)
+    out.print(result.message)
+    if not result.accepted:
+        raise typer.Exit(1)
+
+
+@experiment_app.command("logs")
+def logs_cmd(
+    experiment: str = typer.Argument(..., help="Experiment id (or a unique prefix)"),
+    task: str = typer.Argument(..., help="Task instance id, e.g. 'task1[3]'"),
+    stderr: bool = typer.Option(False, "--stderr", help="Show stderr instead of stdout"),
+) -> None:
+    """Print a task instance's stdout (or stderr)."""
+    store = _store(get_settings())
+    exp = store.get_experiment(experiment)
+    row = store.task(exp["id"], task)
+    log = Path(row["workdir"]) / ("stderr.log" if stderr else "stdout.log")
+    if not log.exists():
+        raise UserError(f"{task} has no {log.name} yet (state {row['state']})")
+    sys.stdout.write(log.read_text(errors="replace"))
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=True)
+    except SpecError as exc:
+        for p in exc.problems:
+            err.print(p.render(), markup=False, highlight=False)
+        sys.exit(2)
+    except (NotFound, UserError) as exc:
+        err.print(f"error: {exc}", markup=False, highlight=False)
+        sys.exit(2)
+    except Exception as exc:
+        if os.environ.get("AIRAVATA_DEBUG"):
+            raise
+        err.print(f"error: {_describe(exc)}", markup=False, highlight=False)
+        sys.exit(1)
+
+
+def _describe(exc: Exception) -> str:
+    from sqlalchemy.exc import SQLAlchemyError
+    if isinstance(exc, SQLAlchemyError):
+        url = get_settings().db_url
+        from sqlalchemy.engine import make_url
+        safe = make_url(url).render_as_string(hide_password=True)
+        return f"database {safe}: {type(exc).__name__}: {str(exc).splitlines()[0]}"
+    return f"{type(exc).__name__}: {exc}"

@@ -1,0 +1,104 @@
+"""Experiment use cases shared by the CLI and (later) the REST API: submit, status, cancel."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from adapters.db import NewTask, Store
+from flows.dag import TaskGraph, compile_graph
+from flows.params import parse_overrides
+from flows.problems import SpecError
+from flows.runner import fail_unfinished
+from flows.settings import Settings
+from flows.spec import LoadedSpec, load_spec
+from flows.states import EXPERIMENT_TERMINAL, ExperimentStatus
+
+
+def compile_file(path: str | Path, params: list[str], *, root: str,
+                 max_instances: int) -> tuple[LoadedSpec, dict[str, str], TaskGraph]:
+    """Load, validate and expand; every problem (spec and --param) in one SpecError."""
+    overrides, param_problems = parse_overrides(params)
+    try:
+        loaded = load_spec(path)
+        graph = compile_graph(loaded, overrides, root=root, max_instances=max_instances)
+    except SpecError as exc:
+        raise SpecError([*param_problems, *exc.problems]) from None
+    if param_problems:
+        raise SpecError(param_problems)
+    return loaded, overrides, graph
+
+
+def submit(store: Store, settings: Settings, path: str | Path, params: list[str]) -> str:
+    """Validate and store an experiment with all its task rows; returns its id."""
+    exp_id = str(uuid.uuid4())
+    root = settings.runs_dir.resolve() / exp_id
+    loaded, overrides, graph = compile_file(path, params, root=str(root),
+                                            max_instances=settings.max_instances)
+    store.create_experiment(
+        experiment_id=exp_id, name=loaded.name, source=str(path), spec_text=loaded.text,
+        params=overrides, workdir_root=settings.runs_dir.resolve(), total=graph.total,
+        tasks_iter=(NewTask(i.id, i.step, i.index, graph.workdir(i.step, i.index))
+                    for i in graph.iter_instances()))
+    return exp_id
+
+
+def start_runner(exp: dict) -> int:
+    """Start the experiment's runner as a detached process; its log is `<workdir>/runner.log`."""
+    workdir = Path(exp["workdir"])
+    workdir.mkdir(parents=True, exist_ok=True)
+    with open(workdir / "runner.log", "ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "flows.runner", exp["id"]], stdin=subprocess.DEVNULL,
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=workdir)
+    return proc.pid
+
+
+def runner_alive(exp: dict) -> bool:
+    pid = exp.get("runner_pid")
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie (our own exited child, not yet reaped) is not alive.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][0] != "Z"
+    except OSError:
+        return True
+
+
+@dataclass
+class CancelResult:
+    accepted: bool
+    message: str
+
+
+def cancel(store: Store, exp_ref: str) -> CancelResult:
+    exp = store.get_experiment(exp_ref)
+    if exp["status"] in EXPERIMENT_TERMINAL:
+        return CancelResult(False, f"experiment {exp['id']} already ended ({exp['status']})")
+    store.request_cancel(exp["id"])
+    store.update_experiment(exp["id"], status=ExperimentStatus.CANCELING,
+                            expect=[ExperimentStatus.RUNNING])
+    if exp["status"] == ExperimentStatus.CREATED or not runner_alive(exp):
+        # No runner will act on the request: cancel what is left here.
+        fail_unfinished(store, exp["id"], ExperimentStatus.CANCELED, "canceled")
+        return CancelResult(True, f"experiment {exp['id']} canceled")
+    return CancelResult(True, f"cancel requested for experiment {exp['id']}; "
+                              "running tasks are being stopped")
+
+
+def prefect_ui_url() -> str | None:
+    api = os.environ.get("PREFECT_UI_URL") or os.environ.get("PREFECT_API_URL")
+    if not api:
+        return None
+    return api.rstrip("/").removesuffix("/api")

@@ -1,0 +1,1 @@
+"""The experiment domain (spec, graph, states) and the Prefect flows that run it."""

@@ -1,0 +1,311 @@
+"""Run a task graph: dependency tracking, retries, upstream failure, cancellation, slots.
+
+Pure domain: it drives an `Executor` (how one attempt runs: locally, later on remote resources)
+and reports every state change to a `Recorder`, which batches them to a sink (the store).
+Instance-level edges come from `foreach` and `${t.OUT}`; `depends_on` is a step-level barrier.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import NamedTuple, Protocol
+
+from flows.dag import StepPlan, TaskGraph, TaskInstance
+from flows.states import TERMINAL, TaskState, check_transition
+
+
+class Outcome(NamedTuple):
+    state: TaskState  # COMPLETED, FAILED or CANCELED
+    exit_code: int | None = None
+    reason: str | None = None
+
+
+Report = Callable[[TaskState, str | None], None]
+
+
+class Executor(Protocol):
+    async def __call__(self, inst: TaskInstance, attempt: int, report: Report,
+                       cancel: asyncio.Event) -> Outcome: ...
+
+
+@dataclass(frozen=True)
+class Change:
+    instance_id: str
+    from_state: TaskState
+    to_state: TaskState
+    at: datetime
+    attempt: int
+    message: str | None
+    exit_code: int | None
+
+
+class Recorder:
+    """Checks each transition in memory and hands them to `sink` in batches, in order."""
+
+    def __init__(self, sink: Callable[[list[Change]], None], interval: float = 0.25) -> None:
+        self._sink = sink
+        self._interval = interval
+        self._pending: list[Change] = []
+        self._state: dict[str, TaskState] = {}
+        self._attempt: dict[str, int] = {}
+
+    def state(self, iid: str) -> TaskState:
+        return self._state.get(iid, TaskState.CREATED)
+
+    def record(self, iid: str, to: TaskState, message: str | None = None,
+               exit_code: int | None = None) -> None:
+        current = self.state(iid)
+        check_transition(iid, current, to)
+        if current == TaskState.FAILED and to == TaskState.QUEUED:
+            self._attempt[iid] = self._attempt.get(iid, 0) + 1
+        self._state[iid] = to
+        self._pending.append(Change(iid, current, to, datetime.now(UTC),
+                                    self._attempt.get(iid, 0), message, exit_code))
+
+    async def flush(self) -> None:
+        batch, self._pending = self._pending, []
+        if batch:
+            await asyncio.to_thread(self._sink, batch)
+
+    async def run_flusher(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await asyncio.sleep(self._interval)
+            await self.flush()
+
+
+class Hooks:
+    """How a run shows itself (the Prefect flow overrides these); the defaults do nothing."""
+
+    async def run(self, inst: TaskInstance, body: Callable[[], Awaitable[Outcome]]) -> Outcome:
+        return await body()
+
+    async def skipped(self, inst_id: str, step: str, state: TaskState) -> None:
+        return None
+
+    def settled(self, step: str, state: TaskState) -> None:
+        return None
+
+
+@dataclass
+class Summary:
+    counts: dict[str, dict[str, int]] = field(default_factory=dict)
+    canceled: bool = False
+
+    def total(self, state: TaskState) -> int:
+        return sum(c.get(state, 0) for c in self.counts.values())
+
+    @property
+    def ok(self) -> bool:
+        return not self.canceled and all(
+            set(c) <= {TaskState.COMPLETED} for c in self.counts.values())
+
+
+class Scheduler:
+    def __init__(self, graph: TaskGraph, execute: Executor, recorder: Recorder, *,
+                 concurrency: int, is_cancelled: Callable[[], bool] | None = None,
+                 cancel_poll: float = 1.0, hooks: Hooks | None = None) -> None:
+        self.graph = graph
+        self.execute = execute
+        self.recorder = recorder
+        self.slots = concurrency
+        self.is_cancelled = is_cancelled
+        self.cancel_poll = cancel_poll
+        self.hooks = hooks or Hooks()
+        self.cancel = asyncio.Event()
+        steps = graph.steps
+        self._pending = {s.name: [len(self._inst_ups(s)) + len(s.barriers)] * s.count
+                         for s in steps}
+        self._left = {s.name: s.count for s in steps}  # instances not yet terminal
+        self._failed_steps: set[str] = set()
+        # parent step -> [(child step, position of the parent in the child's upstream list)]
+        self._children: dict[str, list[tuple[StepPlan, int]]] = {s.name: [] for s in steps}
+        self._barrier_children: dict[str, list[StepPlan]] = {s.name: [] for s in steps}
+        for s in steps:
+            for pos, p in enumerate(self._inst_ups(s)):
+                self._children[p].append((s, pos))
+            for b in s.barriers:
+                self._barrier_children[b].append(s)
+        self._ready: deque[tuple[StepPlan, int]] = deque()
+        self._running: set[asyncio.Task] = set()
+        self._free = concurrency
+        self._wake = asyncio.Event()
+        self.summary = Summary({s.name: {} for s in steps})
+
+    @staticmethod
+    def _inst_ups(step: StepPlan) -> tuple[str, ...]:
+        return (*step.foreach, *(r for r in step.single_refs if r not in step.foreach))
+
+    def _weight(self, step: StepPlan) -> int:
+        cpu = step.resources.compute.cpu if step.resources.compute else 1
+        return max(1, min(cpu, self.slots))  # a task wider than the machine gets all of it
+
+    def _children_of(self, child: StepPlan, pos: int, j: int) -> range | list[int]:
+        counts = [*child.foreach_counts, *[1] * (len(self._inst_ups(child)) - len(child.foreach))]
+        n = child.sweep_count
+        if len(counts) == 1:
+            return range(j * n, (j + 1) * n)
+        ranges = [range(j, j + 1) if k == pos else range(c) for k, c in enumerate(counts)]
+        out = []
+        for combo in itertools.product(*ranges):
+            fe = 0
+            for c, v in zip(counts, combo, strict=True):
+                fe = fe * c + v
+            out.extend(range(fe * n, (fe + 1) * n))
+        return out
+
+    # -- state propagation ---------------------------------------------------------------------
+
+    def _settle(self, step: StepPlan, index: int, state: TaskState) -> None:
+        """An instance reached a terminal state: release or fail what waits on it."""
+        work = [(step, index, state)]
+        while work:
+            s, i, st = work.pop()
+            self.summary.counts[s.name][st] = self.summary.counts[s.name].get(st, 0) + 1
+            self.hooks.settled(s.name, st)
+            if st != TaskState.COMPLETED:
+                self._failed_steps.add(s.name)
+            for child, pos in self._children[s.name]:
+                for ci in self._children_of(child, pos, i):
+                    work.extend(self._release(child, ci, ok=st == TaskState.COMPLETED))
+            self._left[s.name] -= 1
+            if self._left[s.name] == 0:
+                ok = s.name not in self._failed_steps
+                for child in self._barrier_children[s.name]:
+                    for ci in range(child.count):
+                        work.extend(self._release(child, ci, ok=ok))
+
+    def _release(self, child: StepPlan, ci: int, *, ok: bool) -> list:
+        pending = self._pending[child.name]
+        if pending[ci] < 0:  # already failed through another upstream
+            return []
+        if not ok or self.cancel.is_set():
+            pending[ci] = -1
+            target = TaskState.CANCELED if self.cancel.is_set() else TaskState.UPSTREAM_FAILED
+            iid = f"{child.name}[{ci}]"
+            self.recorder.record(iid, target, "an upstream task did not complete"
+                                 if target == TaskState.UPSTREAM_FAILED else "canceled")
+            self._schedule_hook(self.hooks.skipped(iid, child.name, target))
+            return [(child, ci, target)]
+        pending[ci] -= 1
+        if pending[ci] == 0:
+            self._ready.append((child, ci))
+            self._wake.set()
+        return []
+
+    def _schedule_hook(self, coro: Awaitable[None]) -> None:
+        self._track(asyncio.ensure_future(coro))
+
+    def _track(self, task: asyncio.Future) -> None:
+        self._running.add(task)
+        task.add_done_callback(self._untrack)
+
+    def _untrack(self, task: asyncio.Future) -> None:
+        self._running.discard(task)
+        self._wake.set()  # the main loop may be waiting for the last task to leave
+
+    # -- running -------------------------------------------------------------------------------
+
+    async def _attempts(self, step: StepPlan, inst: TaskInstance) -> Outcome:
+        outcome = Outcome(TaskState.CANCELED, None, "canceled before it started")
+        for attempt in range(step.retries + 1):
+            if self.cancel.is_set():
+                break
+            self.recorder.record(inst.id, TaskState.QUEUED,
+                                 f"retry {attempt} of {step.retries}" if attempt else None)
+
+            def report(state: TaskState, message: str | None = None, _id: str = inst.id) -> None:
+                self.recorder.record(_id, state, message)
+
+            outcome = await self.execute(inst, attempt, report, self.cancel)
+            self.recorder.record(inst.id, outcome.state, outcome.reason, outcome.exit_code)
+            if outcome.state != TaskState.FAILED:
+                break
+        if self.recorder.state(inst.id) not in TERMINAL:  # canceled between attempts
+            self.recorder.record(inst.id, TaskState.CANCELED, "canceled")
+        return outcome
+
+    async def _run_one(self, step: StepPlan, index: int, weight: int) -> None:
+        inst = self.graph.instance(step.name, index)
+        try:
+            await self.hooks.run(inst, lambda: self._attempts(step, inst))
+        except Exception as exc:  # a broken hook must fail this instance, not hang the run
+            if self.recorder.state(inst.id) not in TERMINAL:
+                if self.recorder.state(inst.id) == TaskState.CREATED:
+                    self.recorder.record(inst.id, TaskState.QUEUED)
+                self.recorder.record(inst.id, TaskState.FAILED, f"internal error: {exc}")
+        finally:
+            self._free += weight
+        self._settle(step, index, self.recorder.state(inst.id))
+
+    async def _watch_cancel(self, done: asyncio.Event) -> None:
+        while not done.is_set() and self.is_cancelled is not None:
+            if await asyncio.to_thread(self.is_cancelled):
+                self.request_cancel()
+                return
+            try:
+                await asyncio.wait_for(done.wait(), self.cancel_poll)
+            except TimeoutError:
+                pass
+
+    def request_cancel(self) -> None:
+        self.cancel.set()
+        self.summary.canceled = True
+        self._wake.set()
+
+    def _cancel_waiting(self) -> None:
+        """Cancel everything that has not started: ready or still waiting on upstreams."""
+        while self._ready:
+            step, i = self._ready.popleft()
+            self._pending[step.name][i] = -1
+            self._cancel_instance(step, i)
+        for step in self.graph.steps:
+            pending = self._pending[step.name]
+            for i, p in enumerate(pending):
+                if p > 0:
+                    pending[i] = -1
+                    self._cancel_instance(step, i)
+
+    def _cancel_instance(self, step: StepPlan, i: int) -> None:
+        iid = f"{step.name}[{i}]"
+        self.recorder.record(iid, TaskState.CANCELED, "canceled")
+        self._schedule_hook(self.hooks.skipped(iid, step.name, TaskState.CANCELED))
+        self._settle(step, i, TaskState.CANCELED)
+
+    async def run(self) -> Summary:
+        done = asyncio.Event()
+        flusher = asyncio.create_task(self.recorder.run_flusher(done))
+        watcher = asyncio.create_task(self._watch_cancel(done))
+        try:
+            for step in self.graph.steps:
+                if self._pending[step.name] and self._pending[step.name][0] == 0:
+                    self._ready.extend((step, i) for i in range(step.count))
+            while True:
+                if self.cancel.is_set():
+                    self._cancel_waiting()
+                while self._ready and not self.cancel.is_set():
+                    step, i = self._ready[0]
+                    weight = self._weight(step)
+                    if weight > self._free:
+                        break
+                    self._ready.popleft()
+                    self._free -= weight
+                    self._track(asyncio.create_task(self._run_one(step, i, weight)))
+                if not self._running and (not self._ready or self.cancel.is_set()):
+                    break
+                self._wake.clear()
+                await self._wake.wait()
+            if self._running:
+                await asyncio.gather(*self._running)
+        finally:
+            done.set()
+            await asyncio.gather(flusher, watcher, return_exceptions=True)
+            await self.recorder.flush()
+        return self.summary
+
+
+__all__ = ["Executor", "Hooks", "Outcome", "Recorder", "Scheduler", "Summary"]

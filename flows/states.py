@@ -1,0 +1,69 @@
+"""Task and experiment states (Airavata's), and the transitions allowed between them."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class TaskState(StrEnum):
+    CREATED = "CREATED"
+    QUEUED = "QUEUED"
+    DATA_STAGING = "DATA_STAGING"
+    ENV_SETUP = "ENV_SETUP"
+    RUNNING = "RUNNING"
+    OUTPUT_STAGING = "OUTPUT_STAGING"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    CANCELED = "CANCELED"
+    UPSTREAM_FAILED = "UPSTREAM_FAILED"  # never ran: an instance it depends on did not complete
+
+
+_ACTIVE = (TaskState.QUEUED, TaskState.DATA_STAGING, TaskState.ENV_SETUP, TaskState.RUNNING,
+           TaskState.OUTPUT_STAGING)
+TERMINAL = frozenset({TaskState.COMPLETED, TaskState.FAILED, TaskState.CANCELED,
+                      TaskState.UPSTREAM_FAILED})
+
+TRANSITIONS: dict[TaskState, frozenset[TaskState]] = {
+    TaskState.CREATED: frozenset({TaskState.QUEUED, TaskState.CANCELED,
+                                  TaskState.UPSTREAM_FAILED}),
+    TaskState.QUEUED: frozenset({TaskState.DATA_STAGING, TaskState.FAILED, TaskState.CANCELED}),
+    TaskState.DATA_STAGING: frozenset({TaskState.ENV_SETUP, TaskState.FAILED,
+                                       TaskState.CANCELED}),
+    TaskState.ENV_SETUP: frozenset({TaskState.RUNNING, TaskState.FAILED, TaskState.CANCELED}),
+    TaskState.RUNNING: frozenset({TaskState.OUTPUT_STAGING, TaskState.FAILED,
+                                  TaskState.CANCELED}),
+    TaskState.OUTPUT_STAGING: frozenset({TaskState.COMPLETED, TaskState.FAILED,
+                                         TaskState.CANCELED}),
+    TaskState.FAILED: frozenset({TaskState.QUEUED}),  # the retry edge
+    TaskState.COMPLETED: frozenset(),
+    TaskState.CANCELED: frozenset(),
+    TaskState.UPSTREAM_FAILED: frozenset(),
+}
+
+
+class IllegalTransition(ValueError):
+    def __init__(self, task: str, current: TaskState, target: TaskState) -> None:
+        super().__init__(f"task {task}: illegal state transition {current} -> {target}")
+        self.task, self.current, self.target = task, current, target
+
+
+def check_transition(task: str, current: TaskState, target: TaskState) -> None:
+    if target not in TRANSITIONS[current]:
+        raise IllegalTransition(task, current, target)
+
+
+def is_active(state: TaskState) -> bool:
+    return state in _ACTIVE
+
+
+class ExperimentStatus(StrEnum):
+    CREATED = "CREATED"
+    RUNNING = "RUNNING"
+    CANCELING = "CANCELING"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    CANCELED = "CANCELED"
+
+
+EXPERIMENT_TERMINAL = frozenset({ExperimentStatus.COMPLETED, ExperimentStatus.FAILED,
+                                 ExperimentStatus.CANCELED})

@@ -1,0 +1,1 @@
+"""Placeholder package: see the issue that introduces it (layout in DESIGN.md)."""
