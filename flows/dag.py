@@ -402,7 +402,8 @@ def compile_graph(loaded: LoadedSpec, overrides: Mapping[str, str] | None = None
     params, ptypes = resolve_parameters(loaded, overrides or {}, problems)
     plans = {name: _plan_step(name, task, loaded, params, ptypes, problems)
              for name, task in spec.tasks.items()}
-    edges = {n: tuple(u for u in p.upstream_steps if u in plans) for n, p in plans.items()}
+    edges = {n: tuple(u for u in p.upstream_steps if u in plans and u != n)
+             for n, p in plans.items()}
     cycle = _find_cycle(edges)
     if cycle:
         problems.append(loaded.problem(("tasks", cycle[0]),

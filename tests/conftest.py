@@ -1,0 +1,147 @@
+"""Test harness: starts the real services the tests use (Prefect API server, PostgreSQL).
+
+Prefect reads its settings when first imported, so the API URL is chosen here, before any test
+module imports Prefect; the server itself starts only when a test asks for `prefect_api`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLE = ROOT / "examples" / "airavata_sample.yml"
+PEER_SAMPLE = ROOT.parent / "shared" / "peers" / "airavata" / "sample_experiment.yml"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+_PREFECT_PORT = _free_port()
+_PREFECT_HOME = Path(tempfile.mkdtemp(prefix="airavata-test-prefect-"))
+os.environ["PREFECT_API_URL"] = f"http://127.0.0.1:{_PREFECT_PORT}/api"
+os.environ["PREFECT_HOME"] = str(_PREFECT_HOME)
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"
+os.environ.pop("AIRAVATA_DATABASE_URL", None)
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def prefect_api() -> Iterator[str]:
+    """A real Prefect API server (SQLite) for the whole session."""
+    api = os.environ["PREFECT_API_URL"]
+    log = open(_PREFECT_HOME / "server.log", "wb")  # noqa: SIM115  closed at teardown
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "prefect"), "server", "start", "--host", "127.0.0.1",
+         "--port", str(_PREFECT_PORT)], stdout=log, stderr=subprocess.STDOUT,
+        env={**os.environ, "PREFECT_HOME": str(_PREFECT_HOME)})
+    deadline = time.monotonic() + 120
+    while not _healthy(api + "/health"):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError("Prefect server did not start:\n"
+                               + (_PREFECT_HOME / "server.log").read_text()[-3000:])
+        time.sleep(0.5)
+    yield api
+    proc.terminate()
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+    shutil.rmtree(_PREFECT_HOME, ignore_errors=True)
+
+
+@pytest.fixture()
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh AIRAVATA_HOME (SQLite store and run directories) for one test."""
+    h = tmp_path / "airavata"
+    monkeypatch.setenv("AIRAVATA_HOME", str(h))
+    monkeypatch.delenv("AIRAVATA_DATABASE_URL", raising=False)
+    return h
+
+
+# -- PostgreSQL -----------------------------------------------------------------------------------
+
+
+def _pg_answers(port: int) -> bool:
+    try:
+        import psycopg
+        with psycopg.connect(f"postgresql://postgres@127.0.0.1:{port}/postgres",
+                             connect_timeout=3):
+            return True
+    except Exception:
+        return False
+
+
+def _start_own_postgres() -> tuple[int, Path]:
+    """initdb + pg_ctl into a temporary directory, as the postgres user when we are root."""
+    bindirs = sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
+    initdb = shutil.which("initdb") or next((str(b / "initdb") for b in bindirs
+                                             if (b / "initdb").exists()), None)
+    if not initdb:
+        raise RuntimeError("no PostgreSQL answers on 127.0.0.1:5432 and initdb is not "
+                           "installed (apt-get install postgresql)")
+    bindir = Path(initdb).parent
+    data = Path(tempfile.mkdtemp(prefix="airavata-test-pg-"))
+    port = _free_port()
+    as_user: list[str] = []
+    if os.geteuid() == 0:
+        shutil.chown(data, "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    subprocess.run([*as_user, str(bindir / "initdb"), "-D", str(data / "db"), "-U", "postgres",
+                    "--auth=trust"], check=True, capture_output=True)
+    subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data / "db"), "-w", "-l",
+                    str(data / "log"), "-o", f"-p {port} -k {data} -c listen_addresses=127.0.0.1",
+                    "start"], check=True, capture_output=True)
+    return port, data
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[int]:
+    if os.environ.get("AIRAVATA_TEST_OWN_POSTGRES") != "1" and _pg_answers(5432):
+        yield 5432
+        return
+    port, data = _start_own_postgres()
+    yield port
+    bindir = next(Path("/usr/lib/postgresql").glob("*/bin"), None)
+    pg_ctl = shutil.which("pg_ctl") or (str(bindir / "pg_ctl") if bindir else "pg_ctl")
+    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    subprocess.run([*as_user, pg_ctl, "-D", str(data / "db"), "-m", "fast", "stop"],
+                   capture_output=True)
+    shutil.rmtree(data, ignore_errors=True)
+
+
+@pytest.fixture()
+def pg_url(pg_server: int) -> Iterator[str]:
+    """A fresh database on a real PostgreSQL server, dropped afterwards."""
+    import psycopg
+    name = f"airavata_test_{uuid.uuid4().hex[:10]}"
+    admin = f"postgresql://postgres@127.0.0.1:{pg_server}/postgres"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    yield f"postgresql+psycopg://postgres@127.0.0.1:{pg_server}/{name}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
