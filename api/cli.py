@@ -45,7 +45,7 @@ def _store(settings: Settings) -> Store:
 
 @experiment_app.command("compile")
 def compile_cmd(
-    file: Path = typer.Argument(..., help="Experiment YAML"),
+    file: Path = typer.Argument(..., help="Experiment YAML", metavar="FILE"),
     param: list[str] = ParamOpt,
     as_json: bool = typer.Option(False, "--json", help="Print every task instance as JSON"),
     max_instances: int | None = typer.Option(None, min=1, help="Expansion limit"),
@@ -75,7 +75,7 @@ def compile_cmd(
 
 @experiment_app.command("run")
 def run_cmd(
-    file: Path = typer.Argument(..., help="Experiment YAML"),
+    file: Path = typer.Argument(..., help="Experiment YAML", metavar="FILE"),
     param: list[str] = ParamOpt,
     watch: bool = typer.Option(False, "--watch", "-w", help="Follow progress until it ends"),
 ) -> None:

@@ -57,12 +57,15 @@ async def run_instance(instance_id: str, body: Callable[[], Awaitable[Outcome]])
       persist_result=False)
 async def run_step(step: str, count: int, tracker: StepTracker) -> State:
     artifact = await acreate_progress_artifact(progress=0.0, description=f"{step}: 0/{count}")
-    while not tracker.finished(step):
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(tracker.events[step].wait(), PROGRESS_SECONDS)
+    while True:  # always ends with a last update, however fast the step was
+        finished = tracker.finished(step)
         done = tracker.settled(step)
         await aupdate_progress_artifact(artifact, progress=100.0 * done / count,
                                         description=f"{step}: {done}/{count} settled")
+        if finished:
+            break
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(tracker.events[step].wait(), PROGRESS_SECONDS)
     counts = tracker.counts[step]
     bad = {k: v for k, v in counts.items() if k != TaskState.COMPLETED}
     text = ", ".join(f"{v} {k.lower()}" for k, v in sorted(counts.items()))

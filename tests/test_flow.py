@@ -1,0 +1,133 @@
+"""The run_experiment flow against a real Prefect API server: task runs, edges, progress."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import textwrap
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from adapters.db import Store
+from api import service
+from flows.settings import get_settings
+
+pytestmark = pytest.mark.prefect
+
+SPEC = """\
+tasks:
+  a: {command: '[ "$X" != 2 ] || exit 3; echo $X > $O', task_inputs: {X: 1..3},
+      task_outputs: {O: o}}
+  b: {command: 'cat $I', foreach: [a], task_inputs: {I: "${a.O}"}}
+  c: {command: 'true', depends_on: [b]}
+"""
+
+
+def submit(tmp_path: Path, text: str = SPEC) -> tuple[Store, str]:
+    spec = tmp_path / "exp.yml"
+    spec.write_text(textwrap.dedent(text))
+    settings = get_settings()
+    store = Store(settings.db_url)
+    return store, service.submit(store, settings, spec, [])
+
+
+def _api(path: str, body: dict) -> list[dict]:
+    # Plain HTTP: Prefect 3.8's client sends None filters that its own server rejects.
+    api = os.environ["PREFECT_API_URL"]
+    r = httpx.post(f"{api}{path}", json={**body, "limit": 200}, timeout=30)
+    r.raise_for_status()
+    return r.json()
+
+
+def task_runs(flow_run_id: str, expect: int) -> list[dict]:
+    """Task runs reach the API asynchronously (events): wait for the expected number."""
+    deadline = time.monotonic() + 60
+    while True:
+        runs = _api("/task_runs/filter", {"flow_runs": {"id": {"any_": [flow_run_id]}},
+                                          "sort": "EXPECTED_START_TIME_ASC"})
+        settled = [r for r in runs if r["state"] and r["state"]["type"] != "RUNNING"]
+        if len(settled) >= expect or time.monotonic() > deadline:
+            return runs
+        time.sleep(0.5)
+
+
+def artifacts(flow_run_id: str) -> list[dict]:
+    return _api("/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [flow_run_id]}},
+                                       "sort": "CREATED_DESC"})
+
+
+def run_flow(exp_id: str):  # noqa: ANN201
+    from flows.experiment_flow import run_experiment
+    return asyncio.run(run_experiment(exp_id, return_state=True))
+
+
+def test_per_instance_task_runs_carry_the_graph(prefect_api: str, home: Path,
+                                                tmp_path: Path) -> None:
+    store, exp_id = submit(tmp_path)
+    state = run_flow(exp_id)
+    assert state.is_failed()
+    exp = store.get_experiment(exp_id)
+    assert exp["status"] == "FAILED"
+    assert exp["message"] == "4 completed, 1 failed, 2 upstream_failed"
+    runs = task_runs(exp["flow_run_id"], 7)
+    by_name = {r["name"]: r for r in runs}
+    assert set(by_name) == {"a[0]", "a[1]", "a[2]", "b[0]", "b[1]", "b[2]", "c[0]"}
+    assert by_name["a[1]"]["state"]["type"] == "FAILED"
+    assert by_name["a[1]"]["state"]["message"] == "a[1]: exit code 3"
+    assert by_name["b[1]"]["state"]["name"] == "NotReady"  # Prefect's own upstream-failed state
+    assert by_name["b[0]"]["state"]["type"] == "COMPLETED"
+    # The edges the UI draws: b[i] waits for a[i]; c waits for every b.
+    wait_b0 = {i["id"] for i in by_name["b[0]"]["task_inputs"]["wait_for"]}
+    assert wait_b0 == {by_name["a[0]"]["id"]}
+    wait_c = {i["id"] for i in by_name["c[0]"]["task_inputs"]["wait_for"]}
+    assert wait_c >= {by_name["b[0]"]["id"], by_name["b[2]"]["id"]}
+    assert by_name["c[0]"]["state"]["name"] == "NotReady"
+    found = artifacts(exp["flow_run_id"])
+    assert any(a["type"] == "table" for a in found)
+
+
+def test_large_sweeps_get_one_task_run_per_step_with_progress(
+        prefect_api: str, home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AIRAVATA_TASK_RUN_THRESHOLD", "5")
+    store, exp_id = submit(tmp_path)
+    state = run_flow(exp_id)
+    assert state.is_failed()
+    exp = store.get_experiment(exp_id)
+    runs = task_runs(exp["flow_run_id"], 3)
+    names = {r["name"]: r for r in runs}
+    assert set(names) == {"a (3 instances)", "b (3 instances)", "c (1 instances)"}
+    assert names["a (3 instances)"]["state"]["message"] == "a: 2 completed, 1 failed"
+    assert names["b (3 instances)"]["state"]["type"] == "FAILED"
+    progress = [a for a in artifacts(exp["flow_run_id"]) if a["type"] == "progress"]
+    assert len(progress) == 3 and all(float(a["data"]) == 100.0 for a in progress)
+    assert store.state_counts(exp_id) == {"a": {"COMPLETED": 2, "FAILED": 1},
+                                          "b": {"COMPLETED": 2, "UPSTREAM_FAILED": 1},
+                                          "c": {"UPSTREAM_FAILED": 1}}
+
+
+def test_completed_experiment_and_no_secrets_in_flow_parameters(
+        prefect_api: str, home: Path, tmp_path: Path) -> None:
+    store, exp_id = submit(tmp_path, "tasks:\n  a: {command: 'echo ok', task_inputs: {X: [1, 2]}}\n")
+    state = run_flow(exp_id)
+    assert state.is_completed()
+    exp = store.get_experiment(exp_id)
+    assert exp["status"] == "COMPLETED" and exp["finished_at"] is not None
+
+    async def params() -> dict:
+        from prefect.client.orchestration import get_client
+        async with get_client() as client:
+            return (await client.read_flow_run(exp["flow_run_id"])).parameters
+
+    assert asyncio.run(params()) == {"experiment_id": exp_id}
+
+
+def test_a_flow_run_cannot_run_an_experiment_twice(prefect_api: str, home: Path,
+                                                   tmp_path: Path) -> None:
+    store, exp_id = submit(tmp_path, "tasks:\n  a: {command: 'true'}\n")
+    assert run_flow(exp_id).is_completed()
+    again = run_flow(exp_id)
+    assert again.is_failed() and "not waiting to run (status COMPLETED)" in again.message
+    assert store.state_counts(exp_id) == {"a": {"COMPLETED": 1}}
