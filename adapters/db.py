@@ -22,8 +22,8 @@ from alembic.script import ScriptDirectory
 
 from flows.states import (
     EXPERIMENT_TERMINAL,
-    ExperimentStatus,
     TERMINAL,
+    ExperimentStatus,
     IllegalTransition,
     TaskState,
     check_transition,

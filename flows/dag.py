@@ -158,13 +158,14 @@ class TaskGraph:
             base = dict(step.const_env)
             for key, tpl in step.templated.items():
                 base[key] = self._render(tpl, up_map)
-            combos = zip(*value_lists) if step.zip else itertools.product(*value_lists)
+            combos = zip(*value_lists, strict=True) if step.zip else itertools.product(*value_lists)
             for combo in combos:
                 env = base.copy()
                 if has_tpl:
-                    env.update((k, self._render(v, up_map)) for k, v in zip(keys, combo))
+                    env.update((k, self._render(v, up_map))
+                               for k, v in zip(keys, combo, strict=True))
                 else:
-                    env.update(zip(keys, combo))
+                    env.update(zip(keys, combo, strict=True))
                 wd = prefix + str(index)
                 outputs = {k: f"{wd}/{v}" for k, v in rel}
                 if absolute:

@@ -36,7 +36,7 @@ def main(argv: list[str]) -> int:
     try:
         state = asyncio.run(run_experiment(exp_id, return_state=True))
         return 0 if state.is_completed() else 1
-    except BaseException as exc:  # noqa: BLE001  the reason must reach the store, not a traceback
+    except BaseException as exc:
         reason = f"runner stopped: {type(exc).__name__}: {exc}"
         logging.getLogger("airavata.runner").error(reason)
         fail_unfinished(store, exp_id, ExperimentStatus.FAILED, reason)

@@ -8,6 +8,7 @@ Instance-level edges come from `foreach` and `${t.OUT}`; `depends_on` is a step-
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -247,10 +248,8 @@ class Scheduler:
             if await asyncio.to_thread(self.is_cancelled):
                 self.request_cancel()
                 return
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(done.wait(), self.cancel_poll)
-            except TimeoutError:
-                pass
 
     def request_cancel(self) -> None:
         self.cancel.set()

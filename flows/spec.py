@@ -190,9 +190,9 @@ def _pydantic_problem(err: dict, data: Any) -> tuple[Path, str, bool]:
     path: list[str | int] = []
     node = data
     for part in err["loc"]:
-        if isinstance(node, dict) and part in node:
-            node = node[part]
-        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+        in_dict = isinstance(node, dict) and part in node
+        in_list = isinstance(node, list) and isinstance(part, int) and part < len(node)
+        if in_dict or in_list:
             node = node[part]
         elif err["type"] in ("extra_forbidden", "missing") and part == err["loc"][-1]:
             pass

@@ -59,7 +59,7 @@ def artifacts(flow_run_id: str) -> list[dict]:
                                        "sort": "CREATED_DESC"})
 
 
-def run_flow(exp_id: str):  # noqa: ANN201
+def run_flow(exp_id: str):
     from flows.experiment_flow import run_experiment
     return asyncio.run(run_experiment(exp_id, return_state=True))
 
@@ -110,7 +110,8 @@ def test_large_sweeps_get_one_task_run_per_step_with_progress(
 
 def test_completed_experiment_and_no_secrets_in_flow_parameters(
         prefect_api: str, home: Path, tmp_path: Path) -> None:
-    store, exp_id = submit(tmp_path, "tasks:\n  a: {command: 'echo ok', task_inputs: {X: [1, 2]}}\n")
+    spec = "tasks:\n  a: {command: 'echo ok', task_inputs: {X: [1, 2]}}\n"
+    store, exp_id = submit(tmp_path, spec)
     state = run_flow(exp_id)
     assert state.is_completed()
     exp = store.get_experiment(exp_id)

@@ -80,7 +80,7 @@ def test_retries_rerun_and_keep_earlier_logs(tmp_path: Path) -> None:
 
 
 def test_retries_exhausted_fail(tmp_path: Path) -> None:
-    summary, changes, _ = run("tasks:\n  a: {command: 'exit 7', retries: 1}\n", tmp_path)
+    _, changes, _ = run("tasks:\n  a: {command: 'exit 7', retries: 1}\n", tmp_path)
     assert final(changes) == {"a[0]": "FAILED"}
     assert [c.to_state for c in changes].count(S.QUEUED) == 2
 
@@ -128,7 +128,9 @@ def test_concurrency_and_cpu_weights(tmp_path: Path) -> None:
     text = """\
         tasks:
           a:
-            command: 'echo "$(date +%s.%N) start" >> ../../log; sleep 0.3; echo "$(date +%s.%N) end" >> ../../log'
+            command: |
+              echo "$(date +%s.%N) start" >> ../../log; sleep 0.3
+              echo "$(date +%s.%N) end" >> ../../log
             task_inputs: {X: 1..6}
             resources: {compute: {cpu: CPU}}
         """

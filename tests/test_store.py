@@ -1,7 +1,8 @@
-"""The store on SQLite and on a real PostgreSQL server: transitions enforced, nothing half-written."""
+"""The store on SQLite and on a real PostgreSQL server: transitions enforced, nothing half-lost."""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,7 +32,7 @@ def _experiment(store: Store, n: int = 3) -> str:
         tasks_iter=(NewTask(f"s[{i}]", "s", i, f"/runs/x/s/{i}") for i in range(n)))
 
 
-def T(iid: str, a: S, b: S, **kw: object) -> Transition:  # noqa: N802
+def T(iid: str, a: S, b: S, **kw: object) -> Transition:
     return Transition(iid, a, b, utcnow(), **kw)  # type: ignore[arg-type]
 
 
@@ -46,7 +47,7 @@ def test_full_lifecycle_and_events(store: Store) -> None:
     exp = _experiment(store)
     path = [S.CREATED, S.QUEUED, S.DATA_STAGING, S.ENV_SETUP, S.RUNNING, S.OUTPUT_STAGING,
             S.COMPLETED]
-    store.apply_transitions(exp, [T("s[0]", a, b) for a, b in zip(path, path[1:])])
+    store.apply_transitions(exp, [T("s[0]", a, b) for a, b in itertools.pairwise(path)])
     row = store.task(exp, "s[0]")
     assert row["state"] == "COMPLETED"
     assert row["started_at"] is not None and row["finished_at"] is not None

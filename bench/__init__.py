@@ -1,0 +1,1 @@
+"""`make bench`: speed and memory figures, each printed beside the baseline it is compared with."""

@@ -1,0 +1,118 @@
+"""Run every benchmark and print each figure beside its baseline or target."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+N_TRUE = 2000
+
+
+def bench_compile() -> dict:
+    out = subprocess.run([sys.executable, "-m", "bench.compile_sweep"], capture_output=True,
+                         text=True, check=True)
+    return json.loads(out.stdout)
+
+
+def bench_xargs(cpus: int) -> float:
+    start = time.perf_counter()
+    subprocess.run(f"seq {N_TRUE} | xargs -P {cpus} -n 1 bash -c true", shell=True, check=True)
+    return time.perf_counter() - start
+
+
+def bench_local_run(home: Path) -> tuple[float, float]:
+    """(seconds for the whole run_experiment flow, seconds for the scheduler alone)."""
+    import asyncio
+
+    from adapters.db import Store
+    from agent.local import LocalExecutor
+    from api import service
+    from flows.dag import compile_graph
+    from flows.experiment_flow import run_experiment
+    from flows.scheduler import Recorder, Scheduler
+    from flows.settings import get_settings
+    from flows.spec import load_spec
+
+    spec = home / "true.yml"
+    spec.write_text(f"tasks:\n  t: {{command: 'true', task_inputs: {{X: 1..{N_TRUE}}}}}\n")
+    settings = get_settings()
+    store = Store(settings.db_url)
+    exp_id = service.submit(store, settings, spec, [])
+    start = time.perf_counter()
+    state = asyncio.run(run_experiment(exp_id, return_state=True))
+    flow_s = time.perf_counter() - start
+    assert state.is_completed(), state
+    assert store.state_counts(exp_id) == {"t": {"COMPLETED": N_TRUE}}
+
+    graph = compile_graph(load_spec(spec), root=str(home / "bare"))
+    sched = Scheduler(graph, LocalExecutor(graph, "bare"), Recorder(lambda _b: None),
+                      concurrency=settings.concurrency)
+    start = time.perf_counter()
+    assert asyncio.run(sched.run()).ok
+    return flow_s, time.perf_counter() - start
+
+
+def start_prefect(home: Path) -> subprocess.Popen:
+    import socket
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    os.environ.update(PREFECT_API_URL=f"http://127.0.0.1:{port}/api",
+                      PREFECT_HOME=str(home / "prefect"), PREFECT_LOGGING_LEVEL="WARNING",
+                      PREFECT_SERVER_ANALYTICS_ENABLED="false", AIRAVATA_HOME=str(home))
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "prefect"), "server", "start",
+                             "--host", "127.0.0.1", "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(240):
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=2)
+            return proc
+        except OSError:
+            time.sleep(0.5)
+    proc.kill()
+    raise SystemExit("Prefect server did not start")
+
+
+def main() -> None:
+    console = Console()
+    cpus = os.cpu_count() or 1
+    home = Path(tempfile.mkdtemp(prefix="airavata-bench-"))
+    table = Table(title=f"airavata benchmarks ({cpus} CPUs)")
+    for col in ("benchmark", "measured", "baseline / target", "ratio"):
+        table.add_column(col)
+
+    c = bench_compile()
+    table.add_row(f"compile {c['instances']:,}-instance sweep (wall)", f"{c['total_s']:.2f} s",
+                  "target 5.00 s", f"{c['total_s'] / 5:.2f}x of target")
+    table.add_row("compile 1M sweep (peak RSS)", f"{c['peak_rss_mb']:.0f} MB",
+                  "target 1536 MB", f"{c['peak_rss_mb'] / 1536:.2f}x of target")
+
+    prefect = start_prefect(home)
+    try:
+        xargs_s = bench_xargs(cpus)
+        flow_s, bare_s = bench_local_run(home)
+    finally:
+        prefect.terminate()
+        prefect.wait(30)
+    table.add_row(f"{N_TRUE:,} x `true`, run_experiment flow (local)", f"{flow_s:.2f} s",
+                  f"xargs -P{cpus}: {xargs_s:.2f} s", f"{flow_s / xargs_s:.2f}x")
+    table.add_row(f"{N_TRUE:,} x `true`, scheduler alone (no Prefect, no store)",
+                  f"{bare_s:.2f} s", f"xargs -P{cpus}: {xargs_s:.2f} s",
+                  f"{bare_s / xargs_s:.2f}x")
+    console.print(table)
+    shutil.rmtree(home, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
