@@ -10,9 +10,11 @@ import json
 import os
 import sys
 import time
+from datetime import UTC
 from pathlib import Path
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
@@ -95,9 +97,9 @@ def run_cmd(
 
 def _counts_table(exp: dict, counts: dict[str, dict[str, int]], elapsed: float) -> Table:
     table = Table(title=f"{exp['name']} ({exp['id'][:8]}) {exp['status']} {elapsed:.0f}s")
-    for col in ("step", "total", "waiting", "active", "completed", "failed", "upstream failed",
-                "canceled"):
-        table.add_column(col, justify="left" if col == "step" else "right")
+    table.add_column("step", no_wrap=True)
+    for col in ("total", "waiting", "active", "done", "failed", "upstream", "canceled"):
+        table.add_column(col, justify="right")
     for step, c in counts.items():
         active = sum(c.get(s, 0) for s in ACTIVE_COLUMNS)
         table.add_row(step, str(sum(c.values())), str(c.get(TaskState.CREATED, 0)), str(active),
@@ -165,7 +167,9 @@ def status_cmd(
     if as_json:
         print(json.dumps({"id": exp["id"], "name": exp["name"], "status": exp["status"],
                           "message": exp["message"], "workdir": exp["workdir"],
-                          "flow_run_id": exp["flow_run_id"], "steps": counts}, indent=2))
+                          "flow_run_id": exp["flow_run_id"], "steps": counts,
+                          **{k: exp[k] and exp[k].isoformat()
+                             for k in ("created_at", "started_at", "finished_at")}}, indent=2))
         return
     out.print(_counts_table(exp, counts, _elapsed(exp)))
     if exp["status"] in EXPERIMENT_TERMINAL:
@@ -173,7 +177,9 @@ def status_cmd(
 
 
 def _elapsed(exp: dict) -> float:
-    start, end = exp["started_at"], exp["finished_at"]
+    # SQLite hands back naive datetimes; we always store UTC.
+    start, end = (t and (t if t.tzinfo else t.replace(tzinfo=UTC))
+                  for t in (exp["started_at"], exp["finished_at"]))
     if not start:
         return 0.0
     if end is None:
@@ -229,6 +235,12 @@ def main() -> None:
         sys.exit(2)
     except (NotFound, UserError) as exc:
         err.print(f"error: {exc}", markup=False, highlight=False)
+        sys.exit(2)
+    except ValidationError as exc:  # settings from AIRAVATA_* variables
+        for e in exc.errors():
+            name = "AIRAVATA_" + "_".join(str(p) for p in e["loc"]).upper()
+            err.print(f"error: {name}={e.get('input')!r}: {e['msg']}", markup=False,
+                      highlight=False)
         sys.exit(2)
     except Exception as exc:
         if os.environ.get("AIRAVATA_DEBUG"):

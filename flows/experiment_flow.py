@@ -28,7 +28,7 @@ from prefect.client.schemas.objects import State
 from prefect.runtime import flow_run
 from prefect.states import Cancelled, Completed, Failed
 
-from adapters.db import Store, Transition
+from adapters.db import Store, Transition, utcnow
 from agent.local import LocalExecutor
 from flows.dag import TaskGraph, TaskInstance, compile_graph
 from flows.scheduler import Change, Hooks, Outcome, Recorder, Scheduler, Summary
@@ -206,7 +206,7 @@ async def run_experiment(experiment_id: str) -> Any:
                               max_instances=settings.max_instances)
         started = store.update_experiment(
             experiment_id, status=ExperimentStatus.RUNNING, flow_run_id=str(flow_run.id or ""),
-            runner_pid=os.getpid(), expect=[ExperimentStatus.CREATED])
+            runner_pid=os.getpid(), started_at=utcnow(), expect=[ExperimentStatus.CREATED])
         if not started:
             return Failed(message=f"experiment {experiment_id} is not waiting to run "
                                   f"(status {store.get_experiment(experiment_id)['status']})")

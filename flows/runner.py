@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 
 from adapters.db import Store
@@ -30,6 +31,8 @@ def main(argv: list[str]) -> int:
         print("usage: python -m flows.runner EXPERIMENT_ID", file=sys.stderr)
         return 2
     exp_id = argv[1]
+    # No telemetry from a temporary Prefect server (one starts when PREFECT_API_URL is unset).
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from flows.experiment_flow import run_experiment  # imports Prefect: keep usage errors fast
 
     store = Store(get_settings().db_url)

@@ -115,6 +115,8 @@ def test_run_watch_completes_and_status_logs_list(prefect_api: str, home: Path,
     exp_id = r.stdout.split("experiment ", 1)[1].split()[0]
     status = json.loads(cli("experiment", "status", exp_id[:8], "--json").stdout)
     assert status["status"] == "COMPLETED"
+    assert status["started_at"] is not None
+    assert status["started_at"] <= status["finished_at"]
     assert status["steps"] == {"hello": {"COMPLETED": 3}, "join": {"COMPLETED": 3}}
     logs = cli("experiment", "logs", exp_id[:8], "join[2]")
     assert logs.stdout == "hello alice 3\n"
@@ -161,3 +163,12 @@ def test_cancel_a_running_experiment(prefect_api: str, home: Path, tmp_path: Pat
         assert not Path(f"/proc/{pid}").exists()
     again = cli("experiment", "cancel", exp_id)
     assert again.returncode == 1 and "already ended (CANCELED)" in again.stdout
+
+
+def test_bad_setting_is_one_line(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AIRAVATA_MAX_INSTANCES", "abc")
+    r = cli("experiment", "list")
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [
+        "error: AIRAVATA_MAX_INSTANCES='abc': Input should be a valid integer, unable to parse "
+        "string as an integer"]
