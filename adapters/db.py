@@ -26,6 +26,7 @@ from flows.states import (
     ExperimentStatus,
     IllegalTransition,
     TaskState,
+    Transition,
     check_transition,
 )
 
@@ -98,17 +99,6 @@ class NotFound(LookupError):
 
 class Conflict(RuntimeError):
     """A compare-and-set lost: the stored state is not the one the writer expected."""
-
-
-@dataclass(frozen=True)
-class Transition:
-    instance_id: str
-    from_state: TaskState
-    to_state: TaskState
-    at: datetime
-    attempt: int = 0
-    message: str | None = None
-    exit_code: int | None = None
 
 
 @dataclass(frozen=True)

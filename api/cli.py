@@ -23,7 +23,7 @@ from adapters.db import NotFound, Store
 from api import service
 from flows.problems import SpecError
 from flows.settings import Settings, get_settings
-from flows.states import EXPERIMENT_TERMINAL, ExperimentStatus, TaskState
+from flows.states import ACTIVE, EXPERIMENT_TERMINAL, ExperimentStatus, TaskState
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
                   help="Airavata experiment orchestration on Prefect.")
@@ -33,8 +33,6 @@ out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
 ParamOpt = typer.Option([], "--param", "-p", help="Override a parameter: KEY=VALUE (repeatable)")
-ACTIVE_COLUMNS = (TaskState.QUEUED, TaskState.DATA_STAGING, TaskState.ENV_SETUP,
-                  TaskState.RUNNING, TaskState.OUTPUT_STAGING)
 
 
 class UserError(Exception):
@@ -101,7 +99,7 @@ def _counts_table(exp: dict, counts: dict[str, dict[str, int]], elapsed: float) 
     for col in ("total", "waiting", "active", "done", "failed", "upstream", "canceled"):
         table.add_column(col, justify="right")
     for step, c in counts.items():
-        active = sum(c.get(s, 0) for s in ACTIVE_COLUMNS)
+        active = sum(c.get(s, 0) for s in ACTIVE)
         table.add_row(step, str(sum(c.values())), str(c.get(TaskState.CREATED, 0)), str(active),
                       str(c.get(TaskState.COMPLETED, 0)), str(c.get(TaskState.FAILED, 0)),
                       str(c.get(TaskState.UPSTREAM_FAILED, 0)), str(c.get(TaskState.CANCELED, 0)))

@@ -28,13 +28,13 @@ from prefect.client.schemas.objects import State
 from prefect.runtime import flow_run
 from prefect.states import Cancelled, Completed, Failed
 
-from adapters.db import Store, Transition, utcnow
+from adapters.db import Store, utcnow
 from agent.local import LocalExecutor
 from flows.dag import TaskGraph, TaskInstance, compile_graph
-from flows.scheduler import Change, Hooks, Outcome, Recorder, Scheduler, Summary
+from flows.scheduler import Hooks, Outcome, Recorder, Scheduler, Summary
 from flows.settings import Settings, get_settings
 from flows.spec import parse_spec_text
-from flows.states import ExperimentStatus, TaskState
+from flows.states import ExperimentStatus, TaskState, Transition
 
 PROGRESS_SECONDS = 2.0
 
@@ -159,20 +159,12 @@ class PerStepHooks(Hooks):
         self.tracker.add(step, state)
 
 
-def _sink(store: Store, exp_id: str) -> Callable[[list[Change]], None]:
-    def write(batch: list[Change]) -> None:
-        store.apply_transitions(exp_id, [
-            Transition(c.instance_id, c.from_state, c.to_state, c.at, c.attempt, c.message,
-                       c.exit_code) for c in batch])
-    return write
+def _sink(store: Store, exp_id: str) -> Callable[[list[Transition]], None]:
+    return lambda batch: store.apply_transitions(exp_id, batch)
 
 
 def _final_status(summary: Summary) -> tuple[ExperimentStatus, str]:
-    counts: dict[str, int] = {}
-    for per_step in summary.counts.values():
-        for k, v in per_step.items():
-            counts[k] = counts.get(k, 0) + v
-    text = ", ".join(f"{v} {k.lower()}" for k, v in sorted(counts.items()))
+    text = ", ".join(f"{v} {k.lower()}" for k, v in sorted(summary.totals().items()))
     if summary.canceled:
         return ExperimentStatus.CANCELED, text
     return (ExperimentStatus.COMPLETED if summary.ok else ExperimentStatus.FAILED), text

@@ -13,14 +13,12 @@ import sys
 
 from adapters.db import Store
 from flows.settings import get_settings
-from flows.states import EXPERIMENT_TERMINAL, ExperimentStatus, TaskState
+from flows.states import EXPERIMENT_TERMINAL, TERMINAL, ExperimentStatus, TaskState
 
 
 def fail_unfinished(store: Store, exp_id: str, status: ExperimentStatus, message: str) -> None:
     """End an experiment whose runner is gone: cancel what never finished, keep what did."""
-    for row in store.tasks(exp_id, states=[s for s in TaskState if s not in
-                                           (TaskState.COMPLETED, TaskState.FAILED,
-                                            TaskState.CANCELED, TaskState.UPSTREAM_FAILED)]):
+    for row in store.tasks(exp_id, states=[s for s in TaskState if s not in TERMINAL]):
         store.transition(exp_id, row["instance_id"], TaskState.CANCELED, message=message)
     store.update_experiment(exp_id, status=status, message=message,
                             expect=[s for s in ExperimentStatus if s not in EXPERIMENT_TERMINAL])

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from typing import NamedTuple, Protocol
 
 from flows.dag import StepPlan, TaskGraph, TaskInstance
-from flows.states import TERMINAL, TaskState, check_transition
+from flows.states import TERMINAL, TaskState, Transition, check_transition
 
 
 class Outcome(NamedTuple):
@@ -34,24 +34,13 @@ class Executor(Protocol):
                        cancel: asyncio.Event) -> Outcome: ...
 
 
-@dataclass(frozen=True)
-class Change:
-    instance_id: str
-    from_state: TaskState
-    to_state: TaskState
-    at: datetime
-    attempt: int
-    message: str | None
-    exit_code: int | None
-
-
 class Recorder:
     """Checks each transition in memory and hands them to `sink` in batches, in order."""
 
-    def __init__(self, sink: Callable[[list[Change]], None], interval: float = 0.25) -> None:
+    def __init__(self, sink: Callable[[list[Transition]], None], interval: float = 0.25) -> None:
         self._sink = sink
         self._interval = interval
-        self._pending: list[Change] = []
+        self._pending: list[Transition] = []
         self._state: dict[str, TaskState] = {}
         self._attempt: dict[str, int] = {}
 
@@ -65,7 +54,7 @@ class Recorder:
         if current == TaskState.FAILED and to == TaskState.QUEUED:
             self._attempt[iid] = self._attempt.get(iid, 0) + 1
         self._state[iid] = to
-        self._pending.append(Change(iid, current, to, datetime.now(UTC),
+        self._pending.append(Transition(iid, current, to, datetime.now(UTC),
                                     self._attempt.get(iid, 0), message, exit_code))
 
     async def flush(self) -> None:
@@ -97,8 +86,13 @@ class Summary:
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
     canceled: bool = False
 
-    def total(self, state: TaskState) -> int:
-        return sum(c.get(state, 0) for c in self.counts.values())
+    def totals(self) -> dict[str, int]:
+        """Instances per final state, over all steps."""
+        out: dict[str, int] = {}
+        for per_step in self.counts.values():
+            for state, n in per_step.items():
+                out[state] = out.get(state, 0) + n
+        return out
 
     @property
     def ok(self) -> bool:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 
 
@@ -18,8 +20,8 @@ class TaskState(StrEnum):
     UPSTREAM_FAILED = "UPSTREAM_FAILED"  # never ran: an instance it depends on did not complete
 
 
-_ACTIVE = (TaskState.QUEUED, TaskState.DATA_STAGING, TaskState.ENV_SETUP, TaskState.RUNNING,
-           TaskState.OUTPUT_STAGING)
+ACTIVE = (TaskState.QUEUED, TaskState.DATA_STAGING, TaskState.ENV_SETUP, TaskState.RUNNING,
+          TaskState.OUTPUT_STAGING)
 TERMINAL = frozenset({TaskState.COMPLETED, TaskState.FAILED, TaskState.CANCELED,
                       TaskState.UPSTREAM_FAILED})
 
@@ -52,10 +54,6 @@ def check_transition(task: str, current: TaskState, target: TaskState) -> None:
         raise IllegalTransition(task, current, target)
 
 
-def is_active(state: TaskState) -> bool:
-    return state in _ACTIVE
-
-
 class ExperimentStatus(StrEnum):
     CREATED = "CREATED"
     RUNNING = "RUNNING"
@@ -67,3 +65,16 @@ class ExperimentStatus(StrEnum):
 
 EXPERIMENT_TERMINAL = frozenset({ExperimentStatus.COMPLETED, ExperimentStatus.FAILED,
                                  ExperimentStatus.CANCELED})
+
+
+@dataclass(frozen=True)
+class Transition:
+    """One task state change, as the scheduler records it and the store writes it."""
+
+    instance_id: str
+    from_state: TaskState
+    to_state: TaskState
+    at: datetime
+    attempt: int = 0
+    message: str | None = None
+    exit_code: int | None = None

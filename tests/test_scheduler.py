@@ -10,15 +10,16 @@ from pathlib import Path
 
 from agent.local import LocalExecutor, render_script
 from flows.dag import TaskGraph, compile_graph
-from flows.scheduler import Change, Recorder, Scheduler, Summary
+from flows.scheduler import Recorder, Scheduler, Summary
 from flows.spec import parse_spec_text
 from flows.states import TaskState as S
+from flows.states import Transition
 
 
 def run(text: str, root: Path, *, concurrency: int = 2, cancel_after: float | None = None,
-        ) -> tuple[Summary, list[Change], TaskGraph]:
+        ) -> tuple[Summary, list[Transition], TaskGraph]:
     graph = compile_graph(parse_spec_text(textwrap.dedent(text), "t.yml"), root=str(root))
-    changes: list[Change] = []
+    changes: list[Transition] = []
     recorder = Recorder(changes.extend, interval=0.05)
     sched = Scheduler(graph, LocalExecutor(graph, "exp"), recorder, concurrency=concurrency)
 
@@ -30,7 +31,7 @@ def run(text: str, root: Path, *, concurrency: int = 2, cancel_after: float | No
     return asyncio.run(main()), changes, graph
 
 
-def final(changes: list[Change]) -> dict[str, str]:
+def final(changes: list[Transition]) -> dict[str, str]:
     out = {}
     for c in changes:
         out[c.instance_id] = str(c.to_state)

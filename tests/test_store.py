@@ -10,8 +10,8 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-from adapters.db import Conflict, NewTask, Store, Transition, metadata, utcnow
-from flows.states import IllegalTransition, TaskState
+from adapters.db import Conflict, NewTask, Store, metadata, utcnow
+from flows.states import IllegalTransition, TaskState, Transition
 
 S = TaskState
 
