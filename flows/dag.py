@@ -16,7 +16,7 @@ import itertools
 import json
 import math
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -139,39 +139,56 @@ class TaskGraph:
         for step in self.steps:
             yield from self._iter_step(step)
 
+    def _compile_tpl(self, tpl: Template | str) -> Callable[[Mapping[str, int]], str] | str:
+        """A template -> a function of the upstream indices (output paths precomputed)."""
+        if isinstance(tpl, str):
+            return tpl
+        parts: list[str | tuple[str, str, str]] = []
+        for p in tpl:
+            if isinstance(p, str):
+                parts.append(p)
+                continue
+            value = self.by_name[p[0]].outputs[p[1]]
+            parts.append(value if value.startswith("/")
+                         else (f"{self.root}/{p[0]}/", f"/{value}", p[0]))
+        return lambda ups: "".join(x if isinstance(x, str) else x[0] + str(ups[x[2]]) + x[1]
+                                   for x in parts)
+
     def _iter_step(self, step: StepPlan) -> Iterator[TaskInstance]:
+        # The hot loop of a million-instance compile: everything per step is hoisted out of it.
         keys = [k for k, _ in step.axes]
-        value_lists = [v for _, v in step.axes]
-        has_tpl = any(not isinstance(x, str) for v in value_lists if isinstance(v, list)
-                      for x in v)
-        rel = [(k, v) for k, v in step.outputs.items() if not v.startswith("/")]
+        value_lists = [v if isinstance(v, _LazyStr) else [self._compile_tpl(x) for x in v]
+                       for _, v in step.axes]
+        has_tpl = any(callable(x) for v in value_lists if isinstance(v, list) for x in v)
+        templated = [(k, self._compile_tpl(t)) for k, t in step.templated.items()]
+        rel = [(k, "/" + v) for k, v in step.outputs.items() if not v.startswith("/")]
         absolute = {k: v for k, v in step.outputs.items() if v.startswith("/")}
         prefix = f"{self.root}/{step.name}/"
         up_names = (*step.foreach, *(s for s in step.single_refs if s not in step.foreach))
         n_single = len(up_names) - len(step.foreach)
         barrier_deps = tuple(f"{b}[*]" for b in step.barriers)
         name, index = step.name, 0
+        new = tuple.__new__  # skips NamedTuple's Python-level __new__
         for ups in itertools.product(*(range(n) for n in step.foreach_counts)):
-            up_idx = (*ups, *([0] * n_single))
-            up_map = dict(zip(up_names, up_idx, strict=True))
+            up_map = dict(zip(up_names, (*ups, *([0] * n_single)), strict=True))
             deps = tuple(f"{s}[{i}]" for s, i in up_map.items()) + barrier_deps
             base = dict(step.const_env)
-            for key, tpl in step.templated.items():
-                base[key] = self._render(tpl, up_map)
+            for key, fill in templated:
+                base[key] = fill(up_map)  # type: ignore[operator]
             combos = zip(*value_lists, strict=True) if step.zip else itertools.product(*value_lists)
             for combo in combos:
                 env = base.copy()
                 if has_tpl:
-                    env.update((k, self._render(v, up_map))
+                    env.update((k, v(up_map) if callable(v) else v)
                                for k, v in zip(keys, combo, strict=True))
-                else:
+                elif keys:
                     env.update(zip(keys, combo, strict=True))
                 wd = prefix + str(index)
-                outputs = {k: f"{wd}/{v}" for k, v in rel}
+                outputs = {k: wd + v for k, v in rel}
                 if absolute:
                     outputs.update(absolute)
                 env.update(outputs)
-                yield TaskInstance(f"{name}[{index}]", name, index, env, deps, outputs)
+                yield new(TaskInstance, (f"{name}[{index}]", name, index, env, deps, outputs))
                 index += 1
 
     def instance_json(self, inst: TaskInstance) -> str:
