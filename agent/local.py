@@ -73,10 +73,16 @@ class LocalExecutor:
         self._scripts: dict[str, str] = {}
 
     def _script(self, step: str) -> str:
-        if step not in self._scripts:
+        """The step's script, written once as `<experiment>/<step>/script.sh` (file creation is
+        the costliest part of a short instance, so instances share it)."""
+        path = self._scripts.get(step)
+        if path is None:
             plan = self.graph.by_name[step]
-            self._scripts[step] = render_script(plan.script, plan.resources.environment)
-        return self._scripts[step]
+            target = Path(self.graph.root) / step / "script.sh"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(render_script(plan.script, plan.resources.environment))
+            path = self._scripts[step] = str(target)
+        return path
 
     async def __call__(self, inst: TaskInstance, attempt: int, report: Report,
                        cancel: asyncio.Event) -> Outcome:
@@ -85,11 +91,10 @@ class LocalExecutor:
         workdir = Path(self.graph.workdir(inst.step, inst.index))
         report(TaskState.DATA_STAGING, _staging_note(plan.resources.storage))
         try:
+            script_path = self._script(inst.step)
             workdir.mkdir(parents=True, exist_ok=True)
             if attempt:
                 _rotate_logs(workdir, attempt)
-            script_path = workdir / "script.sh"
-            script_path.write_text(self._script(inst.step))
         except OSError as exc:
             return Outcome(TaskState.FAILED, None, f"cannot prepare {workdir}: {exc}")
         report(TaskState.ENV_SETUP, _env_note(plan.resources.conda, plan.resources.pip))
@@ -98,15 +103,18 @@ class LocalExecutor:
                "AIRAVATA_ATTEMPT": str(attempt), "AIRAVATA_WORKDIR": str(workdir)}
         walltime = plan.resources.compute.walltime_seconds if plan.resources.compute else None
         report(TaskState.RUNNING, None)
+        fds: list[int] = []
         try:
-            with open(workdir / "stdout.log", "wb") as out, \
-                    open(workdir / "stderr.log", "wb") as err:
-                proc = await asyncio.create_subprocess_exec(
-                    "bash", str(script_path), cwd=workdir, env=env,
-                    stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=err,
-                    start_new_session=True)
+            fds = [os.open(workdir / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+                   for name in ("stdout.log", "stderr.log")]
+            proc = await asyncio.create_subprocess_exec(
+                "bash", script_path, cwd=workdir, env=env, stdin=asyncio.subprocess.DEVNULL,
+                stdout=fds[0], stderr=fds[1], start_new_session=True)
         except OSError as exc:
             return Outcome(TaskState.FAILED, None, f"cannot start bash: {exc}")
+        finally:
+            for fd in fds:
+                os.close(fd)
         ended = await _wait(proc, cancel, walltime)
         if ended == "cancel":
             return Outcome(TaskState.CANCELED, proc.returncode, "canceled while running")
