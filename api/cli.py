@@ -123,13 +123,8 @@ def _watch(store: Store, exp_id: str, interval: float = 0.5) -> int:
                                           time.monotonic() - start), refresh=True)
                 if exp["status"] in EXPERIMENT_TERMINAL:
                     break
-                if (exp["runner_pid"] and not service.runner_alive(exp)
-                        and time.monotonic() - start > 2):
-                    exp = store.get_experiment(exp_id)
-                    if exp["status"] not in EXPERIMENT_TERMINAL:
-                        service.fail_unfinished(store, exp_id, ExperimentStatus.FAILED,
-                                                "runner exited unexpectedly; see runner.log")
-                    continue
+                if service.reconcile(store, exp)["status"] in EXPERIMENT_TERMINAL:
+                    continue  # show the final table once more
                 time.sleep(interval)
     except KeyboardInterrupt:
         err.print(f"stopped watching; the experiment keeps running. "
@@ -158,7 +153,7 @@ def status_cmd(
 ) -> None:
     """Show an experiment's progress per step."""
     store = _store(get_settings())
-    exp = store.get_experiment(experiment)
+    exp = service.reconcile(store, store.get_experiment(experiment))
     if watch:
         raise typer.Exit(_watch(store, exp["id"]))
     counts = store.state_counts(exp["id"])
@@ -193,6 +188,7 @@ def list_cmd(limit: int = typer.Option(20, min=1, help="How many, newest first")
     for col in ("id", "name", "status", "tasks", "created", "message"):
         table.add_column(col)
     for e in store.list_experiments(limit):
+        e = service.reconcile(store, e)
         table.add_row(e["id"][:8], e["name"], e["status"], f"{e['total_tasks']:,}",
                       e["created_at"].strftime("%Y-%m-%d %H:%M:%S"), e["message"] or "")
     out.print(table)

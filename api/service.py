@@ -76,6 +76,20 @@ def runner_alive(exp: dict) -> bool:
         return True
 
 
+def reconcile(store: Store, exp: dict) -> dict:
+    """An experiment whose runner process is gone mid-run is ended here, so no view shows it
+    running forever. Safe against a runner that just finished: only non-terminal rows change."""
+    if (exp["status"] in EXPERIMENT_TERMINAL or not exp.get("runner_pid")
+            or runner_alive(exp)):
+        return exp
+    if exp["status"] == ExperimentStatus.CANCELING:
+        fail_unfinished(store, exp["id"], ExperimentStatus.CANCELED, "canceled")
+    else:
+        fail_unfinished(store, exp["id"], ExperimentStatus.FAILED,
+                        f"runner exited unexpectedly; see {exp['workdir']}/runner.log")
+    return store.get_experiment(exp["id"])
+
+
 @dataclass
 class CancelResult:
     accepted: bool

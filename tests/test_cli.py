@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -172,3 +173,32 @@ def test_bad_setting_is_one_line(home: Path, monkeypatch: pytest.MonkeyPatch) ->
     assert r.stderr.strip().splitlines() == [
         "error: AIRAVATA_MAX_INSTANCES='abc': Input should be a valid integer, unable to parse "
         "string as an integer"]
+
+
+@pytest.mark.prefect
+def test_a_killed_runner_is_noticed_and_nothing_stays_running(prefect_api: str, home: Path,
+                                                              tmp_path: Path) -> None:
+    from adapters.db import Store
+    from flows.settings import get_settings
+
+    spec = write(tmp_path, "tasks:\n  slow: {command: 'echo $$ > pid; sleep 60', "
+                           "task_inputs: {X: 1..3}}\n")
+    exp_id = cli("experiment", "run", spec).stdout.split("experiment ", 1)[1].split()[0]
+    store = Store(get_settings().db_url)
+    deadline = time.monotonic() + 60
+    while not store.state_counts(exp_id).get("slow", {}).get("RUNNING"):
+        assert time.monotonic() < deadline, store.state_counts(exp_id)
+        time.sleep(0.3)
+    runner = store.get_experiment(exp_id)["runner_pid"]
+    os.kill(runner, 9)
+    time.sleep(0.5)
+    try:
+        status = json.loads(cli("experiment", "status", exp_id, "--json").stdout)
+        assert status["status"] == "FAILED"
+        assert status["message"].startswith("runner exited unexpectedly; see ")
+        counts = status["steps"]["slow"]
+        assert set(counts) <= {"CANCELED", "COMPLETED"} and counts.get("CANCELED")
+    finally:  # the killed runner could not stop its scripts
+        for pid_file in (home / "runs" / exp_id).glob("slow/*/pid"):
+            with contextlib.suppress(ProcessLookupError, ValueError):
+                os.killpg(int(pid_file.read_text()), 9)

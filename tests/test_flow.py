@@ -132,3 +132,20 @@ def test_a_flow_run_cannot_run_an_experiment_twice(prefect_api: str, home: Path,
     again = run_flow(exp_id)
     assert again.is_failed() and "not waiting to run (status COMPLETED)" in again.message
     assert store.state_counts(exp_id) == {"a": {"COMPLETED": 1}}
+
+
+@pytest.mark.postgres
+def test_the_flow_on_postgresql(prefect_api: str, home: Path, tmp_path: Path, pg_url: str,
+                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AIRAVATA_DATABASE_URL", pg_url)
+    store, exp_id = submit(tmp_path)
+    assert store.engine.dialect.name == "postgresql"
+    assert run_flow(exp_id).is_failed()
+    assert store.state_counts(exp_id) == {"a": {"COMPLETED": 2, "FAILED": 1},
+                                          "b": {"COMPLETED": 2, "UPSTREAM_FAILED": 1},
+                                          "c": {"UPSTREAM_FAILED": 1}}
+    events = store.events(exp_id, "a[1]")
+    assert [e["to_state"] for e in events] == ["QUEUED", "DATA_STAGING", "ENV_SETUP", "RUNNING",
+                                               "FAILED"]
+    assert store.task(exp_id, "a[1]")["exit_code"] == 3
+    store.close()
