@@ -57,10 +57,22 @@ class Recorder:
         self._pending.append(Transition(iid, current, to, datetime.now(UTC),
                                     self._attempt.get(iid, 0), message, exit_code))
 
-    async def flush(self) -> None:
-        batch, self._pending = self._pending, []
-        if batch:
-            await asyncio.to_thread(self._sink, batch)
+    async def flush(self, attempts: int = 5) -> None:
+        """Write what is pending. A failed write goes back to the front of the queue and is
+        retried with back-off (a locked or restarting database); after `attempts` it raises,
+        and the batch is still pending, never lost."""
+        for attempt in range(attempts):
+            batch, self._pending = self._pending, []
+            if not batch:
+                return
+            try:
+                await asyncio.to_thread(self._sink, batch)
+                return
+            except Exception:
+                self._pending = batch + self._pending
+                if attempt == attempts - 1:
+                    raise
+                await asyncio.sleep(0.2 * 2 ** attempt)
 
     async def run_flusher(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -297,7 +309,7 @@ class Scheduler:
         finally:
             done.set()
             await asyncio.gather(flusher, watcher, return_exceptions=True)
-            await self.recorder.flush()
+            await self.recorder.flush()  # raises if the store stays unwritable
         return self.summary
 
 

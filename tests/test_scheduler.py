@@ -8,6 +8,8 @@ import textwrap
 import time
 from pathlib import Path
 
+import pytest
+
 from agent.local import LocalExecutor, render_script
 from flows.dag import TaskGraph, compile_graph
 from flows.scheduler import Recorder, Scheduler, Summary
@@ -169,3 +171,35 @@ def test_render_script_keeps_the_shebang_first() -> None:
     assert render_script("#!/bin/bash\necho hi\n", ["A=1"]) == \
         '#!/bin/bash\nexport A="1"\necho hi\n'
     assert render_script("echo hi", []) == "echo hi"
+
+
+def test_a_failing_store_write_is_retried_not_lost(tmp_path: Path) -> None:
+    graph = compile_graph(parse_spec_text("tasks:\n  a: {command: 'true'}\n", "t.yml"),
+                          root=str(tmp_path))
+    written: list[Transition] = []
+    failures = iter([True, True])  # the first two writes fail (a locked database)
+
+    def flaky_sink(batch: list[Transition]) -> None:
+        if next(failures, False):
+            raise OSError("database is locked")
+        written.extend(batch)
+
+    sched = Scheduler(graph, LocalExecutor(graph, "exp"), Recorder(flaky_sink, interval=0.05),
+                      concurrency=1)
+    assert asyncio.run(sched.run()).ok
+    assert [c.to_state for c in written] == [S.QUEUED, S.DATA_STAGING, S.ENV_SETUP, S.RUNNING,
+                                             S.OUTPUT_STAGING, S.COMPLETED]
+
+
+def test_a_store_that_stays_down_fails_the_run(tmp_path: Path) -> None:
+    graph = compile_graph(parse_spec_text("tasks:\n  a: {command: 'true'}\n", "t.yml"),
+                          root=str(tmp_path))
+
+    def down(batch: list[Transition]) -> None:
+        raise OSError("database is down")
+
+    sched = Scheduler(graph, LocalExecutor(graph, "exp"), Recorder(down, interval=0.05),
+                      concurrency=1)
+    with pytest.raises(OSError, match="database is down"):
+        asyncio.run(sched.run())
+    assert len(sched.recorder._pending) == 6  # kept, in order, for whoever retries
