@@ -32,6 +32,8 @@ app.add_typer(experiment_app, name="experiment")
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
+ExperimentArg = typer.Argument(..., help="Experiment id (or a unique prefix)",
+                               metavar="EXPERIMENT")
 ParamOpt = typer.Option([], "--param", "-p", help="Override a parameter: KEY=VALUE (repeatable)")
 
 
@@ -147,7 +149,7 @@ def _print_outcome(store: Store, exp: dict) -> None:
 
 @experiment_app.command("status")
 def status_cmd(
-    experiment: str = typer.Argument(..., help="Experiment id (or a unique prefix)"),
+    experiment: str = ExperimentArg,
     watch: bool = typer.Option(False, "--watch", "-w", help="Follow progress until it ends"),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
@@ -180,6 +182,36 @@ def _elapsed(exp: dict) -> float:
     return (end - start).total_seconds()
 
 
+@experiment_app.command("tasks")
+def tasks_cmd(
+    experiment: str = ExperimentArg,
+    step: str | None = typer.Option(None, help="Only this step"),
+    state: list[TaskState] = typer.Option([], help="Only these states (repeatable)"),
+    limit: int = typer.Option(100, min=1, help="At most this many rows"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """List task instances with their state, attempt, exit code and working directory."""
+    store = _store(get_settings())
+    exp = store.get_experiment(experiment)
+    rows = store.tasks(exp["id"], states=[str(s) for s in state] or None, step=step,
+                       limit=limit)
+    if step and not rows and step not in store.state_counts(exp["id"]):
+        raise UserError(f"experiment {exp['id'][:8]} has no step {step!r}")
+    if as_json:
+        keys = ("instance_id", "step", "idx", "state", "attempt", "exit_code", "reason",
+                "workdir")
+        print(json.dumps([{k: r[k] for k in keys} for r in rows], indent=2))
+        return
+    table = Table(title=f"{exp['name']} ({exp['id'][:8]}): {len(rows)} task(s)")
+    for col in ("task", "state", "attempt", "exit", "reason", "workdir"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        table.add_row(r["instance_id"], r["state"], str(r["attempt"]),
+                      "" if r["exit_code"] is None else str(r["exit_code"]), r["reason"] or "",
+                      r["workdir"])
+    out.print(table)
+
+
 @experiment_app.command("list")
 def list_cmd(limit: int = typer.Option(20, min=1, help="How many, newest first")) -> None:
     """List experiments, newest first."""
@@ -195,8 +227,7 @@ def list_cmd(limit: int = typer.Option(20, min=1, help="How many, newest first")
 
 
 @experiment_app.command("cancel")
-def cancel_cmd(experiment: str = typer.Argument(..., help="Experiment id (or a unique prefix)")
-               ) -> None:
+def cancel_cmd(experiment: str = ExperimentArg) -> None:
     """Cancel an experiment: running tasks are stopped, waiting ones never start."""
     result = service.cancel(_store(get_settings()), experiment)
     out.print(result.message)
@@ -206,8 +237,8 @@ def cancel_cmd(experiment: str = typer.Argument(..., help="Experiment id (or a u
 
 @experiment_app.command("logs")
 def logs_cmd(
-    experiment: str = typer.Argument(..., help="Experiment id (or a unique prefix)"),
-    task: str = typer.Argument(..., help="Task instance id, e.g. 'task1[3]'"),
+    experiment: str = ExperimentArg,
+    task: str = typer.Argument(..., help="Task instance id, e.g. 'task1[3]'", metavar="TASK"),
     stderr: bool = typer.Option(False, "--stderr", help="Show stderr instead of stdout"),
 ) -> None:
     """Print a task instance's stdout (or stderr)."""

@@ -119,6 +119,10 @@ def test_run_watch_completes_and_status_logs_list(prefect_api: str, home: Path,
     assert status["started_at"] is not None
     assert status["started_at"] <= status["finished_at"]
     assert status["steps"] == {"hello": {"COMPLETED": 3}, "join": {"COMPLETED": 3}}
+    rows = json.loads(cli("experiment", "tasks", exp_id, "--step", "join", "--json").stdout)
+    assert [(r["instance_id"], r["state"], r["exit_code"]) for r in rows] == [
+        (f"join[{i}]", "COMPLETED", 0) for i in range(3)]
+    assert rows[2]["workdir"] == str(home.resolve() / "runs" / exp_id / "join" / "2")
     logs = cli("experiment", "logs", exp_id[:8], "join[2]")
     assert logs.stdout == "hello alice 3\n"
     assert exp_id[:8] in cli("experiment", "list").stdout
@@ -134,6 +138,11 @@ def test_run_watch_failure_exits_1_and_names_the_failed_task(prefect_api: str, h
     assert "a[0] failed: exit code 4 (logs: " in r.stdout
     exp_id = r.stdout.split("experiment ", 1)[1].split()[0]
     assert cli("experiment", "logs", exp_id, "a[0]", "--stderr").stdout == "boom\n"
+    rows = json.loads(cli("experiment", "tasks", exp_id, "--state", "FAILED", "--json").stdout)
+    assert [(r["instance_id"], r["exit_code"], r["reason"]) for r in rows] == [
+        ("a[0]", 4, "exit code 4")]
+    bad = cli("experiment", "tasks", exp_id, "--state", "BOGUS")
+    assert bad.returncode == 2 and "'BOGUS' is not one of" in bad.stderr
 
 
 @pytest.mark.prefect
