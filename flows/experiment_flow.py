@@ -24,7 +24,8 @@ from prefect.artifacts import (
     aupdate_progress_artifact,
 )
 from prefect.cache_policies import NO_CACHE
-from prefect.client.schemas.objects import State
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.objects import State, StateType
 from prefect.runtime import flow_run
 from prefect.states import Cancelled, Completed, Failed
 
@@ -163,6 +164,18 @@ def _sink(store: Store, exp_id: str) -> Callable[[list[Transition]], None]:
     return lambda batch: store.apply_transitions(exp_id, batch)
 
 
+def _cancelling_in_prefect(flow_run_id: str | None) -> bool:
+    """A flow run started outside a worker is not stopped by Prefect itself: we watch for it."""
+    if not flow_run_id:
+        return False
+    try:
+        with get_client(sync_client=True) as client:
+            state = client.read_flow_run(flow_run_id).state
+    except Exception:  # the API being briefly unreachable must not cancel anything
+        return False
+    return state is not None and state.type in (StateType.CANCELLING, StateType.CANCELLED)
+
+
 def _final_status(summary: Summary) -> tuple[ExperimentStatus, str]:
     text = ", ".join(f"{v} {k.lower()}" for k, v in sorted(summary.totals().items()))
     if summary.canceled:
@@ -174,10 +187,15 @@ async def execute_experiment(store: Store, exp: dict, graph: TaskGraph, settings
                              *, per_instance: bool) -> Summary:
     hooks: PerInstanceHooks | PerStepHooks = (PerInstanceHooks(graph) if per_instance
                                               else PerStepHooks(graph))
+    flow_run_id = flow_run.id
+
+    def is_cancelled() -> bool:  # `airavata experiment cancel`, or Cancel in the Prefect UI
+        return store.cancel_requested(exp["id"]) or _cancelling_in_prefect(flow_run_id)
+
     scheduler = Scheduler(
         graph, LocalExecutor(graph, exp["id"]), Recorder(_sink(store, exp["id"])),
         concurrency=settings.concurrency, cancel_poll=settings.cancel_poll_seconds,
-        is_cancelled=lambda: store.cancel_requested(exp["id"]), hooks=hooks)
+        is_cancelled=is_cancelled, hooks=hooks)
     summary = await scheduler.run()
     if isinstance(hooks, PerStepHooks) and hooks.step_runs:
         await asyncio.gather(*hooks.step_runs.values())

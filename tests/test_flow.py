@@ -149,3 +149,26 @@ def test_the_flow_on_postgresql(prefect_api: str, home: Path, tmp_path: Path, pg
                                                "FAILED"]
     assert store.task(exp_id, "a[1]")["exit_code"] == 3
     store.close()
+
+
+def test_cancel_from_the_prefect_ui(prefect_api: str, home: Path, tmp_path: Path) -> None:
+    """Pressing Cancel on the flow run (its state set to Cancelling) stops the experiment."""
+    import threading
+
+    store, exp_id = submit(tmp_path, "tasks:\n  slow: {command: 'sleep 60', "
+                                     "task_inputs: {X: 1..4}}\n")
+    result: list = []
+    runner = threading.Thread(target=lambda: result.append(run_flow(exp_id)))
+    runner.start()
+    deadline = time.monotonic() + 60
+    while not store.state_counts(exp_id).get("slow", {}).get("RUNNING"):
+        assert time.monotonic() < deadline
+        time.sleep(0.3)
+    flow_run_id = store.get_experiment(exp_id)["flow_run_id"]
+    r = httpx.post(f"{os.environ['PREFECT_API_URL']}/flow_runs/{flow_run_id}/set_state",
+                   json={"state": {"type": "CANCELLING", "name": "Cancelling"}, "force": True})
+    r.raise_for_status()
+    runner.join(60)
+    assert not runner.is_alive()
+    assert store.get_experiment(exp_id)["status"] == "CANCELED"
+    assert store.state_counts(exp_id) == {"slow": {"CANCELED": 4}}
