@@ -17,10 +17,17 @@ from rich.table import Table
 N_TRUE = 2000
 
 
-def bench_compile() -> dict:
-    out = subprocess.run([sys.executable, "-m", "bench.compile_sweep"], capture_output=True,
-                         text=True, check=True)
-    return json.loads(out.stdout)
+def bench_compile(repeat: int = 3) -> dict:
+    """Median of `repeat` fresh processes (a shared VM's timings vary by ~30% run to run)."""
+    runs = []
+    for _ in range(repeat):
+        out = subprocess.run([sys.executable, "-m", "bench.compile_sweep"],
+                             capture_output=True, text=True, check=True)
+        runs.append(json.loads(out.stdout))
+    runs.sort(key=lambda r: r["total_s"])
+    median = runs[len(runs) // 2]
+    return {**median, "min_s": runs[0]["total_s"], "max_s": runs[-1]["total_s"],
+            "peak_rss_mb": max(r["peak_rss_mb"] for r in runs)}
 
 
 def bench_xargs(cpus: int) -> float:
@@ -93,7 +100,8 @@ def main() -> None:
         table.add_column(col)
 
     c = bench_compile()
-    table.add_row(f"compile {c['instances']:,}-instance sweep (wall)", f"{c['total_s']:.2f} s",
+    table.add_row(f"compile {c['instances']:,}-instance sweep, every instance materialised "
+                  f"(median of 3; {c['min_s']:.2f}-{c['max_s']:.2f} s)", f"{c['total_s']:.2f} s",
                   "target 5.00 s", f"{c['total_s'] / 5:.2f}x of target")
     table.add_row("compile 1M sweep (peak RSS)", f"{c['peak_rss_mb']:.0f} MB",
                   "target 1536 MB", f"{c['peak_rss_mb'] / 1536:.2f}x of target")
