@@ -10,12 +10,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path as FsPath
-from typing import Any, Literal
+from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from flows.problems import Path, Problem, SpecError
+from flows.problems import Path, Problem
+from flows.yamldoc import Located, parse_located, read_source
 
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 STEP_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
@@ -149,115 +149,17 @@ class LoadedSpec:
     source: str
     text: str
     name: str
-    marks: dict[Path, tuple[int, int]] = field(default_factory=dict)
-    key_marks: dict[Path, tuple[int, int]] = field(default_factory=dict)
+    located: Located = field(default_factory=lambda: Located("<input>"))
 
     def problem(self, path: Path, message: str, *, at_key: bool = False) -> Problem:
-        return _problem(self.source, self.marks, self.key_marks, path, message, at_key)
-
-
-def _problem(source: str, marks: dict, key_marks: dict, path: Path, message: str,
-             at_key: bool = False) -> Problem:
-    # Nearest located ancestor: a missing key is reported at its parent mapping.
-    table = key_marks if at_key and path in key_marks else marks
-    probe = path
-    while probe and probe not in table:
-        probe = probe[:-1]
-        table = marks
-    line, col = table.get(probe, (1, 1))
-    return Problem(message=message, path=path, source=source, line=line, col=col)
-
-
-def _walk(node: yaml.Node, path: Path, marks: dict, key_marks: dict, problems: list) -> None:
-    marks[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
-    if isinstance(node, yaml.MappingNode):
-        seen: set[Any] = set()
-        for key_node, value_node in node.value:
-            key = key_node.value
-            child = (*path, key)
-            if key in seen:
-                problems.append((child, f"duplicate key {key!r}", key_node))
-            seen.add(key)
-            key_marks[child] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
-            _walk(value_node, child, marks, key_marks, problems)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            _walk(item, (*path, i), marks, key_marks, problems)
-
-
-def _pydantic_problem(err: dict, data: Any) -> tuple[Path, str, bool]:
-    # Drop loc parts that are not in the document (pydantic adds union member tags).
-    path: list[str | int] = []
-    node = data
-    for part in err["loc"]:
-        in_dict = isinstance(node, dict) and part in node
-        in_list = isinstance(node, list) and isinstance(part, int) and part < len(node)
-        if in_dict or in_list:
-            node = node[part]
-        elif err["type"] in ("extra_forbidden", "missing") and part == err["loc"][-1]:
-            pass
-        else:
-            continue
-        path.append(part)
-    kind = err["type"]
-    if kind == "extra_forbidden":
-        return tuple(path), f"unknown key {path[-1]!r}", True
-    if kind == "missing":
-        return tuple(path[:-1]), f"missing required key {path[-1]!r}", False
-    msg = err["msg"]
-    if msg.startswith("Value error, "):
-        msg = msg[len("Value error, "):]
-    msg = msg[0].lower() + msg[1:]
-    if "input" in err and not isinstance(err["input"], dict | list) and kind != "value_error":
-        msg += f" (got {err['input']!r})"
-    return tuple(path), msg, False
+        return self.located.problem(path, message, at_key=at_key)
 
 
 def parse_spec_text(text: str, source: str = "<input>") -> LoadedSpec:
     """Parse and structurally validate an experiment; raises SpecError listing every problem."""
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line, col = (mark.line + 1, mark.column + 1) if mark else (None, None)
-        msg = " ".join(str(p) for p in (exc.context, exc.problem) if p)
-        raise SpecError([Problem(f"malformed YAML: {msg}", (), source, line, col)]) from None
-    except yaml.YAMLError as exc:
-        raise SpecError([Problem(f"malformed YAML: {exc}", (), source, 1, 1)]) from None
-    if node is None:
-        raise SpecError([Problem("the document is empty", (), source, 1, 1)])
-
-    marks: dict[Path, tuple[int, int]] = {}
-    key_marks: dict[Path, tuple[int, int]] = {}
-    dupes: list = []
-    _walk(node, (), marks, key_marks, dupes)
-    problems = [_problem(source, marks, key_marks, p, m, True) for p, m, _ in dupes]
-    try:
-        data = yaml.SafeLoader(text).get_single_data()
-    except yaml.YAMLError as exc:  # e.g. a bad tag: composes, but does not construct
-        raise SpecError([Problem(f"malformed YAML: {exc}", (), source, 1, 1)]) from None
-    if not isinstance(data, dict):
-        raise SpecError([Problem("the document must be a mapping", (), source, 1, 1)])
-
-    try:
-        spec = ExperimentSpec.model_validate(data)
-    except ValidationError as exc:
-        for err in exc.errors():
-            path, msg, at_key = _pydantic_problem(err, data)
-            problems.append(_problem(source, marks, key_marks, path, msg, at_key))
-        raise SpecError(problems) from None
-    if problems:
-        raise SpecError(problems)
-    name = spec.name or FsPath(source).stem
-    return LoadedSpec(spec, source, text, name, marks, key_marks)
+    spec, located = parse_located(text, source, ExperimentSpec)
+    return LoadedSpec(spec, source, text, spec.name or FsPath(source).stem, located)
 
 
 def load_spec(path: str | FsPath) -> LoadedSpec:
-    p = FsPath(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise SpecError([Problem("no such file", (), str(path))]) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SpecError([Problem(f"cannot read: {exc}", (), str(path))]) from None
-    return parse_spec_text(text, str(path))
+    return parse_spec_text(read_source(path), str(path))
