@@ -57,6 +57,7 @@ class Compute(_Strict):
     vram_gb: float = Field(0, ge=0)
     time: str | None = None
     estimate: str | None = None  # expected runtime, for placement; defaults to `time`
+    input_gb: float = Field(0, ge=0)  # data staged in per task, for placement's egress cost
 
     @field_validator("time", "estimate")
     @classmethod
@@ -68,6 +69,10 @@ class Compute(_Strict):
     @property
     def walltime_seconds(self) -> int | None:
         return parse_duration(self.time) if self.time else None
+
+    @property
+    def estimate_seconds(self) -> int | None:
+        return parse_duration(self.estimate) if self.estimate else self.walltime_seconds
 
 
 class StorageMount(_Strict):
@@ -131,6 +136,31 @@ class TaskSpec(_Strict):
     retries: int = Field(0, ge=0, le=100)
 
 
+class Constraints(_Strict):
+    """What placement optimises and must respect (see flows/placement.py)."""
+
+    objective: Literal["cost", "time", "balanced"] | None = None  # default: cost with a deadline
+    deadline: str | None = None
+    max_cost: float | None = Field(None, ge=0)
+    preferred: list[str] = []
+    excluded: list[str] = []
+
+    @field_validator("deadline")
+    @classmethod
+    def _duration(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_duration(v)
+        return v
+
+    @property
+    def deadline_seconds(self) -> int | None:
+        return parse_duration(self.deadline) if self.deadline else None
+
+    @property
+    def effective_objective(self) -> str:
+        return self.objective or ("cost" if self.deadline else "time")
+
+
 class ExperimentSpec(_Strict):
     name: str | None = None
     description: str = ""
@@ -139,6 +169,7 @@ class ExperimentSpec(_Strict):
     tasks: dict[str, TaskSpec] = Field(min_length=1)
     resources: Resources = Resources()
     retries: int = Field(0, ge=0, le=100)
+    constraints: Constraints = Constraints()
 
 
 @dataclass

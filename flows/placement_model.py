@@ -1,0 +1,253 @@
+"""The mixed-integer program behind placement, on plain numbers (formulation: flows/placement.py).
+
+Kept apart from the domain types so the model can be built, relaxed and re-solved cheaply.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import pulp
+
+Pair = tuple[int, int]  # (class index, resource index)
+
+
+@dataclass
+class ModelInput:
+    n: list[int]                     # instances per class
+    t: list[float]                   # runtime per instance (s)
+    level: list[int]                 # DAG level per class
+    q: list[float]                   # queue wait per resource (s)
+    pairs: list[Pair]                # eligible (class, resource)
+    cost: dict[Pair, float]          # per instance
+    slots: dict[Pair, int]           # instances at once
+    core_load: dict[Pair, float]     # seconds of the whole resource's cores per instance
+    gpu_load: dict[Pair, float] = field(default_factory=dict)
+    preferred: set[int] = field(default_factory=set)
+
+
+@dataclass
+class Solution:
+    status: str  # optimal | feasible | infeasible
+    x: dict[Pair, float]
+    cost: float
+    makespan: float
+    finish: dict[tuple[int, int], float]  # (resource, level) -> finish within the level
+    objective: float
+
+    @classmethod
+    def of(cls, inp: ModelInput, status: str, x: dict[Pair, float], objective: float
+           ) -> Solution:
+        cost, finish = evaluate(inp, x)
+        return cls(status, x, cost, sum(level_times(finish).values()), finish, objective)
+
+
+def evaluate(inp: ModelInput, x: dict[Pair, float]) -> tuple[float, dict[tuple[int, int], float]]:
+    """(cost, {(resource, level): finish within the level}) of a placement, by the model's own
+    formulas. Used instead of the solver's M_l, which is not tight when cost is minimised."""
+    cost = sum(inp.cost[p] * v for p, v in x.items())
+    finish: dict[tuple[int, int], float] = {}
+    loads: dict[tuple[int, int], list[float]] = {}
+    for (k, r), v in x.items():
+        if v <= 0:
+            continue
+        key = (r, inp.level[k])
+        acc = loads.setdefault(key, [0.0, 0.0, 0.0])
+        acc[0] += inp.core_load[(k, r)] * v
+        acc[1] += inp.gpu_load.get((k, r), 0.0) * v
+        acc[2] = max(acc[2], inp.t[k] * math.ceil(v / inp.slots[(k, r)] - 1e-9))
+    for (r, lv), (cores, gpus, waves) in loads.items():
+        finish[(r, lv)] = inp.q[r] + max(cores, gpus, waves)
+    return cost, finish
+
+
+def level_times(finish: dict[tuple[int, int], float]) -> dict[int, float]:
+    out: dict[int, float] = {}
+    for (_, lv), f in finish.items():
+        out[lv] = max(out.get(lv, 0.0), f)
+    return out
+
+
+def _build(inp: ModelInput, objective: str, deadline: float | None, max_cost: float | None,
+           relax: bool, refs: tuple[float, float]) -> tuple[pulp.LpProblem, dict, dict]:
+    cat = pulp.LpContinuous if relax else pulp.LpInteger
+    prob = pulp.LpProblem("placement", pulp.LpMinimize)
+    x = {p: pulp.LpVariable(f"x_{p[0]}_{p[1]}", 0, inp.n[p[0]], cat=cat) for p in inp.pairs}
+    levels = sorted(set(inp.level))
+    used = {(r, lv) for (k, r) in inp.pairs for lv in [inp.level[k]]}
+    y = {u: pulp.LpVariable(f"y_{u[0]}_{u[1]}", 0, 1,
+                            cat=pulp.LpContinuous if relax else pulp.LpBinary) for u in used}
+    m = {lv: pulp.LpVariable(f"m_{lv}", 0) for lv in levels}
+    by_class: dict[int, list[Pair]] = {}
+    for p in inp.pairs:
+        by_class.setdefault(p[0], []).append(p)
+    for k, ps in by_class.items():
+        prob += pulp.lpSum(x[p] for p in ps) == inp.n[k], f"place_{k}"
+    for (k, r), var in x.items():
+        prob += var <= inp.n[k] * y[(r, inp.level[k])], f"use_{k}_{r}"
+        wait = inp.q[r] * y[(r, inp.level[k])]
+        if inp.slots[(k, r)] >= inp.n[k]:
+            prob += m[inp.level[k]] >= wait + inp.t[k] * y[(r, inp.level[k])], f"wave_{k}_{r}"
+        else:
+            waves = pulp.LpVariable(f"w_{k}_{r}", 0, math.ceil(inp.n[k] / inp.slots[(k, r)]),
+                                    cat=cat)
+            prob += waves * inp.slots[(k, r)] >= var, f"waves_{k}_{r}"
+            prob += m[inp.level[k]] >= wait + inp.t[k] * waves, f"wave_{k}_{r}"
+    for (r, lv) in used:
+        here = [p for p in inp.pairs if p[1] == r and inp.level[p[0]] == lv]
+        prob += (m[lv] >= inp.q[r] * y[(r, lv)]
+                 + pulp.lpSum(inp.core_load[p] * x[p] for p in here)), f"cores_{r}_{lv}"
+        gpu = [p for p in here if inp.gpu_load.get(p)]
+        if gpu:
+            prob += (m[lv] >= inp.q[r] * y[(r, lv)]
+                     + pulp.lpSum(inp.gpu_load[p] * x[p] for p in gpu)), f"gpus_{r}_{lv}"
+    cost = pulp.lpSum(inp.cost[p] * x[p] for p in inp.pairs)
+    makespan = pulp.lpSum(m.values())
+    if deadline is not None:
+        prob += makespan <= deadline, "deadline"
+    if max_cost is not None:
+        prob += cost <= max_cost, "max_cost"
+    if objective == "cost":
+        prob += cost
+    elif objective == "time":
+        prob += makespan
+    else:
+        prob += cost * (1 / max(refs[0], 1e-9)) + makespan * (1 / max(refs[1], 1e-9))
+    return prob, x, m
+
+
+def solve(inp: ModelInput, objective: str, *, deadline: float | None = None,
+          max_cost: float | None = None, relax: bool = False, time_limit: float = 10.0,
+          refs: tuple[float, float] = (1.0, 1.0)) -> Solution:
+    prob, x, _ = _build(inp, objective, deadline, max_cost, relax, refs)
+    solver = pulp.PULP_CBC_CMD(msg=False, timeLimit=time_limit)
+    prob.solve(solver)
+    status = pulp.LpStatus[prob.status]
+    if status != "Optimal" or any(v.value() is None for v in x.values()):
+        if status == "Not Solved" and all(v.value() is not None for v in x.values()):
+            status = "Optimal"
+        else:
+            return Solution("infeasible", {}, math.inf, math.inf, {}, math.inf)
+    sol = {p: max(0.0, v.value() or 0.0) for p, v in x.items()}
+    if not relax:
+        sol = {p: float(round(v)) for p, v in sol.items()}
+    # CBC reports "Optimal" after a time limit when it holds an incumbent: treat a solve that
+    # used the whole limit as merely feasible.
+    timed_out = prob.solutionTime >= time_limit * 0.98
+    return Solution.of(inp, "feasible" if timed_out else "optimal", sol,
+                       pulp.value(prob.objective) or 0.0)
+
+
+def prefer(inp: ModelInput, base: Solution, objective: str, *, deadline: float | None,
+           max_cost: float | None, time_limit: float, refs: tuple[float, float]) -> Solution:
+    """Second, lexicographic solve: most instances on preferred resources, objective held."""
+    if not inp.preferred:
+        return base
+    prob, x, _ = _build(inp, objective, deadline, max_cost, False, refs)
+    slack = abs(base.objective) * 1e-6 + 1e-6
+    prob += prob.objective <= base.objective + slack, "hold_objective"
+    prob.setObjective(-pulp.lpSum(v for (k, r), v in x.items() if r in inp.preferred))
+    prob.solve(pulp.PULP_CBC_CMD(msg=False, timeLimit=time_limit))
+    if pulp.LpStatus[prob.status] != "Optimal":
+        return base
+    sol = {p: float(round(max(0.0, v.value() or 0.0))) for p, v in x.items()}
+    return Solution.of(inp, base.status, sol, base.objective)
+
+
+def _lp(inp: ModelInput, objective: str, deadline: float | None, max_cost: float | None,
+        refs: tuple[float, float], fixed: set[tuple[int, int]] | None) -> tuple[float, dict] | None:
+    """A linear relaxation: waves fractional (w = x/slots) and, when `fixed` is None, one
+    aggregated usage row per (resource, level); both only loosen the MIP, so its optimum is a
+    lower bound. With `fixed`, exactly those (resource, level) groups are used (y = 1)."""
+    prob = pulp.LpProblem("placement_lp", pulp.LpMinimize)
+    pairs = [p for p in inp.pairs if fixed is None or (p[1], inp.level[p[0]]) in fixed]
+    x = {p: pulp.LpVariable(f"x_{p[0]}_{p[1]}", 0, inp.n[p[0]]) for p in pairs}
+    groups: dict[tuple[int, int], list[Pair]] = {}
+    for p in pairs:
+        groups.setdefault((p[1], inp.level[p[0]]), []).append(p)
+    y = {g: 1.0 if fixed is not None else pulp.LpVariable(f"y_{g[0]}_{g[1]}", 0, 1)
+         for g in groups}
+    m = {lv: pulp.LpVariable(f"m_{lv}", 0) for lv in set(inp.level)}
+    by_class: dict[int, list[Pair]] = {}
+    for p in pairs:
+        by_class.setdefault(p[0], []).append(p)
+    if len(by_class) < len(inp.n):
+        return None  # a class lost every resource it could use
+    for k, ps in by_class.items():
+        prob += pulp.lpSum(x[p] for p in ps) == inp.n[k]
+    for (r, lv), ps in groups.items():
+        if fixed is None:
+            prob += pulp.lpSum(x[p] * (1.0 / inp.n[p[0]]) for p in ps) <= len(ps) * y[(r, lv)]
+        wait = inp.q[r] * y[(r, lv)]
+        for p in ps:
+            prob += m[lv] >= wait + (inp.t[p[0]] / inp.slots[p]) * x[p]
+        prob += m[lv] >= wait + pulp.lpSum(inp.core_load[p] * x[p] for p in ps)
+        gpu = [p for p in ps if inp.gpu_load.get(p)]
+        if gpu:
+            prob += m[lv] >= wait + pulp.lpSum(inp.gpu_load[p] * x[p] for p in gpu)
+    cost = pulp.lpSum(inp.cost[p] * x[p] for p in pairs)
+    makespan = pulp.lpSum(m.values())
+    if deadline is not None:
+        prob += makespan <= deadline
+    if max_cost is not None:
+        prob += cost <= max_cost
+    prob += {"cost": cost, "time": makespan}.get(
+        objective, cost * (1 / max(refs[0], 1e-9)) + makespan * (1 / max(refs[1], 1e-9)))
+    prob.solve(pulp.PULP_CBC_CMD(msg=False))
+    if pulp.LpStatus[prob.status] != "Optimal":
+        return None
+    return pulp.value(prob.objective) or 0.0, {p: v.value() or 0.0 for p, v in x.items()}
+
+
+def _round(inp: ModelInput, x: dict[Pair, float]) -> dict[Pair, float]:
+    """Largest remainder per class: integers that still sum to n_k (ties by resource order)."""
+    by_class: dict[int, list[Pair]] = {}
+    for p in x:
+        by_class.setdefault(p[0], []).append(p)
+    out: dict[Pair, float] = {}
+    for k, ps in by_class.items():
+        floors = {p: math.floor(x[p] + 1e-9) for p in ps}
+        left = inp.n[k] - sum(floors.values())
+        for p in sorted(ps, key=lambda p: (-(x[p] - floors[p]), p[1]))[:left]:
+            floors[p] += 1
+        out.update({p: float(v) for p, v in floors.items()})
+    return out
+
+
+def objective_value(objective: str, cost: float, makespan: float,
+                    refs: tuple[float, float]) -> float:
+    if objective == "cost":
+        return cost
+    if objective == "time":
+        return makespan
+    return cost / max(refs[0], 1e-9) + makespan / max(refs[1], 1e-9)
+
+
+def solve_relaxed_and_round(inp: ModelInput, objective: str, *, deadline: float | None,
+                            max_cost: float | None, refs: tuple[float, float]
+                            ) -> tuple[Solution | None, float | None]:
+    """(rounded plan or None, LP lower bound or None). Fast on large sweeps, where rounding a
+    handful of instances moves the objective by a tiny fraction."""
+    first = _lp(inp, objective, deadline, max_cost, refs, None)
+    if first is None:
+        return None, None
+    bound, x1 = first
+    load: dict[tuple[int, int], float] = {}
+    for p, v in x1.items():
+        load[(p[1], inp.level[p[0]])] = load.get((p[1], inp.level[p[0]]), 0.0) + v
+    fixed = {g for g, v in load.items() if v >= 0.5}
+    for k in range(len(inp.n)):  # every class keeps at least its largest LP share
+        mine = [p for p in x1 if p[0] == k]
+        if not any((p[1], inp.level[k]) in fixed for p in mine):
+            best = max(mine, key=lambda p: x1[p])
+            fixed.add((best[1], inp.level[k]))
+    second = _lp(inp, objective, deadline, max_cost, refs, fixed)
+    if second is None:
+        return None, bound
+    sol = Solution.of(inp, "feasible", _round(inp, second[1]), 0.0)
+    if (deadline is not None and sol.makespan > deadline + 1e-6) or \
+            (max_cost is not None and sol.cost > max_cost + 1e-6):
+        return None, bound
+    sol.objective = objective_value(objective, sol.cost, sol.makespan, refs)
+    return sol, bound
