@@ -6,6 +6,7 @@ input; 2 bad input (spec, parameters, arguments, unknown ids), one line per prob
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
 import sys
@@ -21,8 +22,11 @@ from rich.table import Table
 
 from adapters.db import NotFound, Store
 from api import service
+from flows import placement
 from flows.problems import SpecError
+from flows.resources import load_resources, local_resource
 from flows.settings import Settings, get_settings
+from flows.spec import format_duration
 from flows.states import ACTIVE, EXPERIMENT_TERMINAL, ExperimentStatus, TaskState
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
@@ -72,6 +76,47 @@ def compile_cmd(
         table.add_row(s.name, f"{s.count:,}", ", ".join(s.foreach) or "-",
                       ", ".join(s.barriers) or "-",
                       ", ".join(f"{k}({len(v)})" for k, v in s.axes) or "-", str(s.retries))
+    out.print(table)
+
+
+@experiment_app.command("plan")
+def plan_cmd(
+    file: Path = typer.Argument(..., help="Experiment YAML", metavar="FILE"),
+    param: list[str] = ParamOpt,
+    resources: Path | None = typer.Option(
+        None, "--resources", "-r", metavar="RESOURCES.yml",
+        help="Offline: plan against the compute resources in this file (default: this machine)"),
+    user: str = typer.Option(getpass.getuser(), help="Whose credentials decide eligibility"),
+    time_limit: float = typer.Option(10.0, min=0.1, help="Solver time limit, seconds"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Decide where every task runs: exit 0 with a plan, 3 when none exists, 2 on bad input."""
+    settings = get_settings()
+    loaded, _, graph = service.compile_file(
+        file, param, root=str(settings.runs_dir / "<experiment-id>"),
+        max_instances=settings.max_instances)
+    pool = load_resources(str(resources)) if resources else [local_resource()]
+    result = service.plan_experiment(loaded, graph, pool, user=user, time_limit=time_limit)
+    if as_json:
+        print(json.dumps(result.to_json(), indent=2))
+    else:
+        _print_plan(result)
+    if result.status == "infeasible":
+        raise typer.Exit(3)
+
+
+def _print_plan(p: placement.Plan) -> None:
+    if p.status == "infeasible":
+        out.print(f"[bold red]infeasible[/] ({p.objective}): {p.reason}")
+        return
+    table = Table(title=f"{p.status} plan, objective {p.objective}: cost {p.total_cost:.2f}, "
+                        f"makespan {format_duration(p.makespan_seconds or 0)}, gap {p.gap:.2%}, "
+                        f"solved in {p.solve_seconds:.2f}s")
+    for col in ("step", "resource", "tasks", "cost", "finishes at"):
+        table.add_column(col, justify="left" if col in ("step", "resource") else "right")
+    for a in p.assignments:
+        table.add_row(a.step, a.resource, f"{a.count:,}", f"{a.cost:.2f}",
+                      format_duration(a.finish_seconds))
     out.print(table)
 
 

@@ -10,9 +10,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from adapters.db import NewTask, Store
+from flows import placement
 from flows.dag import TaskGraph, compile_graph
 from flows.params import parse_overrides
 from flows.problems import SpecError
+from flows.resources import ComputeResource
 from flows.runner import fail_unfinished
 from flows.settings import Settings
 from flows.spec import LoadedSpec, load_spec
@@ -31,6 +33,23 @@ def compile_file(path: str | Path, params: list[str], *, root: str,
     if param_problems:
         raise SpecError(param_problems)
     return loaded, overrides, graph
+
+
+def plan_experiment(loaded: LoadedSpec, graph: TaskGraph, resources: list[ComputeResource],
+                    *, user: str, time_limit: float = placement.TIME_LIMIT_S) -> placement.Plan:
+    """Place the experiment's instances on `resources`; unknown resource names in its
+    constraints are input errors, located in the spec."""
+    names = {r.name for r in resources}
+    problems = [loaded.problem(("constraints", key, i),
+                               f"unknown resource {name!r} (resources: {', '.join(sorted(names))})")
+                for key in ("preferred", "excluded")
+                for i, name in enumerate(getattr(loaded.spec.constraints, key))
+                if name not in names]
+    if problems:
+        raise SpecError(problems)
+    return placement.plan(placement.task_classes(graph), resources, loaded.spec.constraints,
+                          usable=lambda r: r.users is None or user in r.users, user=user,
+                          time_limit=time_limit)
 
 
 def submit(store: Store, settings: Settings, path: str | Path, params: list[str]) -> str:

@@ -27,8 +27,8 @@ def resources(rng: random.Random, n: int) -> list[ComputeResource]:
 
 def classes(rng: random.Random, n_classes: int, total: int, levels: int = 4) -> list[TaskClass]:
     weights = [rng.random() for _ in range(n_classes)]
-    counts = [max(1, int(total * w / sum(weights))) for w in weights]
-    counts[0] += total - sum(counts)
+    counts = [max(1, int((total - n_classes) * w / sum(weights))) for w in weights]
+    counts[0] += max(0, total - sum(counts))  # every class has at least one instance
     out = []
     for i, n in enumerate(counts):
         out.append(TaskClass(

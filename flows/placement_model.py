@@ -123,12 +123,10 @@ def solve(inp: ModelInput, objective: str, *, deadline: float | None = None,
     prob, x, _ = _build(inp, objective, deadline, max_cost, relax, refs)
     solver = pulp.PULP_CBC_CMD(msg=False, timeLimit=time_limit)
     prob.solve(solver)
-    status = pulp.LpStatus[prob.status]
-    if status != "Optimal" or any(v.value() is None for v in x.values()):
-        if status == "Not Solved" and all(v.value() is not None for v in x.values()):
-            status = "Optimal"
-        else:
-            return Solution("infeasible", {}, math.inf, math.inf, {}, math.inf)
+    # "Not Solved" after a time limit means CBC found no integer solution: its values are the
+    # LP relaxation's, not a plan.
+    if pulp.LpStatus[prob.status] != "Optimal" or any(v.value() is None for v in x.values()):
+        return Solution("infeasible", {}, math.inf, math.inf, {}, math.inf)
     sol = {p: max(0.0, v.value() or 0.0) for p, v in x.items()}
     if not relax:
         sol = {p: float(round(v)) for p, v in sol.items()}
@@ -156,7 +154,8 @@ def prefer(inp: ModelInput, base: Solution, objective: str, *, deadline: float |
 
 
 def _lp(inp: ModelInput, objective: str, deadline: float | None, max_cost: float | None,
-        refs: tuple[float, float], fixed: set[tuple[int, int]] | None) -> tuple[float, dict] | None:
+        refs: tuple[float, float], fixed: set[tuple[int, int]] | None,
+        hold: float | None = None) -> tuple[float, dict] | None:
     """A linear relaxation: waves fractional (w = x/slots) and, when `fixed` is None, one
     aggregated usage row per (resource, level); both only loosen the MIP, so its optimum is a
     lower bound. With `fixed`, exactly those (resource, level) groups are used (y = 1)."""
@@ -192,8 +191,13 @@ def _lp(inp: ModelInput, objective: str, deadline: float | None, max_cost: float
         prob += makespan <= deadline
     if max_cost is not None:
         prob += cost <= max_cost
-    prob += {"cost": cost, "time": makespan}.get(
+    goal = {"cost": cost, "time": makespan}.get(
         objective, cost * (1 / max(refs[0], 1e-9)) + makespan * (1 / max(refs[1], 1e-9)))
+    if hold is None:
+        prob += goal
+    else:  # lexicographic second pass: objective held, most instances on preferred resources
+        prob += goal <= hold
+        prob += -pulp.lpSum(v for (k, r), v in x.items() if r in inp.preferred)
     prob.solve(pulp.PULP_CBC_CMD(msg=False))
     if pulp.LpStatus[prob.status] != "Optimal":
         return None
@@ -207,11 +211,21 @@ def _round(inp: ModelInput, x: dict[Pair, float]) -> dict[Pair, float]:
         by_class.setdefault(p[0], []).append(p)
     out: dict[Pair, float] = {}
     for k, ps in by_class.items():
-        floors = {p: math.floor(x[p] + 1e-9) for p in ps}
-        left = inp.n[k] - sum(floors.values())
-        for p in sorted(ps, key=lambda p: (-(x[p] - floors[p]), p[1]))[:left]:
-            floors[p] += 1
-        out.update({p: float(v) for p, v in floors.items()})
+        # The LP's values sit within ~1e-6 of integers either way: round near-integers first.
+        base = {p: max(0, math.floor(x[p] + 1e-6)) for p in ps}
+        left = inp.n[k] - sum(base.values())
+        frac = sorted(ps, key=lambda p: (-(x[p] - base[p]), p[1]))
+        while left > 0:  # largest remainders get the missing instances
+            for p in frac[:left]:
+                base[p] += 1
+            left = inp.n[k] - sum(base.values())
+        for p in reversed(frac):  # smallest remainders give back any surplus
+            if left == 0:
+                break
+            take = min(base[p], -left)
+            base[p] -= take
+            left += take
+        out.update({p: float(v) for p, v in base.items()})
     return out
 
 
@@ -233,6 +247,11 @@ def solve_relaxed_and_round(inp: ModelInput, objective: str, *, deadline: float 
     if first is None:
         return None, None
     bound, x1 = first
+    if inp.preferred:  # choose resource groups with the preference already applied
+        held = _lp(inp, objective, deadline, max_cost, refs, None,
+                   hold=bound + abs(bound) * 1e-7 + 1e-9)
+        if held is not None:
+            x1 = held[1]
     load: dict[tuple[int, int], float] = {}
     for p, v in x1.items():
         load[(p[1], inp.level[p[0]])] = load.get((p[1], inp.level[p[0]]), 0.0) + v
@@ -245,6 +264,11 @@ def solve_relaxed_and_round(inp: ModelInput, objective: str, *, deadline: float 
     second = _lp(inp, objective, deadline, max_cost, refs, fixed)
     if second is None:
         return None, bound
+    if inp.preferred:
+        hold = second[0] + abs(second[0]) * 1e-7 + 1e-9
+        preferred = _lp(inp, objective, deadline, max_cost, refs, fixed, hold=hold)
+        if preferred is not None:
+            second = (second[0], preferred[1])
     sol = Solution.of(inp, "feasible", _round(inp, second[1]), 0.0)
     if (deadline is not None and sol.makespan > deadline + 1e-6) or \
             (max_cost is not None and sol.cost > max_cost + 1e-6):

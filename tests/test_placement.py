@@ -1,0 +1,184 @@
+"""Placement: the model's answers on small cases, its explanations, and properties (hypothesis)."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from bench.placement_scenarios import classes as gen_classes
+from bench.placement_scenarios import resources as gen_resources
+from flows.dag import compile_graph
+from flows.placement import (
+    Plan,
+    TaskClass,
+    expand,
+    ineligible,
+    plan,
+    slots,
+    task_classes,
+    unit_cost,
+)
+from flows.resources import ComputeResource, Prices
+from flows.spec import Constraints, format_duration, parse_spec_text
+
+
+def res(name: str, **kw: object) -> ComputeResource:
+    return ComputeResource(name=name, type="slurm", **kw)  # type: ignore[arg-type]
+
+
+CHEAP_SLOW = res("cheap", nodes=1, cores_per_node=4, queue_wait="1:00:00",
+                 cost=Prices(core_hour=0.01))
+DEAR_FAST = res("dear", nodes=10, cores_per_node=16, cost=Prices(core_hour=0.10))
+
+
+def test_objectives_pick_the_expected_resource() -> None:
+    k = [TaskClass("sim", 100, cpu=1, runtime_s=3600)]
+    fast = plan(k, [CHEAP_SLOW, DEAR_FAST], Constraints(objective="time"))
+    assert fast.status == "optimal" and fast.counts() == {"sim": {"dear": 100}}
+    assert fast.makespan_seconds == 3600 and fast.total_cost == pytest.approx(10.0)
+    cheap = plan(k, [CHEAP_SLOW, DEAR_FAST], Constraints(objective="cost"))
+    assert cheap.counts() == {"sim": {"cheap": 100}}
+    assert cheap.total_cost == pytest.approx(1.0)
+    assert cheap.makespan_seconds == 3600 + 25 * 3600  # queue wait + 25 waves of 4
+
+
+def test_deadline_makes_cost_spend_just_enough() -> None:
+    k = [TaskClass("sim", 100, cpu=1, runtime_s=3600)]
+    p = plan(k, [CHEAP_SLOW, DEAR_FAST], Constraints(deadline="06:00:00"))
+    assert p.objective == "cost" and p.status in ("optimal", "feasible")
+    assert p.makespan_seconds <= 6 * 3600
+    assert p.counts()["sim"]["cheap"] == 20  # 1 h queue + 5 waves of 4 fit; the rest is dear
+    assert p.total_cost == pytest.approx(20 * 0.01 + 80 * 0.10)
+
+
+def test_infeasible_deadline_and_budget_say_what_binds() -> None:
+    k = [TaskClass("sim", 100, cpu=1, runtime_s=3600)]
+    p = plan(k, [CHEAP_SLOW, DEAR_FAST], Constraints(deadline="00:30:00"))
+    assert p.status == "infeasible"
+    assert p.reason == "deadline 00:30:00 cannot be met: the fastest placement needs 01:00:00"
+    p = plan(k, [CHEAP_SLOW, DEAR_FAST], Constraints(max_cost=0.5))
+    assert p.reason == "max_cost 0.5 cannot be met: the cheapest placement costs 1.00"
+    p = plan(k, [CHEAP_SLOW, DEAR_FAST], Constraints(deadline="02:00:00", max_cost=2))
+    assert p.reason == ("deadline 02:00:00 and max_cost 2 cannot both be met: meeting the "
+                        "deadline costs at least 9.64")  # 4 fit the cheap queue: 0.04 + 96 x 0.10
+
+
+def test_no_eligible_resource_lists_each_reason() -> None:
+    gpu = [TaskClass("gpu_train", 4, gpu=1)]
+    pool = [res("cluster-a", cores_per_node=8), res("cluster-b", gpus_per_node=2, users=["bob"])]
+    p = plan(gpu, pool, Constraints(), usable=lambda r: r.users is None or "alice" in r.users,
+             user="alice")
+    assert p.status == "infeasible"
+    assert p.reason == ("step gpu_train needs gpu=1: no eligible resource (cluster-a: no GPUs; "
+                        "cluster-b: no credential for user alice)")
+
+
+@pytest.mark.parametrize(("k", "r", "why"), [
+    (TaskClass("a", 1, cpu=64), res("r", cores_per_node=32), "32 cores per node"),
+    (TaskClass("a", 1, ram_gb=512), res("r", mem_gb_per_node=256), "256 GB memory per node"),
+    (TaskClass("a", 1, node=4), res("r", nodes=2), "2 nodes"),
+    (TaskClass("a", 1, walltime_s=7200), res("r", max_walltime="1:00:00"),
+     "max walltime 1:00:00"),
+    (TaskClass("a", 1, gpu=8), res("r", gpus_per_node=4), "4 GPUs per node"),
+])
+def test_eligibility_reasons(k: TaskClass, r: ComputeResource, why: str) -> None:
+    assert ineligible(k, r, Constraints(), lambda r: True, "u") == why
+    assert ineligible(k, r, Constraints(excluded=["r"]), lambda r: True, "u") == \
+        "excluded by the experiment's constraints"
+
+
+def test_slots_and_unit_cost() -> None:
+    r = res("r", nodes=2, cores_per_node=16, gpus_per_node=2, mem_gb_per_node=64,
+            cost=Prices(core_hour=0.5, gpu_hour=2, node_hour=1), egress_gb={"s3": 0.1})
+    assert slots(TaskClass("a", 1, cpu=4, ram_gb=32), r) == 2 * 2  # memory binds: 2 per node
+    assert slots(TaskClass("a", 1, cpu=1, gpu=1), r) == 2 * 2       # GPUs bind
+    k = TaskClass("a", 1, cpu=2, gpu=1, runtime_s=1800, input_gb=10, storages=("s3",))
+    assert unit_cost(k, r) == pytest.approx(0.5 * (2 * 0.5 + 2 + 1) + 10 * 0.1)
+
+
+def test_preferred_breaks_ties() -> None:
+    twins = [res("a", cores_per_node=4), res("b", cores_per_node=4)]
+    k = [TaskClass("sim", 4, cpu=1, runtime_s=60)]
+    assert plan(k, twins, Constraints(objective="cost", preferred=["b"])).counts() == \
+        {"sim": {"b": 4}}
+    assert plan(k, twins, Constraints(objective="cost", preferred=["a"])).counts() == \
+        {"sim": {"a": 4}}
+
+
+def test_task_classes_and_expansion_keep_foreach_children_with_parents() -> None:
+    graph = compile_graph(parse_spec_text("""\
+tasks:
+  sim: {command: x, task_inputs: {N: 1..6}, resources: {compute: {cpu: 2, estimate: "0:10:00"}}}
+  post: {command: y, foreach: [sim]}
+  report: {command: z, depends_on: [post]}
+""", "t.yml"), root="/w")
+    ks = {k.name: k for k in task_classes(graph)}
+    assert (ks["sim"].count, ks["sim"].cpu, ks["sim"].runtime_s, ks["sim"].level) == \
+        (6, 2, 600.0, 0)
+    assert (ks["post"].level, ks["post"].parent, ks["report"].level) == (1, "sim", 2)
+    placed = expand(graph, {"sim": {"a": 4, "b": 2}, "post": {"b": 3, "a": 3},
+                            "report": {"a": 1}})
+    assert placed["sim"] == ["a", "a", "a", "a", "b", "b"]
+    # children follow their parents while quota allows, the rest fill in order
+    assert placed["post"] == ["a", "a", "a", "b", "b", "b"]
+    assert placed["report"] == ["a"]
+
+
+# -- properties ---------------------------------------------------------------------------------
+
+
+def recheck(p: Plan, ks: list[TaskClass], pool: list[ComputeResource],
+            cons: Constraints) -> None:
+    """Check a plan independently of the model: placement, eligibility, cost, limits."""
+    by_name = {r.name: r for r in pool}
+    placed: dict[str, int] = {}
+    cost = 0.0
+    for a in p.assignments:
+        k = next(k for k in ks if k.name == a.step)
+        assert a.count > 0
+        assert ineligible(k, by_name[a.resource], cons, lambda r: True, "") is None
+        placed[a.step] = placed.get(a.step, 0) + a.count
+        cost += a.count * unit_cost(k, by_name[a.resource])
+        assert a.finish_seconds <= (p.makespan_seconds or 0) + 1e-6
+    assert placed == {k.name: k.count for k in ks}  # every instance exactly once
+    assert p.total_cost == pytest.approx(cost, rel=1e-6, abs=1e-6)
+    if cons.deadline_seconds is not None:
+        assert (p.makespan_seconds or 0) <= cons.deadline_seconds + 1e-6
+    if cons.max_cost is not None:
+        assert (p.total_cost or 0) <= cons.max_cost + 1e-6
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 10_000), n_classes=st.integers(1, 6), total=st.integers(1, 3000),
+       n_res=st.integers(1, 5), objective=st.sampled_from(["cost", "time", "balanced"]),
+       deadline_h=st.one_of(st.none(), st.integers(1, 200)),
+       max_cost=st.one_of(st.none(), st.floats(1, 5000)))
+def test_plans_place_everything_and_respect_limits(seed: int, n_classes: int, total: int,
+                                                   n_res: int, objective: str,
+                                                   deadline_h: int | None,
+                                                   max_cost: float | None) -> None:
+    rng = random.Random(seed)
+    pool = gen_resources(rng, n_res)
+    ks = gen_classes(rng, n_classes, max(total, n_classes))
+    cons = Constraints(objective=objective,
+                       deadline=format_duration(deadline_h * 3600) if deadline_h else None,
+                       max_cost=max_cost)
+    p = plan(ks, pool, cons, time_limit=5)
+    if p.status == "infeasible":
+        assert p.reason and not p.assignments
+        return
+    assert p.status in ("optimal", "feasible") and p.gap is not None and p.gap >= 0
+    recheck(p, ks, pool, cons)
+
+
+def test_large_sweep_is_fast_and_close_to_its_bound() -> None:
+    rng = random.Random(7)
+    pool, ks = gen_resources(rng, 20), gen_classes(rng, 200, 1_000_000)
+    p = plan(ks, pool, Constraints(objective="time"))
+    assert p.status in ("optimal", "feasible") and p.gap <= 0.10  # within 10% of a lower bound
+    recheck(p, ks, pool, Constraints(objective="time"))
+    assert not math.isinf(p.makespan_seconds or math.inf)
