@@ -102,6 +102,7 @@ def _build(inp: ModelInput, objective: str, deadline: float | None, max_cost: fl
         if gpu:
             prob += (m[lv] >= inp.q[r] * y[(r, lv)]
                      + pulp.lpSum(inp.gpu_load[p] * x[p] for p in gpu)), f"gpus_{r}_{lv}"
+    _floor_cuts(prob, inp, m, inp.pairs)
     cost = pulp.lpSum(inp.cost[p] * x[p] for p in inp.pairs)
     makespan = pulp.lpSum(m.values())
     if deadline is not None:
@@ -153,6 +154,17 @@ def prefer(inp: ModelInput, base: Solution, objective: str, *, deadline: float |
     return Solution.of(inp, base.status, sol, base.objective)
 
 
+def _floor_cuts(prob: pulp.LpProblem, inp: ModelInput, m: dict, pairs: list[Pair]) -> None:
+    """Valid cuts that keep relaxations honest: some resource runs at least one wave of every
+    class, paying its queue wait, so M_l >= min_r (q_r + t_k). Without them a fractional y
+    nearly erases queue waits and the LP bound says little."""
+    floor: dict[int, float] = {}
+    for (k, r) in pairs:
+        floor[k] = min(floor.get(k, math.inf), inp.q[r] + inp.t[k])
+    for k, f in floor.items():
+        prob += m[inp.level[k]] >= f, f"floor_{k}"
+
+
 def _lp(inp: ModelInput, objective: str, deadline: float | None, max_cost: float | None,
         refs: tuple[float, float], fixed: set[tuple[int, int]] | None,
         hold: float | None = None) -> tuple[float, dict] | None:
@@ -185,6 +197,7 @@ def _lp(inp: ModelInput, objective: str, deadline: float | None, max_cost: float
         gpu = [p for p in ps if inp.gpu_load.get(p)]
         if gpu:
             prob += m[lv] >= wait + pulp.lpSum(inp.gpu_load[p] * x[p] for p in gpu)
+    _floor_cuts(prob, inp, m, pairs)
     cost = pulp.lpSum(inp.cost[p] * x[p] for p in pairs)
     makespan = pulp.lpSum(m.values())
     if deadline is not None:
