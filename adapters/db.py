@@ -50,6 +50,7 @@ experiments = sa.Table(
     sa.Column("created_at", UtcDateTime, nullable=False),
     sa.Column("started_at", UtcDateTime),
     sa.Column("finished_at", UtcDateTime),
+    sa.Column("plan", sa.JSON),
     sa.Index("ix_experiments_created_at", "created_at"),
 )
 
@@ -158,14 +159,14 @@ class Store:
 
     def create_experiment(self, *, name: str, source: str, spec_text: str, params: dict,
                           workdir_root: Path, tasks_iter: Iterable[NewTask], total: int,
-                          experiment_id: str | None = None) -> str:
+                          experiment_id: str | None = None, plan: dict | None = None) -> str:
         """Store an experiment and all its task rows in one transaction."""
         exp_id = experiment_id or str(uuid.uuid4())
         with self.engine.begin() as conn:
             conn.execute(experiments.insert().values(
                 id=exp_id, name=name, source=source, spec_text=spec_text, params=params,
                 status=ExperimentStatus.CREATED, workdir=str(workdir_root / exp_id),
-                total_tasks=total, created_at=utcnow()))
+                total_tasks=total, created_at=utcnow(), plan=plan))
             chunk: list[dict] = []
             for t in tasks_iter:
                 chunk.append({"experiment_id": exp_id, "instance_id": t.instance_id,

@@ -129,7 +129,7 @@ def run_cmd(
     """Submit an experiment; it runs in the background (follow it with --watch or status)."""
     settings = get_settings()
     store = _store(settings)
-    exp_id = service.submit(store, settings, file, param)
+    exp_id = service.submit(store, settings, file, param, user=getpass.getuser())
     exp = store.get_experiment(exp_id)
     pid = service.start_runner(exp)
     store.update_experiment(exp_id, runner_pid=pid)
@@ -208,6 +208,7 @@ def status_cmd(
         print(json.dumps({"id": exp["id"], "name": exp["name"], "status": exp["status"],
                           "message": exp["message"], "workdir": exp["workdir"],
                           "flow_run_id": exp["flow_run_id"], "steps": counts,
+                          "plan": exp["plan"],
                           **{k: exp[k] and exp[k].isoformat()
                              for k in ("created_at", "started_at", "finished_at")}}, indent=2))
         return
@@ -306,6 +307,9 @@ def main() -> None:
     except (NotFound, UserError) as exc:
         err.print(f"error: {exc}", markup=False, highlight=False)
         sys.exit(2)
+    except service.NoPlacement as exc:
+        err.print(f"error: no placement: {exc}", markup=False, highlight=False)
+        sys.exit(3)
     except ValidationError as exc:  # settings from AIRAVATA_* variables
         for e in exc.errors():
             name = "AIRAVATA_" + "_".join(str(p) for p in e["loc"]).upper()

@@ -14,7 +14,7 @@ from flows import placement
 from flows.dag import TaskGraph, compile_graph
 from flows.params import parse_overrides
 from flows.problems import SpecError
-from flows.resources import ComputeResource
+from flows.resources import ComputeResource, local_resource
 from flows.runner import fail_unfinished
 from flows.settings import Settings
 from flows.spec import LoadedSpec, load_spec
@@ -52,17 +52,34 @@ def plan_experiment(loaded: LoadedSpec, graph: TaskGraph, resources: list[Comput
                           time_limit=time_limit)
 
 
-def submit(store: Store, settings: Settings, path: str | Path, params: list[str]) -> str:
-    """Validate and store an experiment with all its task rows; returns its id."""
+class NoPlacement(Exception):
+    """No placement satisfies the experiment's needs and constraints (exit status 3)."""
+
+
+def available_resources() -> list[ComputeResource]:
+    """The compute resources experiments can run on now. Registered SLURM, Kubernetes and
+    bare-metal resources join this list with resource registration; today it is this machine."""
+    return [local_resource()]
+
+
+def submit(store: Store, settings: Settings, path: str | Path, params: list[str], *,
+           user: str) -> str:
+    """Validate, place and store an experiment with all its task rows; returns its id.
+    Raises SpecError (bad input) or NoPlacement, and then nothing is stored."""
     exp_id = str(uuid.uuid4())
     root = settings.runs_dir.resolve() / exp_id
     loaded, overrides, graph = compile_file(path, params, root=str(root),
                                             max_instances=settings.max_instances)
+    result = plan_experiment(loaded, graph, available_resources(), user=user)
+    if result.status == "infeasible":
+        raise NoPlacement(result.reason)
+    placed = placement.expand(graph, result.counts())
     store.create_experiment(
         experiment_id=exp_id, name=loaded.name, source=str(path), spec_text=loaded.text,
         params=overrides, workdir_root=settings.runs_dir.resolve(), total=graph.total,
-        tasks_iter=(NewTask(i.id, i.step, i.index, graph.workdir(i.step, i.index))
-                    for i in graph.iter_instances()))
+        plan=result.to_json(),
+        tasks_iter=(NewTask(i.id, i.step, i.index, graph.workdir(i.step, i.index),
+                            placed[i.step][i.index]) for i in graph.iter_instances()))
     return exp_id
 
 

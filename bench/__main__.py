@@ -53,7 +53,7 @@ def bench_local_run(home: Path) -> tuple[float, float]:
     spec.write_text(f"tasks:\n  t: {{command: 'true', task_inputs: {{X: 1..{N_TRUE}}}}}\n")
     settings = get_settings()
     store = Store(settings.db_url)
-    exp_id = service.submit(store, settings, spec, [])
+    exp_id = service.submit(store, settings, spec, [], user="bench")
     start = time.perf_counter()
     state = asyncio.run(run_experiment(exp_id, return_state=True))
     flow_s = time.perf_counter() - start

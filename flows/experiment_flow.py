@@ -220,6 +220,13 @@ async def run_experiment(experiment_id: str) -> Any:
         if not started:
             return Failed(message=f"experiment {experiment_id} is not waiting to run "
                                   f"(status {store.get_experiment(experiment_id)['status']})")
+        if exp["plan"]:
+            plan = exp["plan"]
+            await acreate_table_artifact(
+                key=f"plan-{experiment_id[:8]}", table=plan["assignments"],
+                description=(f"placement ({plan['status']}, objective {plan['objective']}): "
+                             f"cost {plan['total_cost']:.2f}, makespan "
+                             f"{plan['makespan_seconds']:.0f} s, gap {plan['gap']:.2%}"))
         per_instance = graph.total <= settings.task_run_threshold
         logger.info("experiment %s (%s): %d instances in %d steps, %s", exp["name"],
                     experiment_id, graph.total, len(graph.steps),

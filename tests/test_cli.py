@@ -211,3 +211,14 @@ def test_a_killed_runner_is_noticed_and_nothing_stays_running(prefect_api: str, 
         for pid_file in (home / "runs" / exp_id).glob("slow/*/pid"):
             with contextlib.suppress(ProcessLookupError, ValueError):
                 os.killpg(int(pid_file.read_text()), 9)
+
+
+def test_run_without_a_placement_exits_3(home: Path, tmp_path: Path) -> None:
+    spec = write(tmp_path, "tasks:\n  train: {command: x, resources: {compute: {gpu: 2}}}\n")
+    r = cli("experiment", "run", spec)
+    assert r.returncode == 3
+    assert r.stderr.strip() == ("error: no placement: step train needs gpu=2: no eligible "
+                                "resource (local: no GPUs)")
+    from adapters.db import Store
+    from flows.settings import get_settings
+    assert Store(get_settings().db_url).list_experiments() == []  # nothing was stored

@@ -31,7 +31,7 @@ def submit(tmp_path: Path, text: str = SPEC) -> tuple[Store, str]:
     spec.write_text(textwrap.dedent(text))
     settings = get_settings()
     store = Store(settings.db_url)
-    return store, service.submit(store, settings, spec, [])
+    return store, service.submit(store, settings, spec, [], user="tester")
 
 
 def _api(path: str, body: dict) -> list[dict]:
@@ -172,3 +172,28 @@ def test_cancel_from_the_prefect_ui(prefect_api: str, home: Path, tmp_path: Path
     assert not runner.is_alive()
     assert store.get_experiment(exp_id)["status"] == "CANCELED"
     assert store.state_counts(exp_id) == {"slow": {"CANCELED": 4}}
+
+
+def test_the_plan_is_stored_used_and_shown(prefect_api: str, home: Path, tmp_path: Path) -> None:
+    store, exp_id = submit(tmp_path, "tasks:\n  a: {command: 'true', task_inputs: {X: [1, 2]}}\n")
+    exp = store.get_experiment(exp_id)
+    assert exp["plan"]["status"] == "optimal"
+    assert exp["plan"]["assignments"] == [
+        {"step": "a", "resource": "local", "count": 2, "cost": 0.0,
+         "finish_seconds": exp["plan"]["makespan_seconds"]}]
+    assert {t["resource"] for t in store.tasks(exp_id)} == {"local"}
+    assert run_flow(exp_id).is_completed()
+    tables = [a for a in artifacts(store.get_experiment(exp_id)["flow_run_id"])
+              if a["type"] == "table" and (a["key"] or "").startswith("plan-")]
+    assert len(tables) == 1 and "placement (optimal, objective time)" in tables[0]["description"]
+
+
+def test_no_placement_stores_nothing(home: Path, tmp_path: Path) -> None:
+    spec = tmp_path / "gpu.yml"
+    spec.write_text("tasks:\n  train: {command: x, resources: {compute: {gpu: 1}}}\n")
+    settings = get_settings()
+    store = Store(settings.db_url)
+    with pytest.raises(service.NoPlacement, match=r"step train needs gpu=1: no eligible "
+                                                  r"resource \(local: no GPUs\)"):
+        service.submit(store, settings, spec, [], user="tester")
+    assert store.list_experiments() == []
