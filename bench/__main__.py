@@ -92,7 +92,7 @@ def start_prefect(home: Path) -> subprocess.Popen:
 
 
 def main() -> None:
-    console = Console()
+    console = Console(width=160)  # a wide table, also when piped to a file or CI log
     cpus = os.cpu_count() or 1
     home = Path(tempfile.mkdtemp(prefix="airavata-bench-"))
     table = Table(title=f"airavata benchmarks ({cpus} CPUs)")

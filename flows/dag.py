@@ -163,6 +163,7 @@ class TaskGraph:
         templated = [(k, self._compile_tpl(t)) for k, t in step.templated.items()]
         rel = [(k, "/" + v) for k, v in step.outputs.items() if not v.startswith("/")]
         absolute = {k: v for k, v in step.outputs.items() if v.startswith("/")}
+        one_output = rel[0] if len(rel) == 1 and not absolute else None  # the common case
         prefix = f"{self.root}/{step.name}/"
         up_names = (*step.foreach, *(s for s in step.single_refs if s not in step.foreach))
         n_single = len(up_names) - len(step.foreach)
@@ -178,15 +179,19 @@ class TaskGraph:
             combos = zip(*value_lists, strict=True) if step.zip else itertools.product(*value_lists)
             for combo in combos:
                 env = base.copy()
+                # keys and combo have equal lengths by construction: no strict check per instance
                 if has_tpl:
                     env.update((k, v(up_map) if callable(v) else v)
-                               for k, v in zip(keys, combo, strict=True))
+                               for k, v in zip(keys, combo, strict=False))
                 elif keys:
-                    env.update(zip(keys, combo, strict=True))
+                    env.update(zip(keys, combo, strict=False))
                 wd = prefix + str(index)
-                outputs = {k: wd + v for k, v in rel}
-                if absolute:
-                    outputs.update(absolute)
+                if one_output:
+                    outputs = {one_output[0]: wd + one_output[1]}
+                else:
+                    outputs = {k: wd + v for k, v in rel}
+                    if absolute:
+                        outputs.update(absolute)
                 env.update(outputs)
                 yield new(TaskInstance, (f"{name}[{index}]", name, index, env, deps, outputs))
                 index += 1
