@@ -145,3 +145,28 @@ def pg_url(pg_server: int) -> Iterator[str]:
     yield f"postgresql+psycopg://postgres@127.0.0.1:{pg_server}/{name}"
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+# -- OpenBao --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def openbao_dev() -> Iterator[tuple[str, str]]:
+    """A real OpenBao dev server (in memory, unsealed, root token) for the session."""
+    bao = Path(sys.executable).parent / "bao"
+    port = _free_port()
+    root = uuid.uuid4().hex
+    url = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen(
+        [str(bao), "server", "-dev", f"-dev-listen-address=127.0.0.1:{port}",
+         f"-dev-root-token-id={root}"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 30
+    while not _healthy(f"{url}/v1/sys/health"):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError("OpenBao dev server did not start: "
+                               + (proc.stderr.read().decode()[-2000:] if proc.stderr else ""))
+        time.sleep(0.1)
+    yield url, root
+    proc.terminate()
+    proc.wait(10)
