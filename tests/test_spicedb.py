@@ -1,0 +1,109 @@
+"""Permissions in a real (embedded) SpiceDB: the positive and negative matrix, by permission key."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from adapters.spicedb import Authz, AuthzError, AuthzUnavailable, PermissionDenied, Subject
+
+U = Subject.user
+
+
+@pytest.fixture(scope="module")
+def world() -> Iterator[Authz]:
+    """alice admins project A; bob and the service account svc-a are its members; erin is in
+    project B; dave is in group inner, which is in group outer; carol is nobody."""
+    az = Authz.embedded()
+    az.relate("group", "inner", "member", U("dave"))
+    az.relate("group", "outer", "member", Subject.group("inner"))
+    az.relate("project", "A", "admin", U("alice"))
+    az.relate("project", "A", "member", U("bob"))
+    az.relate("project", "A", "member", U("svc-a"))
+    az.relate("project", "B", "member", U("erin"))
+    az.relate("credential", "cred-alice", "owner", U("alice"))
+    az.relate("credential", "cred-alice", "reader", Subject.group("outer"))
+    az.relate("credential", "cred-bob", "owner", U("bob"))
+    az.relate("experiment", "exp-bob", "owner", U("bob"))
+    az.relate("experiment", "exp-bob", "project", Subject("project", "A"))
+    az.relate("experiment", "exp-erin", "owner", U("erin"))
+    az.relate("experiment", "exp-erin", "project", Subject("project", "B"))
+    az.relate("compute_resource", "cluster-a", "project", Subject("project", "A"))
+    az.relate("compute_resource", "cluster-a", "bound_credential",
+              Subject("credential", "cred-alice"))
+    yield az
+    az.close()
+
+
+MATRIX = [
+    ("carol", "credential.read", "cred-alice", False),   # a non-member reads a credential
+    ("dave", "credential.read", "cred-alice", True),     # nested group, shared credential
+    ("dave", "credential.write", "cred-alice", False),   # a reader cannot write
+    ("dave", "credential.delete", "cred-alice", False),
+    ("dave", "credential.share", "cred-alice", False),   # re-sharing is the owner's
+    ("bob", "credential.read", "cred-alice", False),     # project members do not see it
+    ("bob", "credential.bind", "cred-alice", False),     # bind without write
+    ("alice", "credential.bind", "cred-alice", True),
+    ("alice", "credential.delete", "cred-alice", True),
+    ("alice", "credential.read", "cred-bob", False),     # another user's credential
+    ("erin", "scheduler.queue.submit", "A", False),      # cross-project submit
+    ("bob", "scheduler.queue.submit", "A", True),
+    ("svc-a", "scheduler.queue.submit", "A", True),
+    ("svc-a", "scheduler.queue.submit", "B", False),     # service account outside its project
+    ("bob", "scheduler.queue.read", "exp-erin", False),  # reading another user's experiment
+    ("erin", "scheduler.queue.read", "exp-erin", True),
+    ("alice", "scheduler.queue.read", "exp-bob", True),  # the project's admin
+    ("alice", "scheduler.queue.read", "exp-erin", False),
+    ("erin", "scheduler.queue.cancel", "exp-bob", False),
+    ("bob", "scheduler.queue.cancel", "exp-bob", True),
+    ("bob", "scheduler.instance.delete", "exp-erin", False),
+    ("svc-a", "scheduler.queue.cancel", "exp-bob", False),  # members cancel only their own
+    ("carol", "scheduler.node.read", "cluster-a", False),
+    ("bob", "scheduler.node.read", "cluster-a", True),
+    ("bob", "scheduler.node.operate", "cluster-a", False),
+    ("alice", "scheduler.node.operate", "cluster-a", True),
+    ("bob", "resource.use", "cluster-a", True),
+    ("erin", "resource.use", "cluster-a", False),        # another project's resource
+]
+
+
+@pytest.mark.parametrize(("user", "key", "obj", "allowed"), MATRIX,
+                         ids=[f"{u}-{k}-{o}" for u, k, o, _ in MATRIX])
+def test_permission_matrix(world: Authz, user: str, key: str, obj: str, allowed: bool) -> None:
+    assert world.check(user, key, obj) is allowed
+    if allowed:
+        world.require(user, key, obj)
+    else:
+        with pytest.raises(PermissionDenied, match=f"user {user} lacks {key} on "):
+            world.require(user, key, obj)
+
+
+def test_removed_member_loses_access_at_once(world: Authz) -> None:
+    world.relate("group", "inner", "member", U("frank"))
+    assert world.check("frank", "credential.read", "cred-alice")
+    world.unrelate("group", "inner", "member", U("frank"))
+    assert not world.check("frank", "credential.read", "cred-alice")
+
+
+def test_share_and_unshare(world: Authz) -> None:
+    world.relate("credential", "cred-bob", "reader", U("carol"))
+    assert world.check("carol", "credential.read", "cred-bob")
+    assert not world.check("carol", "credential.write", "cred-bob")
+    world.unrelate("credential", "cred-bob", "reader", U("carol"))
+    assert not world.check("carol", "credential.read", "cred-bob")
+
+
+def test_unknown_key_and_bad_object_type(world: Authz) -> None:
+    with pytest.raises(AuthzError, match="unknown permission key 'credential.steal'"):
+        world.check("alice", "credential.steal", "cred-alice")
+    with pytest.raises(AuthzError, match="SpiceDB refused write widget"):
+        world.relate("widget", "w1", "owner", U("alice"))
+
+
+def test_a_closed_spicedb_fails_closed() -> None:
+    az = Authz.embedded()
+    az.relate("project", "A", "member", U("bob"))
+    az.close()
+    with pytest.raises(AuthzUnavailable, match="SpiceDB could not answer"):
+        az.check("bob", "scheduler.queue.submit", "A")
