@@ -64,8 +64,8 @@ class PermissionDenied(AuthzError):
 
 
 class PermissionsStub(Protocol):
-    def CheckPermission(self, request: CheckPermissionRequest) -> Any: ...  # noqa: N802
-    def WriteRelationships(self, request: WriteRelationshipsRequest) -> Any: ...  # noqa: N802
+    def CheckPermission(self, request: CheckPermissionRequest) -> Any: ...
+    def WriteRelationships(self, request: WriteRelationshipsRequest) -> Any: ...
 
 
 @dataclass(frozen=True)
