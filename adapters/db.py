@@ -86,6 +86,20 @@ task_events = sa.Table(
     sa.Index("ix_task_events_task", "experiment_id", "instance_id"),
 )
 
+audit_events = sa.Table(
+    "audit_events", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("at", UtcDateTime, nullable=False),
+    sa.Column("actor", sa.String(200), nullable=False),
+    sa.Column("action", sa.String(100), nullable=False),
+    sa.Column("object", sa.String(400), nullable=False),
+    sa.Column("correlation_id", sa.String(64), nullable=False),
+    sa.Column("outcome", sa.String(16), nullable=False),  # allowed | denied | ok | error
+    sa.Column("detail", sa.Text),  # never a secret
+    sa.Index("ix_audit_events_correlation", "correlation_id"),
+    sa.Index("ix_audit_events_actor_at", "actor", "at"),
+)
+
 _MIGRATIONS = Path(__file__).parent / "migrations"
 _INSERT_CHUNK = 20_000
 
@@ -302,6 +316,26 @@ class Store:
             for step, state, n in conn.execute(q):
                 out.setdefault(step, {})[state] = n
         return out
+
+    # -- audit -------------------------------------------------------------------------------
+
+    def audit(self, *, actor: str, action: str, obj: str, correlation_id: str, outcome: str,
+              detail: str | None = None) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(audit_events.insert().values(
+                at=utcnow(), actor=actor, action=action, object=obj,
+                correlation_id=correlation_id, outcome=outcome, detail=detail))
+
+    def audit_trail(self, *, correlation_id: str | None = None, actor: str | None = None,
+                    limit: int = 1000) -> list[dict]:
+        q = audit_events.select()
+        if correlation_id:
+            q = q.where(audit_events.c.correlation_id == correlation_id)
+        if actor:
+            q = q.where(audit_events.c.actor == actor)
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(q.order_by(audit_events.c.id).limit(limit))
+                    .mappings()]
 
     def events(self, exp_id: str, instance_id: str | None = None) -> list[dict]:
         q = task_events.select().where(task_events.c.experiment_id == exp_id)

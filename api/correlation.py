@@ -1,0 +1,38 @@
+"""Correlation ids: one per request or command, in every audit row, log line and API error."""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+_current: contextvars.ContextVar[str | None] = contextvars.ContextVar("correlation_id",
+                                                                       default=None)
+
+
+def correlation_id() -> str:
+    """The current id, made on first use."""
+    value = _current.get()
+    if value is None:
+        value = uuid.uuid4().hex[:16]
+        _current.set(value)
+    return value
+
+
+@contextmanager
+def correlated(value: str | None = None) -> Iterator[str]:
+    token = _current.set(value or uuid.uuid4().hex[:16])
+    try:
+        yield _current.get() or ""
+    finally:
+        _current.reset(token)
+
+
+class CorrelationFilter(logging.Filter):
+    """Adds `correlation_id` to log records (use %(correlation_id)s in formats)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.correlation_id = correlation_id()
+        return True
