@@ -275,7 +275,7 @@ def list_cmd(limit: int = typer.Option(20, min=1, help="How many, newest first")
 @experiment_app.command("cancel")
 def cancel_cmd(experiment: str = ExperimentArg) -> None:
     """Cancel an experiment: running tasks are stopped, waiting ones never start."""
-    result = service.cancel(_store(get_settings()), experiment)
+    result = service.cancel(_store(get_settings()), experiment, user=getpass.getuser())
     out.print(result.message)
     if not result.accepted:
         raise typer.Exit(1)

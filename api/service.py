@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from adapters.db import NewTask, Store
+from api.correlation import correlation_id
 from flows import placement
 from flows.dag import TaskGraph, compile_graph
 from flows.params import parse_overrides
@@ -80,6 +81,9 @@ def submit(store: Store, settings: Settings, path: str | Path, params: list[str]
         plan=result.to_json(),
         tasks_iter=(NewTask(i.id, i.step, i.index, graph.workdir(i.step, i.index),
                             placed[i.step][i.index]) for i in graph.iter_instances()))
+    store.audit(actor=user, action="scheduler.queue.submit", obj=f"experiment:{exp_id}",
+                correlation_id=correlation_id(), outcome="ok",
+                detail=f"{loaded.name}: {graph.total} tasks")
     return exp_id
 
 
@@ -132,8 +136,12 @@ class CancelResult:
     message: str
 
 
-def cancel(store: Store, exp_ref: str) -> CancelResult:
+def cancel(store: Store, exp_ref: str, *, user: str) -> CancelResult:
     exp = store.get_experiment(exp_ref)
+    store.audit(actor=user, action="scheduler.queue.cancel", obj=f"experiment:{exp['id']}",
+                correlation_id=correlation_id(),
+                outcome="ok" if exp["status"] not in EXPERIMENT_TERMINAL else "refused",
+                detail=str(exp["status"]))
     if exp["status"] in EXPERIMENT_TERMINAL:
         return CancelResult(False, f"experiment {exp['id']} already ended ({exp['status']})")
     store.request_cancel(exp["id"])

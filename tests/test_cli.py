@@ -173,6 +173,13 @@ def test_cancel_a_running_experiment(prefect_api: str, home: Path, tmp_path: Pat
         assert not Path(f"/proc/{pid}").exists()
     again = cli("experiment", "cancel", exp_id)
     assert again.returncode == 1 and "already ended (CANCELED)" in again.stdout
+    from adapters.db import Store
+    from flows.settings import get_settings
+    trail = Store(get_settings().db_url).audit_trail()
+    assert [(r["action"], r["object"], r["outcome"]) for r in trail] == [
+        ("scheduler.queue.submit", f"experiment:{exp_id}", "ok"),
+        ("scheduler.queue.cancel", f"experiment:{exp_id}", "ok"),
+        ("scheduler.queue.cancel", f"experiment:{exp_id}", "refused")]
 
 
 def test_bad_setting_is_one_line(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:

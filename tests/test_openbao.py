@@ -111,3 +111,35 @@ def test_unreachable_and_sealed_are_clear(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_persistent_server_keeps_secrets_across_restarts(tmp_path: Path) -> None:
+    """scripts/openbao_server.sh: raft storage, init once, unseal on every start."""
+    import json
+    import os
+
+    script = Path(__file__).resolve().parent.parent / "scripts" / "openbao_server.sh"
+    port = _free_port()
+    env = {**os.environ, "AIRAVATA_HOME": str(tmp_path), "BAO_PORT": str(port)}
+
+    def run(cmd: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["bash", str(script), cmd], env=env, capture_output=True,
+                              text=True, timeout=120)
+
+    try:
+        assert run("start").returncode == 0
+        init = tmp_path / "openbao" / "init.json"
+        assert oct(init.stat().st_mode & 0o777) == "0o600"
+        root = json.loads(init.read_text())["root_token"]
+        url = f"http://127.0.0.1:{port}"
+        bao = OpenBao(url, root)
+        bao._client.sys.enable_secrets_engine(backend_type="kv", path="secret",
+                                              options={"version": "2"})
+        bao.put(SecretRef("users/alice/ssh"), {"private_key": "K"})
+        assert run("stop").returncode == 0
+        time.sleep(1)
+        assert run("start").returncode == 0  # unseals with the stored key
+        assert run("status").stdout.startswith("unsealed")
+        assert OpenBao(url, root).get(SecretRef("users/alice/ssh")) == {"private_key": "K"}
+    finally:
+        run("stop")
