@@ -100,6 +100,18 @@ audit_events = sa.Table(
     sa.Index("ix_audit_events_actor_at", "actor", "at"),
 )
 
+# The permission graph as written through adapters.spicedb: the source an embedded SpiceDB
+# (memory only) is rebuilt from in each process. A SpiceDB server keeps its own.
+relationships = sa.Table(
+    "relationships", metadata,
+    sa.Column("object_type", sa.String(64), primary_key=True),
+    sa.Column("object_id", sa.String(200), primary_key=True),
+    sa.Column("relation", sa.String(64), primary_key=True),
+    sa.Column("subject_type", sa.String(64), primary_key=True),
+    sa.Column("subject_id", sa.String(200), primary_key=True),
+    sa.Column("subject_relation", sa.String(64), primary_key=True),
+)
+
 _MIGRATIONS = Path(__file__).parent / "migrations"
 _INSERT_CHUNK = 20_000
 
@@ -316,6 +328,23 @@ class Store:
             for step, state, n in conn.execute(q):
                 out.setdefault(step, {})[state] = n
         return out
+
+    # -- relationships (journal of the permission graph) -------------------------------------
+
+    def save_relationship(self, row: tuple[str, str, str, str, str, str], *,
+                          present: bool) -> None:
+        keys = ("object_type", "object_id", "relation", "subject_type", "subject_id",
+                "subject_relation")
+        values = dict(zip(keys, row, strict=True))
+        with self.engine.begin() as conn:
+            where = [relationships.c[k] == v for k, v in values.items()]
+            conn.execute(relationships.delete().where(*where))
+            if present:
+                conn.execute(relationships.insert().values(**values))
+
+    def load_relationships(self) -> list[tuple[str, str, str, str, str, str]]:
+        with self.engine.connect() as conn:
+            return [tuple(r) for r in conn.execute(relationships.select())]  # type: ignore[misc]
 
     # -- audit -------------------------------------------------------------------------------
 

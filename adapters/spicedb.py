@@ -87,20 +87,40 @@ class Subject:
                                 optional_relation=self.relation)
 
 
+def _relationship(row: Row) -> Relationship:
+    object_type, object_id, relation, subject_type, subject_id, subject_relation = row
+    return Relationship(resource=ObjectReference(object_type=object_type, object_id=object_id),
+                        relation=relation,
+                        subject=Subject(subject_type, subject_id, subject_relation).ref())
+
+
 def _library_path() -> str:
     """Where scripts/install_spicedb.sh put the native library (SPICEDB_LIBRARY_PATH wins)."""
     return os.environ.get("SPICEDB_LIBRARY_PATH") or str(
         Path(sys.prefix) / "lib" / "spicedb" / "libspicedb.so")
 
 
+Row = tuple[str, str, str, str, str, str]  # object type, id, relation, subject type, id, relation
+
+
+class Journal(Protocol):
+    """Where relationships are kept when SpiceDB itself keeps nothing (embedded)."""
+
+    def save_relationship(self, row: Row, *, present: bool) -> None: ...
+    def load_relationships(self) -> list[Row]: ...
+
+
 class Authz:
-    def __init__(self, permissions: PermissionsStub, closer: Any = None) -> None:
+    def __init__(self, permissions: PermissionsStub, closer: Any = None,
+                 journal: Journal | None = None) -> None:
         self._permissions = permissions
         self._closer = closer
+        self._journal = journal
 
     @classmethod
-    def embedded(cls, schema: str = SCHEMA) -> Authz:
-        """An in-process SpiceDB (memory datastore) with our schema."""
+    def embedded(cls, schema: str = SCHEMA, *, journal: Journal | None = None) -> Authz:
+        """An in-process SpiceDB (memory datastore) with our schema, rebuilt from `journal`
+        (and writing through to it) when given."""
         lib = _library_path()
         if not Path(lib).exists():
             raise AuthzUnavailable(f"embedded SpiceDB library missing at {lib}: run "
@@ -111,11 +131,13 @@ class Authz:
         # 0.7.1 declares spicedb_free's argument wrongly and hides every error behind
         # "TypeError: wrong type"; the right declaration restores the message.
         ffi._get_lib().spicedb_free.argtypes = [ctypes.c_void_p]
+        rows = journal.load_relationships() if journal else []
         try:
-            db = EmbeddedSpiceDB.start(schema)
+            db = EmbeddedSpiceDB.start(schema, [_relationship(r) for r in rows])
         except SpiceDBError as exc:
-            raise AuthzError(f"SpiceDB rejected the schema: {exc}") from None
-        return cls(db.permissions(), db)
+            raise AuthzError(f"SpiceDB rejected the schema or stored relationships: {exc}"
+                             ) from None
+        return cls(db.permissions(), db, journal)
 
     @classmethod
     def remote(cls, endpoint: str, token: str, *, insecure: bool = False) -> Authz:
@@ -146,12 +168,14 @@ class Authz:
 
     def _update(self, op: int, object_type: str, object_id: str, relation: str,
                 subject: Subject) -> None:
-        rel = Relationship(resource=ObjectReference(object_type=object_type, object_id=object_id),
-                           relation=relation, subject=subject.ref())
+        row = (object_type, object_id, relation, subject.type, subject.id, subject.relation)
         self._call(f"write {object_type}:{object_id}#{relation}",
                    self._permissions.WriteRelationships,
-                   WriteRelationshipsRequest(updates=[RelationshipUpdate(operation=op,
-                                                                         relationship=rel)]))
+                   WriteRelationshipsRequest(updates=[RelationshipUpdate(
+                       operation=op, relationship=_relationship(row))]))
+        if self._journal is not None:
+            self._journal.save_relationship(
+                row, present=op == RelationshipUpdate.Operation.OPERATION_TOUCH)
 
     def relate(self, object_type: str, object_id: str, relation: str, subject: Subject) -> None:
         self._update(RelationshipUpdate.Operation.OPERATION_TOUCH, object_type, object_id,
