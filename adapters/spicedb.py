@@ -46,6 +46,7 @@ PERMISSION_KEYS: dict[str, tuple[str, str]] = {
     "credential.share": ("credential", "share"),
     "credential.bind": ("credential", "bind"),
     "resource.use": ("compute_resource", "use"),
+    "project.manage": ("project", "manage"),
 }
 
 

@@ -6,7 +6,6 @@ input; 2 bad input (spec, parameters, arguments, unknown ids), one line per prob
 
 from __future__ import annotations
 
-import getpass
 import json
 import os
 import sys
@@ -49,6 +48,45 @@ def _store(settings: Settings) -> Store:
     return Store(settings.db_url)
 
 
+def _readable(store: Store, settings: Settings, ref: str, key: str = "scheduler.queue.read"
+              ) -> dict:
+    """The experiment, if the user holds `key` on it (else Forbidden, audited)."""
+    exp = store.get_experiment(ref)
+    authz = service.authorizer(store)
+    try:
+        service.require(store, authz, settings.user, key, exp["id"])
+    finally:
+        authz.close()
+    return exp
+
+
+project_app = typer.Typer(no_args_is_help=True, help="Projects and their members.")
+app.add_typer(project_app, name="project")
+
+
+@project_app.command("add-member")
+def add_member_cmd(
+    project: str = typer.Argument(..., metavar="PROJECT"),
+    user: str = typer.Argument(..., metavar="USER"),
+    admin: bool = typer.Option(False, "--admin", help="As an admin (may manage the project)"),
+) -> None:
+    """Let USER submit to PROJECT (and, with --admin, manage it and read its experiments)."""
+    settings = get_settings()
+    store = _store(settings)
+    authz = service.authorizer(store)
+    try:
+        service.ensure_project(store, authz, project, settings.user)
+        service.require(store, authz, settings.user, "project.manage", project)
+        authz.relate("project", project, "admin" if admin else "member",
+                     service.Subject.user(user))
+        store.audit(actor=settings.user, action="project.manage", obj=f"project:{project}",
+                    correlation_id=service.correlation_id(), outcome="ok",
+                    detail=f"{'admin' if admin else 'member'}: {user}")
+    finally:
+        authz.close()
+    out.print(f"{user} is now {'an admin' if admin else 'a member'} of project {project}")
+
+
 @experiment_app.command("compile")
 def compile_cmd(
     file: Path = typer.Argument(..., help="Experiment YAML", metavar="FILE"),
@@ -86,7 +124,8 @@ def plan_cmd(
     resources: Path | None = typer.Option(
         None, "--resources", "-r", metavar="RESOURCES.yml",
         help="Offline: plan against the compute resources in this file (default: this machine)"),
-    user: str = typer.Option(getpass.getuser(), help="Whose credentials decide eligibility"),
+    user: str | None = typer.Option(None, help="Whose credentials decide eligibility "
+                                                "(default: AIRAVATA_USER)"),
     time_limit: float = typer.Option(10.0, min=0.1, help="Solver time limit, seconds"),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
@@ -96,7 +135,8 @@ def plan_cmd(
         file, param, root=str(settings.runs_dir / "<experiment-id>"),
         max_instances=settings.max_instances)
     pool = load_resources(str(resources)) if resources else [local_resource()]
-    result = service.plan_experiment(loaded, graph, pool, user=user, time_limit=time_limit)
+    result = service.plan_experiment(loaded, graph, pool, user=user or settings.user,
+                                     time_limit=time_limit)
     if as_json:
         print(json.dumps(result.to_json(), indent=2))
     else:
@@ -125,11 +165,17 @@ def run_cmd(
     file: Path = typer.Argument(..., help="Experiment YAML", metavar="FILE"),
     param: list[str] = ParamOpt,
     watch: bool = typer.Option(False, "--watch", "-w", help="Follow progress until it ends"),
+    project: str | None = typer.Option(None, help="Project to run in (AIRAVATA_PROJECT)"),
 ) -> None:
     """Submit an experiment; it runs in the background (follow it with --watch or status)."""
     settings = get_settings()
     store = _store(settings)
-    exp_id = service.submit(store, settings, file, param, user=getpass.getuser())
+    authz = service.authorizer(store)
+    try:
+        exp_id = service.submit(store, settings, file, param, user=settings.user, authz=authz,
+                                project=project)
+    finally:
+        authz.close()
     exp = store.get_experiment(exp_id)
     pid = service.start_runner(exp)
     store.update_experiment(exp_id, runner_pid=pid)
@@ -199,8 +245,9 @@ def status_cmd(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Show an experiment's progress per step."""
-    store = _store(get_settings())
-    exp = service.reconcile(store, store.get_experiment(experiment))
+    settings = get_settings()
+    store = _store(settings)
+    exp = service.reconcile(store, _readable(store, settings, experiment))
     if watch:
         raise typer.Exit(_watch(store, exp["id"]))
     counts = store.state_counts(exp["id"])
@@ -237,8 +284,9 @@ def tasks_cmd(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """List task instances with their state, attempt, exit code and working directory."""
-    store = _store(get_settings())
-    exp = store.get_experiment(experiment)
+    settings = get_settings()
+    store = _store(settings)
+    exp = _readable(store, settings, experiment)
     rows = store.tasks(exp["id"], states=[str(s) for s in state] or None, step=step,
                        limit=limit)
     if step and not rows and step not in store.state_counts(exp["id"]):
@@ -260,12 +308,19 @@ def tasks_cmd(
 
 @experiment_app.command("list")
 def list_cmd(limit: int = typer.Option(20, min=1, help="How many, newest first")) -> None:
-    """List experiments, newest first."""
-    store = _store(get_settings())
+    """List the experiments you may read, newest first."""
+    settings = get_settings()
+    store = _store(settings)
     table = Table()
     for col in ("id", "name", "status", "tasks", "created", "message"):
         table.add_column(col)
-    for e in store.list_experiments(limit):
+    authz = service.authorizer(store)
+    try:
+        mine = [e for e in store.list_experiments(limit)
+                if authz.check(settings.user, "scheduler.queue.read", e["id"])]
+    finally:
+        authz.close()
+    for e in mine:
         e = service.reconcile(store, e)
         table.add_row(e["id"][:8], e["name"], e["status"], f"{e['total_tasks']:,}",
                       e["created_at"].strftime("%Y-%m-%d %H:%M:%S"), e["message"] or "")
@@ -275,7 +330,10 @@ def list_cmd(limit: int = typer.Option(20, min=1, help="How many, newest first")
 @experiment_app.command("cancel")
 def cancel_cmd(experiment: str = ExperimentArg) -> None:
     """Cancel an experiment: running tasks are stopped, waiting ones never start."""
-    result = service.cancel(_store(get_settings()), experiment, user=getpass.getuser())
+    settings = get_settings()
+    store = _store(settings)
+    _readable(store, settings, experiment, "scheduler.queue.cancel")
+    result = service.cancel(store, experiment, user=settings.user)
     out.print(result.message)
     if not result.accepted:
         raise typer.Exit(1)
@@ -288,8 +346,9 @@ def logs_cmd(
     stderr: bool = typer.Option(False, "--stderr", help="Show stderr instead of stdout"),
 ) -> None:
     """Print a task instance's stdout (or stderr)."""
-    store = _store(get_settings())
-    exp = store.get_experiment(experiment)
+    settings = get_settings()
+    store = _store(settings)
+    exp = _readable(store, settings, experiment)
     row = store.task(exp["id"], task)
     log = Path(row["workdir"]) / ("stderr.log" if stderr else "stdout.log")
     if not log.exists():
@@ -310,6 +369,9 @@ def main() -> None:
     except service.NoPlacement as exc:
         err.print(f"error: no placement: {exc}", markup=False, highlight=False)
         sys.exit(3)
+    except service.Forbidden as exc:
+        err.print(f"error: {exc}", markup=False, highlight=False)
+        sys.exit(4)
     except ValidationError as exc:  # settings from AIRAVATA_* variables
         for e in exc.errors():
             name = "AIRAVATA_" + "_".join(str(p) for p in e["loc"]).upper()

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from adapters.db import NewTask, Store
+from adapters.spicedb import Authz, PermissionDenied, Subject
 from api.correlation import correlation_id
 from flows import placement
 from flows.dag import TaskGraph, compile_graph
@@ -63,10 +64,43 @@ def available_resources() -> list[ComputeResource]:
     return [local_resource()]
 
 
+class Forbidden(Exception):
+    """A permission check refused the action (exit status 4); audited."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(f"{message} (correlation id {correlation_id()})")
+
+
+def authorizer(store: Store) -> Authz:
+    """The permission graph: embedded SpiceDB rebuilt from the store's journal."""
+    return Authz.embedded(journal=store)
+
+
+def ensure_project(store: Store, authz: Authz, project: str, user: str) -> None:
+    """A project nobody holds yet is created with `user` as its admin (first use)."""
+    if not any(r[0] == "project" and r[1] == project for r in store.load_relationships()):
+        authz.relate("project", project, "admin", Subject.user(user))
+        store.audit(actor=user, action="project.create", obj=f"project:{project}",
+                    correlation_id=correlation_id(), outcome="ok")
+
+
+def require(store: Store, authz: Authz, user: str, key: str, object_id: str) -> None:
+    try:
+        authz.require(user, key, object_id)
+    except PermissionDenied as exc:
+        store.audit(actor=user, action=key, obj=f"{exc.object_type}:{object_id}",
+                    correlation_id=correlation_id(), outcome="denied")
+        raise Forbidden(f"permission denied: {exc}") from None
+
+
 def submit(store: Store, settings: Settings, path: str | Path, params: list[str], *,
-           user: str) -> str:
-    """Validate, place and store an experiment with all its task rows; returns its id.
-    Raises SpecError (bad input) or NoPlacement, and then nothing is stored."""
+           user: str, authz: Authz | None = None, project: str | None = None) -> str:
+    """Validate, authorise, place and store an experiment with all its task rows; returns its
+    id. Raises SpecError (bad input), Forbidden or NoPlacement, and then nothing is stored."""
+    if authz is not None:
+        project = project or settings.project
+        ensure_project(store, authz, project, user)
+        require(store, authz, user, "scheduler.queue.submit", project)
     exp_id = str(uuid.uuid4())
     root = settings.runs_dir.resolve() / exp_id
     loaded, overrides, graph = compile_file(path, params, root=str(root),
@@ -81,6 +115,9 @@ def submit(store: Store, settings: Settings, path: str | Path, params: list[str]
         plan=result.to_json(),
         tasks_iter=(NewTask(i.id, i.step, i.index, graph.workdir(i.step, i.index),
                             placed[i.step][i.index]) for i in graph.iter_instances()))
+    if authz is not None:
+        authz.relate("experiment", exp_id, "owner", Subject.user(user))
+        authz.relate("experiment", exp_id, "project", Subject("project", project or ""))
     store.audit(actor=user, action="scheduler.queue.submit", obj=f"experiment:{exp_id}",
                 correlation_id=correlation_id(), outcome="ok",
                 detail=f"{loaded.name}: {graph.total} tasks")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import os
 from pathlib import Path
 
@@ -18,6 +19,8 @@ class Settings(BaseSettings):
     task_run_threshold: int = Field(500, ge=0)  # above it: one Prefect task run per step
     concurrency: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
     cancel_poll_seconds: float = Field(1.0, gt=0)
+    user: str = Field(default_factory=getpass.getuser, min_length=1)  # who acts (AIRAVATA_USER)
+    project: str = Field("default", min_length=1)  # where experiments go (AIRAVATA_PROJECT)
 
     @property
     def db_url(self) -> str:

@@ -177,6 +177,7 @@ def test_cancel_a_running_experiment(prefect_api: str, home: Path, tmp_path: Pat
     from flows.settings import get_settings
     trail = Store(get_settings().db_url).audit_trail()
     assert [(r["action"], r["object"], r["outcome"]) for r in trail] == [
+        ("project.create", "project:default", "ok"),  # first use of the default project
         ("scheduler.queue.submit", f"experiment:{exp_id}", "ok"),
         ("scheduler.queue.cancel", f"experiment:{exp_id}", "ok"),
         ("scheduler.queue.cancel", f"experiment:{exp_id}", "refused")]
@@ -229,3 +230,44 @@ def test_run_without_a_placement_exits_3(home: Path, tmp_path: Path) -> None:
     from adapters.db import Store
     from flows.settings import get_settings
     assert Store(get_settings().db_url).list_experiments() == []  # nothing was stored
+
+
+@pytest.mark.prefect
+def test_permissions_decide_who_may_submit_read_and_cancel(
+        prefect_api: str, home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = write(tmp_path, "tasks:\n  a: {command: 'sleep 30'}\n")
+    monkeypatch.setenv("AIRAVATA_USER", "alice")
+    r = cli("experiment", "run", spec, "--project", "lab")  # first use: alice admins "lab"
+    assert r.returncode == 0, r.stderr
+    exp_id = r.stdout.split("experiment ", 1)[1].split()[0]
+
+    monkeypatch.setenv("AIRAVATA_USER", "mallory")
+    denied = cli("experiment", "run", spec, "--project", "lab")
+    assert denied.returncode == 4
+    assert denied.stderr.startswith("error: permission denied: user mallory lacks "
+                                    "scheduler.queue.submit on project lab (correlation id ")
+    for args in (("status", exp_id), ("tasks", exp_id), ("cancel", exp_id)):
+        r = cli("experiment", *args)
+        assert r.returncode == 4 and "user mallory lacks scheduler.queue." in r.stderr, args
+    assert exp_id[:8] not in cli("experiment", "list").stdout  # not even listed
+    r = cli("project", "add-member", "lab", "mallory")
+    assert r.returncode == 4 and "lacks project.manage on project lab" in r.stderr
+
+    monkeypatch.setenv("AIRAVATA_USER", "alice")
+    assert cli("project", "add-member", "lab", "mallory").returncode == 0
+    monkeypatch.setenv("AIRAVATA_USER", "mallory")
+    mine = cli("experiment", "run", spec, "--project", "lab")
+    assert mine.returncode == 0  # a member may submit ...
+    assert cli("experiment", "status", exp_id).returncode == 4  # ... but not read alice's
+    monkeypatch.setenv("AIRAVATA_USER", "alice")  # the project admin reads and cancels both
+    other = mine.stdout.split("experiment ", 1)[1].split()[0]
+    assert cli("experiment", "cancel", other).returncode == 0
+    assert cli("experiment", "cancel", exp_id).returncode == 0
+
+    from adapters.db import Store
+    from flows.settings import get_settings
+    denials = [r for r in Store(get_settings().db_url).audit_trail() if r["outcome"] == "denied"]
+    assert [(r["actor"], r["action"]) for r in denials] == [
+        ("mallory", "scheduler.queue.submit"), ("mallory", "scheduler.queue.read"),
+        ("mallory", "scheduler.queue.read"), ("mallory", "scheduler.queue.cancel"),
+        ("mallory", "project.manage"), ("mallory", "scheduler.queue.read")]
