@@ -70,14 +70,14 @@ def level_times(finish: dict[tuple[int, int], float]) -> dict[int, float]:
 
 
 def _build(inp: ModelInput, objective: str, deadline: float | None, max_cost: float | None,
-           relax: bool, refs: tuple[float, float]) -> tuple[pulp.LpProblem, dict, dict]:
-    cat = pulp.LpContinuous if relax else pulp.LpInteger
+           refs: tuple[float, float]) -> tuple[pulp.LpProblem, dict, dict]:
+    """The exact mixed-integer model (the LP path is `_lp`)."""
+    cat = pulp.LpInteger
     prob = pulp.LpProblem("placement", pulp.LpMinimize)
     x = {p: pulp.LpVariable(f"x_{p[0]}_{p[1]}", 0, inp.n[p[0]], cat=cat) for p in inp.pairs}
     levels = sorted(set(inp.level))
     used = {(r, lv) for (k, r) in inp.pairs for lv in [inp.level[k]]}
-    y = {u: pulp.LpVariable(f"y_{u[0]}_{u[1]}", 0, 1,
-                            cat=pulp.LpContinuous if relax else pulp.LpBinary) for u in used}
+    y = {u: pulp.LpVariable(f"y_{u[0]}_{u[1]}", 0, 1, cat=pulp.LpBinary) for u in used}
     m = {lv: pulp.LpVariable(f"m_{lv}", 0) for lv in levels}
     by_class: dict[int, list[Pair]] = {}
     for p in inp.pairs:
@@ -119,18 +119,16 @@ def _build(inp: ModelInput, objective: str, deadline: float | None, max_cost: fl
 
 
 def solve(inp: ModelInput, objective: str, *, deadline: float | None = None,
-          max_cost: float | None = None, relax: bool = False, time_limit: float = 10.0,
+          max_cost: float | None = None, time_limit: float = 10.0,
           refs: tuple[float, float] = (1.0, 1.0)) -> Solution:
-    prob, x, _ = _build(inp, objective, deadline, max_cost, relax, refs)
+    prob, x, _ = _build(inp, objective, deadline, max_cost, refs)
     solver = pulp.PULP_CBC_CMD(msg=False, timeLimit=time_limit)
     prob.solve(solver)
     # "Not Solved" after a time limit means CBC found no integer solution: its values are the
     # LP relaxation's, not a plan.
     if pulp.LpStatus[prob.status] != "Optimal" or any(v.value() is None for v in x.values()):
         return Solution("infeasible", {}, math.inf, math.inf, {}, math.inf)
-    sol = {p: max(0.0, v.value() or 0.0) for p, v in x.items()}
-    if not relax:
-        sol = {p: float(round(v)) for p, v in sol.items()}
+    sol = {p: float(round(max(0.0, v.value() or 0.0))) for p, v in x.items()}
     # CBC reports "Optimal" after a time limit when it holds an incumbent: treat a solve that
     # used the whole limit as merely feasible.
     timed_out = prob.solutionTime >= time_limit * 0.98
@@ -143,7 +141,7 @@ def prefer(inp: ModelInput, base: Solution, objective: str, *, deadline: float |
     """Second, lexicographic solve: most instances on preferred resources, objective held."""
     if not inp.preferred:
         return base
-    prob, x, _ = _build(inp, objective, deadline, max_cost, False, refs)
+    prob, x, _ = _build(inp, objective, deadline, max_cost, refs)
     slack = abs(base.objective) * 1e-6 + 1e-6
     prob += prob.objective <= base.objective + slack, "hold_objective"
     prob.setObjective(-pulp.lpSum(v for (k, r), v in x.items() if r in inp.preferred))
