@@ -112,6 +112,16 @@ relationships = sa.Table(
     sa.Column("subject_relation", sa.String(64), primary_key=True),
 )
 
+# Which OpenBao path each credential id names; the secret itself never enters this database.
+credentials = sa.Table(
+    "credentials", metadata,
+    sa.Column("id", sa.String(200), primary_key=True),
+    sa.Column("owner", sa.String(200), nullable=False),
+    sa.Column("mount", sa.String(100), nullable=False),
+    sa.Column("path", sa.String(400), nullable=False),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+)
+
 _MIGRATIONS = Path(__file__).parent / "migrations"
 _INSERT_CHUNK = 20_000
 
@@ -345,6 +355,21 @@ class Store:
     def load_relationships(self) -> list[tuple[str, str, str, str, str, str]]:
         with self.engine.connect() as conn:
             return [tuple(r) for r in conn.execute(relationships.select())]  # type: ignore[misc]
+
+    # -- credential references -----------------------------------------------------------------
+
+    def add_credential(self, credential_id: str, *, owner: str, mount: str, path: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(credentials.insert().values(id=credential_id, owner=owner, mount=mount,
+                                                     path=path, created_at=utcnow()))
+
+    def credential(self, credential_id: str) -> dict:
+        with self.engine.connect() as conn:
+            row = conn.execute(credentials.select().where(
+                credentials.c.id == credential_id)).mappings().first()
+        if row is None:
+            raise NotFound(f"no credential {credential_id!r}")
+        return dict(row)
 
     # -- audit -------------------------------------------------------------------------------
 

@@ -21,6 +21,8 @@ from rich.table import Table
 
 from adapters.db import NotFound, Store
 from api import service
+from api.cli_credentials import CredentialInputError, credential_app
+from api.credentials import CredentialError
 from flows import placement
 from flows.problems import SpecError
 from flows.resources import load_resources, local_resource
@@ -62,6 +64,7 @@ def _readable(store: Store, settings: Settings, ref: str, key: str = "scheduler.
 
 project_app = typer.Typer(no_args_is_help=True, help="Projects and their members.")
 app.add_typer(project_app, name="project")
+app.add_typer(credential_app, name="credential")
 
 
 @project_app.command("add-member")
@@ -363,7 +366,7 @@ def main() -> None:
         for p in exc.problems:
             err.print(p.render(), markup=False, highlight=False)
         sys.exit(2)
-    except (NotFound, UserError) as exc:
+    except (NotFound, UserError, CredentialInputError) as exc:
         err.print(f"error: {exc}", markup=False, highlight=False)
         sys.exit(2)
     except service.NoPlacement as exc:
@@ -372,6 +375,9 @@ def main() -> None:
     except service.Forbidden as exc:
         err.print(f"error: {exc}", markup=False, highlight=False)
         sys.exit(4)
+    except CredentialError as exc:
+        err.print(f"error: {exc}", markup=False, highlight=False)
+        sys.exit(4 if exc.denied else 1)
     except ValidationError as exc:  # settings from AIRAVATA_* variables
         for e in exc.errors():
             name = "AIRAVATA_" + "_".join(str(p) for p in e["loc"]).upper()

@@ -18,8 +18,9 @@ from api.correlation import correlation_id
 class CredentialError(RuntimeError):
     """Why a credential step was refused; carries the correlation id of its audit rows."""
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, *, denied: bool = False) -> None:
         self.correlation_id = correlation_id()
+        self.denied = denied  # a permission refused, not a failure of OpenBao or SpiceDB
         super().__init__(f"{message} (correlation id {self.correlation_id})")
 
 
@@ -46,7 +47,7 @@ class CredentialService:
             self.authz.require(actor, key, credential_id)
         except PermissionDenied as exc:
             self._audit(actor, key, f"credential:{credential_id}", "denied")
-            raise CredentialError(f"{why}{exc}") from None
+            raise CredentialError(f"{why}{exc}", denied=True) from None
         except AuthzError as exc:
             self._audit(actor, key, f"credential:{credential_id}", "error", str(exc))
             raise CredentialError(f"{why}{exc}") from None

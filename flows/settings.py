@@ -6,7 +6,7 @@ import getpass
 import os
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -20,6 +20,9 @@ class Settings(BaseSettings):
     concurrency: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
     cancel_poll_seconds: float = Field(1.0, gt=0)
     user: str = Field(default_factory=getpass.getuser, min_length=1)  # who acts (AIRAVATA_USER)
+    openbao_url: str = "http://127.0.0.1:8200"
+    # A secret: read from the environment only, never printed, logged or stored.
+    openbao_token: SecretStr | None = None
     project: str = Field("default", min_length=1)  # where experiments go (AIRAVATA_PROJECT)
 
     @property
