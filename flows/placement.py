@@ -54,6 +54,7 @@ from flows.placement_model import (
     Solution,
     level_times,
     prefer,
+    repair_waves,
     solve,
     solve_relaxed_and_round,
 )
@@ -285,8 +286,15 @@ def plan(classes: Sequence[TaskClass], resources: Sequence[ComputeResource],
                         reason=_diagnose(inp, deadline, max_cost, time_limit))
         if fast is not None and (sol.status == "infeasible" or fast.objective < sol.objective):
             sol = fast  # the MIP hit its time limit with something worse
-        sol = prefer(inp, sol, objective, deadline=deadline, max_cost=max_cost,
-                     time_limit=time_limit, refs=refs) if sol.status == "optimal" else sol
+        if sol.status == "optimal":
+            sol = prefer(inp, sol, objective, deadline=deadline, max_cost=max_cost,
+                         time_limit=time_limit, refs=refs)
+        elif objective == "time":  # stopped by the time limit: try shaving partial waves
+            repaired = Solution.of(inp, "feasible",
+                                   repair_waves(inp, sol.x, max_cost=max_cost), 0.0)
+            if repaired.makespan < sol.makespan:
+                repaired.objective = repaired.makespan
+                sol = repaired
         # "optimal": CBC proved it (its default allowable gap is zero); else the LP bound.
         gap = 0.0 if sol.status == "optimal" else _gap(sol.objective, bound or 0.0)
     return Plan(sol.status, objective, total_cost=round(sol.cost, 6),

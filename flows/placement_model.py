@@ -280,9 +280,77 @@ def solve_relaxed_and_round(inp: ModelInput, objective: str, *, deadline: float 
         preferred = _lp(inp, objective, deadline, max_cost, refs, fixed, hold=hold)
         if preferred is not None:
             second = (second[0], preferred[1])
-    sol = Solution.of(inp, "feasible", _round(inp, second[1]), 0.0)
+    rounded = _round(inp, second[1])
+    if objective == "time":  # (cost and balanced could lose by trading cost for time)
+        rounded = repair_waves(inp, rounded, max_cost=max_cost)
+    sol = Solution.of(inp, "feasible", rounded, 0.0)
     if (deadline is not None and sol.makespan > deadline + 1e-6) or \
             (max_cost is not None and sol.cost > max_cost + 1e-6):
         return None, bound
     sol.objective = objective_value(objective, sol.cost, sol.makespan, refs)
     return sol, bound
+
+
+def _group_finish(inp: ModelInput, x: dict[Pair, float], members: list[Pair], r: int) -> float:
+    cores = gpus = waves = 0.0
+    used = False
+    for p in members:
+        v = x.get(p, 0.0)
+        if v <= 0:
+            continue
+        used = True
+        cores += inp.core_load[p] * v
+        gpus += inp.gpu_load.get(p, 0.0) * v
+        waves = max(waves, inp.t[p[0]] * math.ceil(v / inp.slots[p] - 1e-9))
+    return inp.q[r] + max(cores, gpus, waves) if used else 0.0
+
+
+def repair_waves(inp: ModelInput, x: dict[Pair, float], *, max_cost: float | None,
+                 budget_s: float = 0.15) -> dict[Pair, float]:
+    """Rounding charges whole waves: when a level's slowest resource is held up by the last,
+    partly filled wave of one class, move those instances where they finish sooner. Greedy,
+    first improvement, within a time budget. Every move shortens its level and touches no
+    other, so the makespan only falls (a deadline stays met); cost is held under max_cost."""
+    import time as _time
+
+    stop = _time.perf_counter() + budget_s
+    x = dict(x)
+    groups: dict[tuple[int, int], list[Pair]] = {}
+    for p in inp.pairs:
+        groups.setdefault((p[1], inp.level[p[0]]), []).append(p)
+    finish = {g: _group_finish(inp, x, ps, g[0]) for g, ps in groups.items()}
+    cost = sum(inp.cost[p] * v for p, v in x.items())
+    improved = True
+    while improved and _time.perf_counter() < stop:
+        improved = False
+        for lv in sorted(set(inp.level)):
+            level = {g: f for g, f in finish.items() if g[1] == lv}
+            worst_g = max(level, key=lambda g: level[g])
+            worst = level[worst_g]
+            r = worst_g[0]
+            for p in sorted((p for p in groups[worst_g] if x.get(p, 0) > 0),
+                            key=lambda p: -inp.t[p[0]]):
+                k, v = p[0], x[p]
+                tail = v - (math.ceil(v / inp.slots[p] - 1e-9) - 1) * inp.slots[p]
+                if tail <= 0:
+                    continue
+                for q in (q for q in inp.pairs if q[0] == k and q[1] != r):
+                    g2 = (q[1], lv)
+                    extra_cost = tail * (inp.cost[q] - inp.cost[p])
+                    if max_cost is not None and cost + extra_cost > max_cost + 1e-9:
+                        continue
+                    trial = {**x, p: v - tail, q: x.get(q, 0.0) + tail}
+                    f1 = _group_finish(inp, trial, groups[worst_g], r)
+                    f2 = _group_finish(inp, trial, groups[g2], q[1])
+                    new_level = max(f1, f2, *(f for g, f in level.items()
+                                              if g not in (worst_g, g2)), 0.0)
+                    if new_level < worst - 1e-6:
+                        x, cost = trial, cost + extra_cost
+                        finish[worst_g], finish[g2] = f1, f2
+                        improved = True
+                        break
+                if improved:
+                    break
+            if improved:
+                break
+    return {p: v for p, v in x.items() if v > 0}

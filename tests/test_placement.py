@@ -182,3 +182,19 @@ def test_large_sweep_is_fast_and_close_to_its_bound() -> None:
     assert p.status in ("optimal", "feasible") and p.gap <= 0.10  # within 10% of a lower bound
     recheck(p, ks, pool, Constraints(objective="time"))
     assert not math.isinf(p.makespan_seconds or math.inf)
+
+
+def test_wave_repair_moves_a_lone_last_wave() -> None:
+    from flows.placement_model import ModelInput, evaluate, level_times, repair_waves
+
+    # 5 instances of a 100 s class, 4 slots on each of two idle resources: rounding put all 5
+    # on r0 (two waves, 200 s); moving the lone fifth to r1 finishes at 100 s.
+    inp = ModelInput(n=[5], t=[100.0], level=[0], q=[0.0, 0.0], pairs=[(0, 0), (0, 1)],
+                     cost={(0, 0): 1.0, (0, 1): 2.0}, slots={(0, 0): 4, (0, 1): 4},
+                     core_load={(0, 0): 25.0, (0, 1): 25.0})
+    fixed = repair_waves(inp, {(0, 0): 5.0, (0, 1): 0.0}, max_cost=None)
+    assert fixed == {(0, 0): 4.0, (0, 1): 1.0}
+    _, finish = evaluate(inp, fixed)
+    assert sum(level_times(finish).values()) == 100.0
+    # ... unless the budget forbids the dearer resource
+    assert repair_waves(inp, {(0, 0): 5.0, (0, 1): 0.0}, max_cost=5.5) == {(0, 0): 5.0}
