@@ -363,6 +363,12 @@ class Store:
             conn.execute(credentials.insert().values(id=credential_id, owner=owner, mount=mount,
                                                      path=path, created_at=utcnow()))
 
+    def credential_at(self, mount: str, path: str) -> str | None:
+        """The id of the credential stored at mount/path, if we know it."""
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(credentials.c.id).where(
+                credentials.c.mount == mount, credentials.c.path == path)).scalar()
+
     def credential(self, credential_id: str) -> dict:
         with self.engine.connect() as conn:
             row = conn.execute(credentials.select().where(

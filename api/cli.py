@@ -25,7 +25,7 @@ from api.cli_credentials import CredentialInputError, credential_app
 from api.credentials import CredentialError
 from flows import placement
 from flows.problems import SpecError
-from flows.resources import load_resources, local_resource
+from flows.resources import load_resources
 from flows.settings import Settings, get_settings
 from flows.spec import format_duration
 from flows.states import ACTIVE, EXPERIMENT_TERMINAL, ExperimentStatus, TaskState
@@ -137,9 +137,17 @@ def plan_cmd(
     loaded, _, graph = service.compile_file(
         file, param, root=str(settings.runs_dir / "<experiment-id>"),
         max_instances=settings.max_instances)
-    pool = load_resources(str(resources)) if resources else [local_resource()]
-    result = service.plan_experiment(loaded, graph, pool, user=user or settings.user,
-                                     time_limit=time_limit)
+    who = user or settings.user
+    if resources:
+        pool = load_resources(str(resources))
+    else:  # online: this machine and the registered resources
+        store = _store(settings)
+        authz = service.authorizer(store)
+        try:
+            pool = service.planning_resources(store, authz, who)
+        finally:
+            authz.close()
+    result = service.plan_experiment(loaded, graph, pool, user=who, time_limit=time_limit)
     if as_json:
         print(json.dumps(result.to_json(), indent=2))
     else:
@@ -375,6 +383,9 @@ def main() -> None:
     except service.Forbidden as exc:
         err.print(f"error: {exc}", markup=False, highlight=False)
         sys.exit(4)
+    except service.Unavailable as exc:
+        err.print(f"error: {exc}", markup=False, highlight=False)
+        sys.exit(1)
     except CredentialError as exc:
         err.print(f"error: {exc}", markup=False, highlight=False)
         sys.exit(4 if exc.denied else 1)

@@ -58,6 +58,53 @@ class NoPlacement(Exception):
     """No placement satisfies the experiment's needs and constraints (exit status 3)."""
 
 
+class Unavailable(Exception):
+    """An outside service needed for this command does not answer (exit status 1)."""
+
+
+def registered_resources() -> list[tuple[ComputeResource, object]]:
+    """Compute resources registered as blocks in the Prefect API, with their credential refs.
+    Empty when no Prefect API is configured (PREFECT_API_URL)."""
+    if not os.environ.get("PREFECT_API_URL"):
+        return []
+    import httpx
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    from blocks import BareMetalHost, KubernetesCluster, SlurmCluster
+
+    out: list[tuple[ComputeResource, object]] = []
+    try:
+        with get_client(sync_client=True) as client:
+            for cls in (SlurmCluster, KubernetesCluster, BareMetalHost):
+                try:
+                    docs = client.read_block_documents_by_type(
+                        cls.get_block_type_slug(), offset=0, limit=500, include_secrets=False)
+                except ObjectNotFound:
+                    continue  # the block types are not registered there
+                for doc in docs:
+                    if doc.name and doc.name != "local":
+                        block = cls.load(doc.name)
+                        out.append((block.to_compute_resource(doc.name), block.credential))
+    except (httpx.HTTPError, OSError) as exc:
+        raise Unavailable(f"cannot list registered resources: the Prefect API at "
+                          f"{os.environ['PREFECT_API_URL']} does not answer ({exc})") from None
+    return out
+
+
+def planning_resources(store: Store, authz: Authz, user: str) -> list[ComputeResource]:
+    """This machine and every registered compute resource. A resource whose credential the
+    user may not read stays in the list, ineligible, so plans say why."""
+    pool = [local_resource()]
+    for resource, credential in registered_resources():
+        if credential is not None:
+            cid = store.credential_at(credential.mount, credential.path)  # type: ignore[attr-defined]
+            allowed = cid is not None and authz.check(user, "credential.read", cid)
+            resource = resource.model_copy(update={"users": [user] if allowed else []})
+        pool.append(resource)
+    return pool
+
+
 def available_resources() -> list[ComputeResource]:
     """The compute resources experiments can run on now. Registered SLURM, Kubernetes and
     bare-metal resources join this list with resource registration; today it is this machine."""

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 from tests.conftest import ROOT, SAMPLE
 from tests.test_cli import cli, write
@@ -28,7 +33,8 @@ def test_sample_plan_json(home: Path) -> None:
     assert p["makespan_seconds"] == max(a["finish_seconds"] for a in p["assignments"])
 
 
-def test_plan_table_and_the_local_default(home: Path) -> None:
+def test_plan_table_and_the_local_default(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PREFECT_API_URL")  # no Prefect configured: this machine alone
     r = cli("experiment", "plan", str(ROOT / "examples" / "hello_sweep.yml"))
     assert r.returncode == 0 and "optimal plan, objective time" in r.stdout
     assert "local" in r.stdout
@@ -84,3 +90,52 @@ def test_bad_resources_file_and_unknown_names_exit_2(home: Path, tmp_path: Path)
                                 "resource 'clustr-a' (resources: cloud, cluster-a, gpu-cluster)")
     r = cli("experiment", "plan", spec, "--resources", str(tmp_path / "missing.yml"))
     assert r.returncode == 2 and "missing.yml: error: <document>: no such file" in r.stderr
+
+
+@pytest.mark.prefect
+def test_online_plan_uses_registered_blocks_and_their_credentials(
+        prefect_api: str, home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from blocks import CredentialRef, SlurmCluster
+
+    reg = subprocess.run([str(Path(sys.executable).parent / "prefect"), "block", "register",
+                          "-m", "blocks"], capture_output=True, text=True,
+                         env=os.environ.copy(), timeout=120)
+    assert reg.returncode == 0, reg.stderr
+    SlurmCluster(work_pool_name="slurm-online", nodes=16, cores_per_node=32,
+                 cost={"core_hour": 0.0}).save("online-a", overwrite=True)
+    SlurmCluster(work_pool_name="gpu", nodes=2, cores_per_node=16, gpus_per_node=4,
+                 credential=CredentialRef(path="users/zed/gpu")).save("gpu-locked",
+                                                                      overwrite=True)
+    monkeypatch.setenv("AIRAVATA_USER", "alice")
+    wide = write(tmp_path, """\
+        tasks:
+          sim:
+            command: x
+            task_inputs: {N: 1..200}
+            resources: {compute: {cpu: 4, time: "1:00:00"}}
+        """)
+    r = cli("experiment", "plan", wide, "--json")
+    assert r.returncode == 0, r.stderr
+    used = {a["resource"] for a in json.loads(r.stdout)["assignments"]}
+    assert "online-a" in used  # 128 slots beat this machine's few cores
+    gpu = write(tmp_path, "tasks:\n  train: {command: x, resources: {compute: {gpu: 1}}}\n",
+                "gpu.yml")
+    r = cli("experiment", "plan", gpu, "--json")
+    assert r.returncode == 3
+    reason = json.loads(r.stdout)["reason"]
+    assert "local: no GPUs" in reason and "online-a: no GPUs" in reason
+    assert "gpu-locked: no credential for user alice" in reason
+
+
+def test_online_plan_with_prefect_down_is_one_line(home: Path, monkeypatch: pytest.MonkeyPatch,
+                                                   tmp_path: Path) -> None:
+    from tests.conftest import _free_port
+
+    dead = f"http://127.0.0.1:{_free_port()}/api"
+    monkeypatch.setenv("PREFECT_API_URL", dead)
+    spec = write(tmp_path, "tasks:\n  a: {command: x}\n")
+    r = cli("experiment", "plan", spec, timeout=120)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert r.stderr.startswith(f"error: cannot list registered resources: the Prefect API at "
+                               f"{dead} does not answer")
+    assert len(r.stderr.strip().splitlines()) == 1
