@@ -85,18 +85,18 @@ class CredentialService:
                     f"{relation}: {with_.type}:{with_.id}")
 
     def bind(self, actor: str, credential_id: str, resource_type: str, resource: str) -> None:
-        self._require(actor, "credential.bind", credential_id)
-        self.authz.relate(resource_type, resource, "bound_credential",
-                          Subject("credential", credential_id))
-        self._audit(actor, "credential.bind", f"credential:{credential_id}", "ok",
-                    f"{resource_type}:{resource}")
+        self._binding(actor, credential_id, resource_type, resource, bound=True)
 
     def unbind(self, actor: str, credential_id: str, resource_type: str, resource: str) -> None:
-        self._require(actor, "credential.bind", credential_id)
-        self.authz.unrelate(resource_type, resource, "bound_credential",
-                            Subject("credential", credential_id))
-        self._audit(actor, "credential.unbind", f"credential:{credential_id}", "ok",
-                    f"{resource_type}:{resource}")
+        self._binding(actor, credential_id, resource_type, resource, bound=False)
+
+    def _binding(self, actor: str, credential_id: str, resource_type: str, resource: str, *,
+                 bound: bool) -> None:
+        self._require(actor, "credential.bind", credential_id)  # binding either way
+        change = self.authz.relate if bound else self.authz.unrelate
+        change(resource_type, resource, "bound_credential", Subject("credential", credential_id))
+        self._audit(actor, "credential.bind" if bound else "credential.unbind",
+                    f"credential:{credential_id}", "ok", f"{resource_type}:{resource}")
 
     def read(self, actor: str, credential_id: str, ref: SecretRef) -> dict[str, str]:
         self._require(actor, "credential.read", credential_id)

@@ -124,15 +124,15 @@ class PerInstanceHooks(Hooks):
             inst.id, capture, wait_for=self._upstream_states(inst.depends_on), return_state=True)
         return result[0] if result else Outcome(TaskState.FAILED, None, "did not start")
 
-    async def skipped(self, inst_id: str, step: str, state: TaskState) -> None:
-        inst = self.graph.instance(step, int(inst_id[len(step) + 1:-1]))
+    async def skipped(self, step: str, index: int, state: TaskState) -> None:
+        inst = self.graph.instance(step, index)
         ups = self._upstream_states(inst.depends_on)
         reason = "canceled" if state == TaskState.CANCELED else "an upstream task did not complete"
 
         async def never() -> Outcome:  # runs only when no failed upstream is known to Prefect yet
             return Outcome(state, None, reason)
 
-        self.states[inst_id] = await run_instance(inst_id, never, wait_for=ups,
+        self.states[inst.id] = await run_instance(inst.id, never, wait_for=ups,
                                                   return_state=True)
 
 
@@ -152,7 +152,7 @@ class PerStepHooks(Hooks):
         self._touch(inst.step)
         return await body()
 
-    async def skipped(self, inst_id: str, step: str, state: TaskState) -> None:
+    async def skipped(self, step: str, index: int, state: TaskState) -> None:
         self._touch(step)
 
     def settled(self, step: str, state: TaskState) -> None:

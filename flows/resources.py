@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from flows.spec import parse_duration
+from flows.spec import Duration, parse_duration
 from flows.yamldoc import parse_located, read_source
 
 
@@ -31,21 +31,14 @@ class ComputeResource(BaseModel):
     cores_per_node: int = Field(1, ge=1)
     gpus_per_node: int = Field(0, ge=0)
     mem_gb_per_node: float = Field(0, ge=0)  # 0: not limited
-    max_walltime: str | None = None
-    queue_wait: str = "0:00:00"
+    max_walltime: Duration | None = None
+    queue_wait: Duration = "0:00:00"
     cost: Prices = Prices()
     egress_gb: dict[str, float] = {}  # price per GB moved in from each storage resource
     # Offline only: who holds a usable credential (absent: everyone). Online: SpiceDB says.
     users: list[str] | None = None
     # Runs wider tasks than it has cores by giving them all of it (the local machine).
     oversubscribe: bool = False
-
-    @field_validator("max_walltime", "queue_wait")
-    @classmethod
-    def _duration(cls, v: str | None) -> str | None:
-        if v is not None:
-            parse_duration(v)
-        return v
 
     @field_validator("egress_gb")
     @classmethod

@@ -86,7 +86,7 @@ class Hooks:
     async def run(self, inst: TaskInstance, body: Callable[[], Awaitable[Outcome]]) -> Outcome:
         return await body()
 
-    async def skipped(self, inst_id: str, step: str, state: TaskState) -> None:
+    async def skipped(self, step: str, index: int, state: TaskState) -> None:
         return None
 
     def settled(self, step: str, state: TaskState) -> None:
@@ -196,7 +196,7 @@ class Scheduler:
             iid = f"{child.name}[{ci}]"
             self.recorder.record(iid, target, "an upstream task did not complete"
                                  if target == TaskState.UPSTREAM_FAILED else "canceled")
-            self._schedule_hook(self.hooks.skipped(iid, child.name, target))
+            self._schedule_hook(self.hooks.skipped(child.name, ci, target))
             return [(child, ci, target)]
         pending[ci] -= 1
         if pending[ci] == 0:
@@ -278,7 +278,7 @@ class Scheduler:
     def _cancel_instance(self, step: StepPlan, i: int) -> None:
         iid = f"{step.name}[{i}]"
         self.recorder.record(iid, TaskState.CANCELED, "canceled")
-        self._schedule_hook(self.hooks.skipped(iid, step.name, TaskState.CANCELED))
+        self._schedule_hook(self.hooks.skipped(step.name, i, TaskState.CANCELED))
         self._settle(step, i, TaskState.CANCELED)
 
     async def run(self) -> Summary:

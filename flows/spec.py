@@ -10,9 +10,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path as FsPath
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from flows.problems import Path, Problem
 from flows.yamldoc import Located, parse_located, read_source
@@ -31,6 +31,15 @@ def parse_duration(text: str) -> int:
         raise ValueError(f"expected a duration [D-]HH:MM:SS, got {text!r}")
     days, hours, minutes, seconds = (int(g) if g else 0 for g in m.groups())
     return ((days * 24 + hours) * 60 + minutes) * 60 + seconds
+
+
+def _check_duration(value: str) -> str:
+    parse_duration(value)
+    return value
+
+
+# A `[D-]H:MM:SS` string, validated where it is read (spec, constraints, resources).
+Duration = Annotated[str, AfterValidator(_check_duration)]
 
 
 def format_duration(seconds: float) -> str:
@@ -55,16 +64,9 @@ class Compute(_Strict):
     ram_gb: float = Field(0, ge=0)
     disk_gb: float = Field(0, ge=0)
     vram_gb: float = Field(0, ge=0)
-    time: str | None = None
-    estimate: str | None = None  # expected runtime, for placement; defaults to `time`
+    time: Duration | None = None
+    estimate: Duration | None = None  # expected runtime, for placement; defaults to `time`
     input_gb: float = Field(0, ge=0)  # data staged in per task, for placement's egress cost
-
-    @field_validator("time", "estimate")
-    @classmethod
-    def _duration(cls, v: str | None) -> str | None:
-        if v is not None:
-            parse_duration(v)
-        return v
 
     @property
     def walltime_seconds(self) -> int | None:
@@ -140,17 +142,10 @@ class Constraints(_Strict):
     """What placement optimises and must respect (see flows/placement.py)."""
 
     objective: Literal["cost", "time", "balanced"] | None = None  # default: cost with a deadline
-    deadline: str | None = None
+    deadline: Duration | None = None
     max_cost: float | None = Field(None, ge=0)
     preferred: list[str] = []
     excluded: list[str] = []
-
-    @field_validator("deadline")
-    @classmethod
-    def _duration(cls, v: str | None) -> str | None:
-        if v is not None:
-            parse_duration(v)
-        return v
 
     @property
     def deadline_seconds(self) -> int | None:
