@@ -42,14 +42,15 @@ def _api(path: str, body: dict) -> list[dict]:
     return r.json()
 
 
-def task_runs(flow_run_id: str, expect: int) -> list[dict]:
-    """Task runs reach the API asynchronously (events): wait for the expected number."""
+def task_runs(flow_run_id: str, names: set[str]) -> list[dict]:
+    """Task runs reach the API asynchronously (events), and a run's custom name may arrive after
+    its first state: wait until every expected name has settled (or a minute has passed)."""
     deadline = time.monotonic() + 60
     while True:
         runs = _api("/task_runs/filter", {"flow_runs": {"id": {"any_": [flow_run_id]}},
                                           "sort": "EXPECTED_START_TIME_ASC"})
-        settled = [r for r in runs if r["state"] and r["state"]["type"] != "RUNNING"]
-        if len(settled) >= expect or time.monotonic() > deadline:
+        settled = {r["name"] for r in runs if r["state"] and r["state"]["type"] != "RUNNING"}
+        if settled >= names or time.monotonic() > deadline:
             return runs
         time.sleep(0.5)
 
@@ -72,9 +73,10 @@ def test_per_instance_task_runs_carry_the_graph(prefect_api: str, home: Path,
     exp = store.get_experiment(exp_id)
     assert exp["status"] == "FAILED"
     assert exp["message"] == "4 completed, 1 failed, 2 upstream_failed"
-    runs = task_runs(exp["flow_run_id"], 7)
+    expected = {"a[0]", "a[1]", "a[2]", "b[0]", "b[1]", "b[2]", "c[0]"}
+    runs = task_runs(exp["flow_run_id"], expected)
     by_name = {r["name"]: r for r in runs}
-    assert set(by_name) == {"a[0]", "a[1]", "a[2]", "b[0]", "b[1]", "b[2]", "c[0]"}
+    assert set(by_name) == expected
     assert by_name["a[1]"]["state"]["type"] == "FAILED"
     assert by_name["a[1]"]["state"]["message"] == "a[1]: exit code 3"
     assert by_name["b[1]"]["state"]["name"] == "NotReady"  # Prefect's own upstream-failed state
@@ -96,9 +98,10 @@ def test_large_sweeps_get_one_task_run_per_step_with_progress(
     state = run_flow(exp_id)
     assert state.is_failed()
     exp = store.get_experiment(exp_id)
-    runs = task_runs(exp["flow_run_id"], 3)
+    expected = {"a (3 instances)", "b (3 instances)", "c (1 instances)"}
+    runs = task_runs(exp["flow_run_id"], expected)
     names = {r["name"]: r for r in runs}
-    assert set(names) == {"a (3 instances)", "b (3 instances)", "c (1 instances)"}
+    assert set(names) == expected
     assert names["a (3 instances)"]["state"]["message"] == "a: 2 completed, 1 failed"
     assert names["b (3 instances)"]["state"]["type"] == "FAILED"
     progress = [a for a in artifacts(exp["flow_run_id"]) if a["type"] == "progress"]
