@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from tests import services
+
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "examples" / "airavata_sample.yml"
 PEER_SAMPLE = ROOT.parent / "shared" / "peers" / "airavata" / "sample_experiment.yml"
@@ -170,3 +172,30 @@ def openbao_dev() -> Iterator[tuple[str, str]]:
     yield url, root
     proc.terminate()
     proc.wait(10)
+
+
+# -- sshd, SLURM, S3 (tests/services.py) -------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def sshd() -> Iterator[services.Sshd]:
+    """A real sshd on loopback with a test user and its key pair (scripts/sshd_server.sh)."""
+    s = services.start_sshd()
+    yield s
+    services.stop_sshd(s)
+
+
+@pytest.fixture(scope="session")
+def slurm() -> Iterator[services.Slurm]:
+    """A real single-node SLURM 22.05 with slurmrestd (scripts/slurm_cluster.sh)."""
+    s = services.start_slurm()
+    yield s
+    services.stop_slurm(s)
+
+
+@pytest.fixture(scope="session")
+def s3() -> Iterator[services.S3Server]:
+    """A real S3 server (SeaweedFS) with its own access and secret key."""
+    s = services.start_s3()
+    yield s
+    services.stop_s3(s)

@@ -1,0 +1,138 @@
+"""Where commands run and files move: this machine, or a remote one over SSH (adapters/ssh.py).
+
+SLURM submission, bare-metal execution and bundle staging all speak to a `Host`, so the same
+code drives the local `sbatch` and a login node reached over SSH. Files move as tar streams
+through one command each way (one round trip for a whole bundle, not one per file).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import shlex
+import subprocess
+import tarfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+
+class HostError(RuntimeError):
+    """A host could not be reached or refused us; the message says which host and why."""
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    exit_status: int
+    stdout: bytes
+    stderr: bytes
+
+    @property
+    def text(self) -> str:
+        return self.stdout.decode(errors="replace")
+
+    def error_text(self) -> str:
+        return (self.stderr or self.stdout).decode(errors="replace").strip()
+
+
+class Host(Protocol):
+    name: str  # for messages: "local" or "user@host:port"
+
+    def run(self, command: str, *, stdin: bytes | None = None,
+            timeout: float | None = None) -> CommandResult: ...
+
+    def close(self) -> None: ...
+
+
+def check(host: Host, command: str, *, stdin: bytes | None = None,
+          timeout: float | None = None, what: str = "") -> CommandResult:
+    """Run and raise HostError (with the command's own message) unless it exits 0."""
+    result = host.run(command, stdin=stdin, timeout=timeout)
+    if result.exit_status != 0:
+        raise HostError(f"{what or command.split()[0]} on {host.name} failed "
+                        f"(exit {result.exit_status}): {result.error_text()[-500:]}")
+    return result
+
+
+def pack(files: Mapping[str, bytes | str], *, executable: frozenset[str] = frozenset()) -> bytes:
+    """An in-memory tar.gz of relative paths -> contents."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz", compresslevel=1) as tar:
+        for path, content in files.items():
+            data = content.encode() if isinstance(content, str) else content
+            info = tarfile.TarInfo(path)
+            info.size = len(data)
+            info.mode = 0o755 if path in executable else 0o644
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def upload(host: Host, directory: str, files: Mapping[str, bytes | str], *,
+           executable: frozenset[str] = frozenset()) -> None:
+    """Write files under `directory` on the host (created as needed), in one round trip."""
+    d = shlex.quote(directory)
+    check(host, f"mkdir -p {d} && tar xzf - -C {d}", stdin=pack(files, executable=executable),
+          what=f"upload to {directory}")
+
+
+def download(host: Host, directory: str, paths: list[str]) -> dict[str, bytes]:
+    """Read the files that exist among `paths` (relative to `directory`), in one round trip.
+    Missing files are simply absent from the result."""
+    if not paths:
+        return {}
+    listing = "\n".join(paths).encode()
+    d = shlex.quote(directory)
+    # Keep only the files that exist, then tar them to stdout; an empty list gives no archive.
+    cmd = (f"cd {d} 2>/dev/null || exit 0; "
+           "while IFS= read -r f; do [ -f \"$f\" ] && printf '%s\\n' \"$f\"; done "
+           "| tar czf - -T - --no-recursion 2>/dev/null || true")
+    result = host.run(cmd, stdin=listing)
+    if not result.stdout:
+        return {}
+    out: dict[str, bytes] = {}
+    try:
+        with tarfile.open(fileobj=io.BytesIO(result.stdout), mode="r:gz") as tar:
+            for member in tar.getmembers():
+                f = tar.extractfile(member)
+                if f is not None:
+                    out[member.name] = f.read()
+    except (tarfile.TarError, EOFError) as exc:
+        raise HostError(f"download from {host.name}:{directory} failed: {exc}") from None
+    return out
+
+
+class LocalHost:
+    """This machine: the local `sbatch`, or a bare-metal run on localhost without SSH."""
+
+    name = "local"
+
+    def __init__(self, env: Mapping[str, str] | None = None) -> None:
+        # Commands see only what we pass (e.g. SLURM_CONF), never our secrets.
+        base = {k: v for k, v in os.environ.items()
+                if k in ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TZ", "SLURM_CONF")}
+        self.env = {**base, **(env or {})}
+
+    def run(self, command: str, *, stdin: bytes | None = None,
+            timeout: float | None = None) -> CommandResult:
+        try:
+            proc = subprocess.run(["bash", "-c", command], input=stdin,
+                                  capture_output=True, env=self.env, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise HostError(f"command on {self.name} timed out after {timeout} s: "
+                            f"{command[:80]}") from None
+        except OSError as exc:
+            raise HostError(f"cannot run a command on {self.name}: {exc}") from None
+        return CommandResult(proc.returncode, proc.stdout, proc.stderr)
+
+    def close(self) -> None:
+        return None
+
+
+async def arun(host: Host, command: str, **kw: object) -> CommandResult:
+    """`host.run` off the event loop (paramiko and subprocess both block)."""
+    return await asyncio.to_thread(host.run, command, **kw)  # type: ignore[arg-type]
+
+
+__all__ = ["CommandResult", "Host", "HostError", "LocalHost", "arun", "check", "download",
+           "pack", "upload"]
