@@ -20,6 +20,16 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
+from adapters.bundle_store import BundleStore
+from adapters.schema import (
+    UtcDateTime,
+    audit_events,
+    credentials,
+    experiments,
+    relationships,
+    task_events,
+    tasks,
+)
 from flows.states import (
     EXPERIMENT_TERMINAL,
     TERMINAL,
@@ -28,98 +38,6 @@ from flows.states import (
     TaskState,
     Transition,
     check_transition,
-)
-
-metadata = sa.MetaData()
-UtcDateTime = sa.DateTime(timezone=True)
-
-experiments = sa.Table(
-    "experiments", metadata,
-    sa.Column("id", sa.String(36), primary_key=True),
-    sa.Column("name", sa.String(200), nullable=False),
-    sa.Column("source", sa.Text, nullable=False),
-    sa.Column("spec_text", sa.Text, nullable=False),
-    sa.Column("params", sa.JSON, nullable=False),
-    sa.Column("status", sa.String(16), nullable=False),
-    sa.Column("message", sa.Text),
-    sa.Column("workdir", sa.Text, nullable=False),
-    sa.Column("total_tasks", sa.Integer, nullable=False),
-    sa.Column("cancel_requested", sa.Boolean, nullable=False, server_default=sa.false()),
-    sa.Column("flow_run_id", sa.String(36)),
-    sa.Column("runner_pid", sa.Integer),
-    sa.Column("created_at", UtcDateTime, nullable=False),
-    sa.Column("started_at", UtcDateTime),
-    sa.Column("finished_at", UtcDateTime),
-    sa.Column("plan", sa.JSON),
-    sa.Index("ix_experiments_created_at", "created_at"),
-)
-
-tasks = sa.Table(
-    "tasks", metadata,
-    sa.Column("experiment_id", sa.String(36), sa.ForeignKey("experiments.id", ondelete="CASCADE"),
-              primary_key=True),
-    sa.Column("instance_id", sa.String(300), primary_key=True),
-    sa.Column("step", sa.String(200), nullable=False),
-    sa.Column("idx", sa.Integer, nullable=False),
-    sa.Column("state", sa.String(16), nullable=False),
-    sa.Column("attempt", sa.Integer, nullable=False, server_default="0"),
-    sa.Column("exit_code", sa.Integer),
-    sa.Column("reason", sa.Text),
-    sa.Column("resource", sa.String(200)),
-    sa.Column("workdir", sa.Text, nullable=False),
-    sa.Column("started_at", UtcDateTime),
-    sa.Column("finished_at", UtcDateTime),
-    sa.Index("ix_tasks_state", "experiment_id", "step", "state"),
-)
-
-task_events = sa.Table(
-    "task_events", metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("experiment_id", sa.String(36),
-              sa.ForeignKey("experiments.id", ondelete="CASCADE"), nullable=False),
-    sa.Column("instance_id", sa.String(300), nullable=False),
-    sa.Column("from_state", sa.String(16)),
-    sa.Column("to_state", sa.String(16), nullable=False),
-    sa.Column("attempt", sa.Integer, nullable=False),
-    sa.Column("at", UtcDateTime, nullable=False),
-    sa.Column("message", sa.Text),
-    sa.Index("ix_task_events_task", "experiment_id", "instance_id"),
-)
-
-audit_events = sa.Table(
-    "audit_events", metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("at", UtcDateTime, nullable=False),
-    sa.Column("actor", sa.String(200), nullable=False),
-    sa.Column("action", sa.String(100), nullable=False),
-    sa.Column("object", sa.String(400), nullable=False),
-    sa.Column("correlation_id", sa.String(64), nullable=False),
-    sa.Column("outcome", sa.String(16), nullable=False),  # allowed | denied | ok | error
-    sa.Column("detail", sa.Text),  # never a secret
-    sa.Index("ix_audit_events_correlation", "correlation_id"),
-    sa.Index("ix_audit_events_actor_at", "actor", "at"),
-)
-
-# The permission graph as written through adapters.spicedb: the source an embedded SpiceDB
-# (memory only) is rebuilt from in each process. A SpiceDB server keeps its own.
-relationships = sa.Table(
-    "relationships", metadata,
-    sa.Column("object_type", sa.String(64), primary_key=True),
-    sa.Column("object_id", sa.String(200), primary_key=True),
-    sa.Column("relation", sa.String(64), primary_key=True),
-    sa.Column("subject_type", sa.String(64), primary_key=True),
-    sa.Column("subject_id", sa.String(200), primary_key=True),
-    sa.Column("subject_relation", sa.String(64), primary_key=True),
-)
-
-# Which OpenBao path each credential id names; the secret itself never enters this database.
-credentials = sa.Table(
-    "credentials", metadata,
-    sa.Column("id", sa.String(200), primary_key=True),
-    sa.Column("owner", sa.String(200), nullable=False),
-    sa.Column("mount", sa.String(100), nullable=False),
-    sa.Column("path", sa.String(400), nullable=False),
-    sa.Column("created_at", UtcDateTime, nullable=False),
 )
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
@@ -187,6 +105,7 @@ class Store:
     def __init__(self, url: str) -> None:
         self.engine = _make_engine(url)
         migrate(self.engine)
+        self.bundles = BundleStore(self.engine)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -195,14 +114,16 @@ class Store:
 
     def create_experiment(self, *, name: str, source: str, spec_text: str, params: dict,
                           workdir_root: Path, tasks_iter: Iterable[NewTask], total: int,
-                          experiment_id: str | None = None, plan: dict | None = None) -> str:
+                          experiment_id: str | None = None, plan: dict | None = None,
+                          owner: str | None = None, project: str | None = None) -> str:
         """Store an experiment and all its task rows in one transaction."""
         exp_id = experiment_id or str(uuid.uuid4())
         with self.engine.begin() as conn:
             conn.execute(experiments.insert().values(
                 id=exp_id, name=name, source=source, spec_text=spec_text, params=params,
                 status=ExperimentStatus.CREATED, workdir=str(workdir_root / exp_id),
-                total_tasks=total, created_at=utcnow(), plan=plan))
+                total_tasks=total, created_at=utcnow(), plan=plan, owner=owner,
+                project=project))
             chunk: list[dict] = []
             for t in tasks_iter:
                 chunk.append({"experiment_id": exp_id, "instance_id": t.instance_id,
@@ -328,6 +249,17 @@ class Store:
         q = q.order_by(tasks.c.step, tasks.c.idx).limit(limit)
         with self.engine.connect() as conn:
             return [dict(r) for r in conn.execute(q).mappings()]
+
+    def task_resources(self, exp_id: str, instance_ids: Iterable[str]) -> dict[str, str]:
+        """Where each of these instances was placed."""
+        ids = list(instance_ids)
+        out: dict[str, str] = {}
+        with self.engine.connect() as conn:
+            for i in range(0, len(ids), 1000):
+                q = sa.select(tasks.c.instance_id, tasks.c.resource).where(
+                    tasks.c.experiment_id == exp_id, tasks.c.instance_id.in_(ids[i:i + 1000]))
+                out.update({iid: res for iid, res in conn.execute(q)})
+        return out
 
     def state_counts(self, exp_id: str) -> dict[str, dict[str, int]]:
         """{step: {state: count}} in one grouped query."""

@@ -15,6 +15,7 @@ import subprocess
 import tarfile
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 
@@ -55,11 +56,17 @@ def check(host: Host, command: str, *, stdin: bytes | None = None,
     return result
 
 
-def pack(files: Mapping[str, bytes | str], *, executable: frozenset[str] = frozenset()) -> bytes:
+Content = bytes | str | Path  # a Path is a local file (or directory tree) to send as it is
+
+
+def pack(files: Mapping[str, Content], *, executable: frozenset[str] = frozenset()) -> bytes:
     """An in-memory tar.gz of relative paths -> contents."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz", compresslevel=1) as tar:
         for path, content in files.items():
+            if isinstance(content, Path):
+                tar.add(str(content), arcname=path)
+                continue
             data = content.encode() if isinstance(content, str) else content
             info = tarfile.TarInfo(path)
             info.size = len(data)
@@ -68,7 +75,7 @@ def pack(files: Mapping[str, bytes | str], *, executable: frozenset[str] = froze
     return buf.getvalue()
 
 
-def upload(host: Host, directory: str, files: Mapping[str, bytes | str], *,
+def upload(host: Host, directory: str, files: Mapping[str, Content], *,
            executable: frozenset[str] = frozenset()) -> None:
     """Write files under `directory` on the host (created as needed), in one round trip."""
     d = shlex.quote(directory)
@@ -81,7 +88,7 @@ def download(host: Host, directory: str, paths: list[str]) -> dict[str, bytes]:
     Missing files are simply absent from the result."""
     if not paths:
         return {}
-    listing = "\n".join(paths).encode()
+    listing = ("\n".join(paths) + "\n").encode()  # `read` drops an unterminated last line
     d = shlex.quote(directory)
     # Keep only the files that exist, then tar them to stdout; an empty list gives no archive.
     cmd = (f"cd {d} 2>/dev/null || exit 0; "

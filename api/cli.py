@@ -22,7 +22,9 @@ from rich.table import Table
 from adapters.db import NotFound, Store
 from api import service
 from api.cli_credentials import CredentialInputError, credential_app
+from api.cli_resources import resource_app
 from api.credentials import CredentialError
+from api.resources import ResourceError
 from flows import placement
 from flows.problems import SpecError
 from flows.resources import load_resources
@@ -65,6 +67,7 @@ def _readable(store: Store, settings: Settings, ref: str, key: str = "scheduler.
 project_app = typer.Typer(no_args_is_help=True, help="Projects and their members.")
 app.add_typer(project_app, name="project")
 app.add_typer(credential_app, name="credential")
+app.add_typer(resource_app, name="resource")
 
 
 @project_app.command("add-member")
@@ -374,7 +377,7 @@ def main() -> None:
         for p in exc.problems:
             err.print(p.render(), markup=False, highlight=False)
         sys.exit(2)
-    except (NotFound, UserError, CredentialInputError) as exc:
+    except (NotFound, UserError, CredentialInputError, ResourceError) as exc:
         err.print(f"error: {exc}", markup=False, highlight=False)
         sys.exit(2)
     except service.NoPlacement as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -93,10 +94,13 @@ def registered_resources() -> list[tuple[ComputeResource, object]]:
 
 
 def planning_resources(store: Store, authz: Authz, user: str) -> list[ComputeResource]:
-    """This machine and every registered compute resource. A resource whose credential the
-    user may not read stays in the list, ineligible, so plans say why."""
+    """This machine and every registered compute resource the user may use (`resource.use`:
+    a member of its project). One whose credential the user may not read stays in the list,
+    ineligible, so plans say why."""
     pool = [local_resource()]
     for resource, credential in registered_resources():
+        if not authz.check(user, "resource.use", resource.name):
+            continue  # another project's: not the user's to see
         if credential is not None:
             cid = store.credential_at(credential.mount, credential.path)  # type: ignore[attr-defined]
             allowed = cid is not None and authz.check(user, "credential.read", cid)
@@ -105,10 +109,52 @@ def planning_resources(store: Store, authz: Authz, user: str) -> list[ComputeRes
     return pool
 
 
-def available_resources() -> list[ComputeResource]:
-    """The compute resources experiments can run on now. Registered SLURM, Kubernetes and
-    bare-metal resources join this list with resource registration; today it is this machine."""
-    return [local_resource()]
+def check_dispatchable(store: Store, authz: Authz, user: str, loaded: LoadedSpec,
+                       placed: dict[str, list[str]]) -> None:
+    """Before anything is stored: every resource the plan uses has a deployment for its
+    bundles, and the user may read the credentials of the storage its steps mount.
+    Raises Unavailable or Forbidden (audited), naming the resource."""
+    used = {r for names in placed.values() for r in set(names)} - {"local"}
+    if not used:
+        return
+    import httpx
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    from flows.bundle_flow import FLOW_NAME
+    try:
+        with get_client(sync_client=True) as client:
+            for name in sorted(used):
+                try:
+                    client.read_deployment_by_name(f"{FLOW_NAME}/{name}")
+                except ObjectNotFound:
+                    raise Unavailable(f"compute resource {name} has no work pool deployment: "
+                                      "register it with airavata resource compute create"
+                                      ) from None
+    except httpx.HTTPError as exc:
+        raise Unavailable(f"the Prefect API does not answer ({exc})") from None
+    from agent.storage_blocks import load_storage
+    from flows.spec import parse_mount
+    mounts = {parse_mount(m).storage for step, names in placed.items()
+              if set(names) - {"local"} for m in _step_mounts(loaded, step)}
+    for name in sorted(mounts):
+        try:
+            block = asyncio.run(load_storage(name))
+        except Exception as exc:
+            raise Unavailable(str(exc)) from None
+        ref = getattr(block, "credential", None)
+        if ref is None:
+            continue
+        cid = store.credential_at(ref.mount, ref.path)
+        if cid is None:
+            raise Unavailable(f"storage {name}: no credential is registered at "
+                              f"{ref.mount}/{ref.path}")
+        require(store, authz, user, "credential.read", cid)
+
+
+def _step_mounts(loaded: LoadedSpec, step: str) -> list[str]:
+    task = loaded.spec.tasks[step]
+    return loaded.spec.resources.merged(task.resources).storage
 
 
 class Forbidden(Exception):
@@ -144,27 +190,30 @@ def submit(store: Store, settings: Settings, path: str | Path, params: list[str]
            user: str, authz: Authz | None = None, project: str | None = None) -> str:
     """Validate, authorise, place and store an experiment with all its task rows; returns its
     id. Raises SpecError (bad input), Forbidden or NoPlacement, and then nothing is stored."""
+    project = project or settings.project
     if authz is not None:
-        project = project or settings.project
         ensure_project(store, authz, project, user)
         require(store, authz, user, "scheduler.queue.submit", project)
     exp_id = str(uuid.uuid4())
     root = settings.runs_dir.resolve() / exp_id
     loaded, overrides, graph = compile_file(path, params, root=str(root),
                                             max_instances=settings.max_instances)
-    result = plan_experiment(loaded, graph, available_resources(), user=user)
+    pool = planning_resources(store, authz, user) if authz is not None else [local_resource()]
+    result = plan_experiment(loaded, graph, pool, user=user)
     if result.status == "infeasible":
         raise NoPlacement(result.reason)
     placed = placement.expand(graph, result.counts())
+    if authz is not None:
+        check_dispatchable(store, authz, user, loaded, placed)
     store.create_experiment(
         experiment_id=exp_id, name=loaded.name, source=str(path), spec_text=loaded.text,
         params=overrides, workdir_root=settings.runs_dir.resolve(), total=graph.total,
-        plan=result.to_json(),
+        plan=result.to_json(), owner=user, project=project,
         tasks_iter=(NewTask(i.id, i.step, i.index, graph.workdir(i.step, i.index),
                             placed[i.step][i.index]) for i in graph.iter_instances()))
     if authz is not None:
         authz.relate("experiment", exp_id, "owner", Subject.user(user))
-        authz.relate("experiment", exp_id, "project", Subject("project", project or ""))
+        authz.relate("experiment", exp_id, "project", Subject("project", project))
     store.audit(actor=user, action="scheduler.queue.submit", obj=f"experiment:{exp_id}",
                 correlation_id=correlation_id(), outcome="ok",
                 detail=f"{loaded.name}: {graph.total} tasks")

@@ -48,9 +48,16 @@ class SlurmCluster(_Compute):
     username: str | None = None
     host_key: str | None = Field(None, description="Pinned public host key (not a secret)")
     rest_url: str | None = Field(None, description="slurmrestd URL (submit_via: rest)")
+    rest_user: str | None = Field(None, description="User the slurmrestd token is for "
+                                                    "(default: username)")
+    environment: dict[str, str] = Field(
+        default_factory=dict, description="Exported before SLURM commands (e.g. SLURM_CONF); "
+                                          "never a secret")
+    working_directory: str = Field("~/airavata", description="Where experiments live on the "
+                                                             "cluster's shared filesystem")
     partition: str | None = None
     account: str | None = None
-    max_array_size: int = Field(1001, ge=1)
+    max_array_size: int = Field(1001, ge=1, description="The cluster's MaxArraySize")
 
 
 class KubernetesCluster(_Compute):

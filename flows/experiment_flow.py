@@ -32,7 +32,9 @@ from prefect.states import Cancelled, Completed, Failed
 from adapters.db import Store, utcnow
 from agent.local import LocalExecutor
 from flows.dag import TaskGraph, TaskInstance, compile_graph
-from flows.scheduler import Hooks, Outcome, Recorder, Scheduler, Summary
+from flows.dispatch import RemoteExecutor, Routing, placed_resources
+from flows.prefect_launch import PrefectLaunch
+from flows.scheduler import Executor, Hooks, Outcome, Recorder, Scheduler, Summary
 from flows.settings import Settings, get_settings
 from flows.spec import parse_spec_text
 from flows.states import ExperimentStatus, TaskState, Transition
@@ -192,11 +194,27 @@ async def execute_experiment(store: Store, exp: dict, graph: TaskGraph, settings
     def is_cancelled() -> bool:  # `airavata experiment cancel`, or Cancel in the Prefect UI
         return store.cancel_requested(exp["id"]) or _cancelling_in_prefect(flow_run_id)
 
+    local = LocalExecutor(graph, exp["id"])
+    placed = placed_resources(exp.get("plan"), graph)
+    remote: RemoteExecutor | None = None
+    executor: Executor = local
+    if placed is not None:
+        where = placed  # bound for the lambdas below
+
+        def resource_of(step: str, index: int) -> str:
+            return where[step][index]
+
+        remote = RemoteExecutor(store, exp["id"], graph, PrefectLaunch(exp["id"]), resource_of)
+        executor = Routing(local, remote, placed)
     scheduler = Scheduler(
-        graph, LocalExecutor(graph, exp["id"]), Recorder(_sink(store, exp["id"])),
-        concurrency=settings.concurrency, cancel_poll=settings.cancel_poll_seconds,
-        is_cancelled=is_cancelled, hooks=hooks)
-    summary = await scheduler.run()
+        graph, executor, Recorder(_sink(store, exp["id"])), concurrency=settings.concurrency,
+        cancel_poll=settings.cancel_poll_seconds, is_cancelled=is_cancelled, hooks=hooks,
+        resource_of=resource_of if placed is not None else None)
+    try:
+        summary = await scheduler.run()
+    finally:
+        if remote is not None:
+            await remote.close()
     if isinstance(hooks, PerStepHooks) and hooks.step_runs:
         await asyncio.gather(*hooks.step_runs.values())
     return summary

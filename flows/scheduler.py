@@ -19,6 +19,9 @@ from typing import NamedTuple, Protocol
 from flows.dag import StepPlan, TaskGraph, TaskInstance
 from flows.states import TERMINAL, TaskState, Transition, check_transition
 
+LOCAL = "local"  # the built-in resource: this machine's CPU slots
+REMOTE_SLOTS = 1_000_000  # instances in flight per registered resource (its scheduler queues)
+
 
 class Outcome(NamedTuple):
     state: TaskState  # COMPLETED, FAILED or CANCELED
@@ -115,11 +118,17 @@ class Summary:
 class Scheduler:
     def __init__(self, graph: TaskGraph, execute: Executor, recorder: Recorder, *,
                  concurrency: int, is_cancelled: Callable[[], bool] | None = None,
-                 cancel_poll: float = 1.0, hooks: Hooks | None = None) -> None:
+                 cancel_poll: float = 1.0, hooks: Hooks | None = None,
+                 resource_of: Callable[[str, int], str] | None = None,
+                 remote_slots: int = REMOTE_SLOTS) -> None:
+        """`concurrency` is the local resource's CPU slots; instances `resource_of` places
+        elsewhere take one of that resource's `remote_slots` each (its scheduler queues them)."""
         self.graph = graph
         self.execute = execute
         self.recorder = recorder
         self.slots = concurrency
+        self.resource_of = resource_of or (lambda step, index: LOCAL)
+        self.remote_slots = remote_slots
         self.is_cancelled = is_cancelled
         self.cancel_poll = cancel_poll
         self.hooks = hooks or Hooks()
@@ -137,9 +146,9 @@ class Scheduler:
                 self._children[p].append((s, pos))
             for b in s.barriers:
                 self._barrier_children[b].append(s)
-        self._ready: deque[tuple[StepPlan, int]] = deque()
+        self._ready: dict[str, deque[tuple[StepPlan, int]]] = {}
         self._running: set[asyncio.Task] = set()
-        self._free = concurrency
+        self._free: dict[str, int] = {LOCAL: concurrency}
         self._wake = asyncio.Event()
         self.summary = Summary({s.name: {} for s in steps})
 
@@ -147,9 +156,18 @@ class Scheduler:
     def _inst_ups(step: StepPlan) -> tuple[str, ...]:
         return (*step.foreach, *(r for r in step.single_refs if r not in step.foreach))
 
-    def _weight(self, step: StepPlan) -> int:
+    def _weight(self, step: StepPlan, resource: str) -> int:
+        if resource != LOCAL:
+            return 1
         cpu = step.resources.compute.cpu if step.resources.compute else 1
         return max(1, min(cpu, self.slots))  # a task wider than the machine gets all of it
+
+    def _enqueue(self, step: StepPlan, index: int) -> None:
+        resource = self.resource_of(step.name, index)
+        if resource not in self._ready:
+            self._ready[resource] = deque()
+            self._free.setdefault(resource, self.remote_slots)
+        self._ready[resource].append((step, index))
 
     def _children_of(self, child: StepPlan, pos: int, j: int) -> range | list[int]:
         counts = [*child.foreach_counts, *[1] * (len(self._inst_ups(child)) - len(child.foreach))]
@@ -200,7 +218,7 @@ class Scheduler:
             return [(child, ci, target)]
         pending[ci] -= 1
         if pending[ci] == 0:
-            self._ready.append((child, ci))
+            self._enqueue(child, ci)
             self._wake.set()
         return []
 
@@ -236,7 +254,7 @@ class Scheduler:
             self.recorder.record(inst.id, TaskState.CANCELED, "canceled")
         return outcome
 
-    async def _run_one(self, step: StepPlan, index: int, weight: int) -> None:
+    async def _run_one(self, step: StepPlan, index: int, weight: int, resource: str) -> None:
         inst = self.graph.instance(step.name, index)
         try:
             await self.hooks.run(inst, lambda: self._attempts(step, inst))
@@ -246,7 +264,7 @@ class Scheduler:
                     self.recorder.record(inst.id, TaskState.QUEUED)
                 self.recorder.record(inst.id, TaskState.FAILED, f"internal error: {exc}")
         finally:
-            self._free += weight
+            self._free[resource] += weight
         self._settle(step, index, self.recorder.state(inst.id))
 
     async def _watch_cancel(self, done: asyncio.Event) -> None:
@@ -264,10 +282,11 @@ class Scheduler:
 
     def _cancel_waiting(self) -> None:
         """Cancel everything that has not started: ready or still waiting on upstreams."""
-        while self._ready:
-            step, i = self._ready.popleft()
-            self._pending[step.name][i] = -1
-            self._cancel_instance(step, i)
+        for ready in self._ready.values():
+            while ready:
+                step, i = ready.popleft()
+                self._pending[step.name][i] = -1
+                self._cancel_instance(step, i)
         for step in self.graph.steps:
             pending = self._pending[step.name]
             for i, p in enumerate(pending):
@@ -288,19 +307,23 @@ class Scheduler:
         try:
             for step in self.graph.steps:
                 if self._pending[step.name] and self._pending[step.name][0] == 0:
-                    self._ready.extend((step, i) for i in range(step.count))
+                    for i in range(step.count):
+                        self._enqueue(step, i)
             while True:
                 if self.cancel.is_set():
                     self._cancel_waiting()
-                while self._ready and not self.cancel.is_set():
-                    step, i = self._ready[0]
-                    weight = self._weight(step)
-                    if weight > self._free:
-                        break
-                    self._ready.popleft()
-                    self._free -= weight
-                    self._track(asyncio.create_task(self._run_one(step, i, weight)))
-                if not self._running and (not self._ready or self.cancel.is_set()):
+                for resource, ready in self._ready.items():
+                    while ready and not self.cancel.is_set():
+                        step, i = ready[0]
+                        weight = self._weight(step, resource)
+                        if weight > self._free[resource]:
+                            break
+                        ready.popleft()
+                        self._free[resource] -= weight
+                        self._track(asyncio.create_task(self._run_one(step, i, weight,
+                                                                      resource)))
+                waiting = any(self._ready.values())
+                if not self._running and (not waiting or self.cancel.is_set()):
                     break
                 self._wake.clear()
                 await self._wake.wait()

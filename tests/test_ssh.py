@@ -97,4 +97,5 @@ def test_upload_and_download_round_trip(kind: str, ssh: SSHHost, sshd: Sshd) -> 
     got = download(host, base, ["a.txt", "deep/dir/b.bin", "missing.txt"])
     assert got == {"a.txt": b"alpha", "deep/dir/b.bin": b"\x00\x01"}
     assert download(host, base + "/nowhere", ["a.txt"]) == {}
+    assert download(host, base, ["missing.txt", "a.txt"]) == {"a.txt": b"alpha"}  # the last one
     host.run(f"rm -rf {base}")

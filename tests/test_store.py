@@ -10,7 +10,8 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-from adapters.db import Conflict, NewTask, Store, metadata, utcnow
+from adapters.db import Conflict, NewTask, Store, utcnow
+from adapters.schema import metadata
 from flows.states import IllegalTransition, TaskState, Transition
 
 S = TaskState

@@ -2,7 +2,7 @@
 
 from alembic import context
 
-from adapters.db import metadata
+from adapters.schema import metadata
 
 connection = context.config.attributes["connection"]
 context.configure(connection=connection, target_metadata=metadata,

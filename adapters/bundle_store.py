@@ -1,0 +1,123 @@
+"""Bundles in the store: written by the experiment's flow when it dispatches, followed by the
+worker that runs them, which appends what it sees as bundle events for the flow to read."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+import sqlalchemy as sa
+
+from adapters.schema import bundle_events, bundles
+
+
+class BundleStatus(StrEnum):
+    CREATED = "CREATED"  # stored; its flow run is waiting for a worker
+    STAGING = "STAGING"  # a worker took it: uploading scripts and inputs
+    SUBMITTED = "SUBMITTED"  # running on the resource (queued or executing)
+    COMPLETED = "COMPLETED"  # every instance ended, each with its own state
+    FAILED = "FAILED"  # the bundle itself failed (staging, submission, a lost worker)
+    CANCELED = "CANCELED"
+
+
+BUNDLE_ENDED = frozenset({BundleStatus.COMPLETED, BundleStatus.FAILED, BundleStatus.CANCELED})
+
+
+@dataclass(frozen=True)
+class BundleEvent:
+    position: int  # the instance's place in the bundle
+    state: str  # a TaskState
+    exit_code: int | None = None
+    message: str | None = None
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class BundleStore:
+    def __init__(self, engine: sa.Engine) -> None:
+        self.engine = engine
+
+    def create(self, experiment_id: str, resource: str, step: str,
+               instances: Sequence[tuple[int, int]]) -> str:
+        bundle_id = str(uuid.uuid4())
+        with self.engine.begin() as conn:
+            conn.execute(bundles.insert().values(
+                id=bundle_id, experiment_id=experiment_id, resource=resource, step=step,
+                instances=[list(i) for i in instances], status=BundleStatus.CREATED,
+                created_at=_now()))
+        return bundle_id
+
+    def get(self, bundle_id: str) -> dict[str, Any]:
+        with self.engine.connect() as conn:
+            row = conn.execute(bundles.select().where(bundles.c.id == bundle_id)
+                               ).mappings().first()
+        if row is None:
+            raise LookupError(f"no bundle {bundle_id!r}")
+        return dict(row)
+
+    def of_experiment(self, experiment_id: str, *, active_only: bool = False
+                      ) -> list[dict[str, Any]]:
+        q = bundles.select().where(bundles.c.experiment_id == experiment_id)
+        if active_only:
+            q = q.where(bundles.c.status.not_in([str(s) for s in BUNDLE_ENDED]))
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(q.order_by(bundles.c.created_at)).mappings()]
+
+    def update(self, bundle_id: str, *, expect: Sequence[BundleStatus] | None = None,
+               **values: Any) -> bool:
+        """Set fields; with `expect`, only while the status is one of those."""
+        q = bundles.update().where(bundles.c.id == bundle_id)
+        if expect is not None:
+            q = q.where(bundles.c.status.in_([str(s) for s in expect]))
+        if values.get("status") in BUNDLE_ENDED:
+            values.setdefault("finished_at", _now())
+        with self.engine.begin() as conn:
+            return conn.execute(q.values(**values)).rowcount == 1
+
+    def heartbeat(self, bundle_id: str) -> None:
+        self.update(bundle_id, heartbeat_at=_now())
+
+    def request_cancel(self, bundle_ids: Sequence[str]) -> None:
+        if not bundle_ids:
+            return
+        with self.engine.begin() as conn:
+            conn.execute(bundles.update().where(bundles.c.id.in_(list(bundle_ids)))
+                         .values(cancel_requested=True))
+
+    def cancel_requested(self, bundle_id: str) -> bool:
+        with self.engine.connect() as conn:
+            return bool(conn.execute(sa.select(bundles.c.cancel_requested).where(
+                bundles.c.id == bundle_id)).scalar())
+
+    def add_events(self, experiment_id: str, bundle_id: str,
+                   events: Sequence[BundleEvent]) -> None:
+        if not events:
+            return
+        at = _now()
+        with self.engine.begin() as conn:
+            conn.execute(bundle_events.insert(), [
+                {"experiment_id": experiment_id, "bundle_id": bundle_id, "position": e.position,
+                 "state": e.state, "exit_code": e.exit_code, "message": e.message, "at": at}
+                for e in events])
+
+    def events_after(self, experiment_id: str, last_id: int, *, limit: int = 100_000
+                     ) -> list[dict[str, Any]]:
+        q = (bundle_events.select()
+             .where(bundle_events.c.experiment_id == experiment_id, bundle_events.c.id > last_id)
+             .order_by(bundle_events.c.id).limit(limit))
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(q).mappings()]
+
+    def events_of(self, bundle_id: str) -> list[dict[str, Any]]:
+        q = bundle_events.select().where(bundle_events.c.bundle_id == bundle_id)
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(q.order_by(bundle_events.c.id)).mappings()]
+
+
+__all__ = ["BUNDLE_ENDED", "BundleEvent", "BundleStatus", "BundleStore"]

@@ -1,0 +1,139 @@
+"""The store's tables (SQLAlchemy 2 Core). Alembic migrations create them; a test keeps the two
+equal (tests/test_store.py::test_schema_matches_the_models)."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData()
+UtcDateTime = sa.DateTime(timezone=True)
+
+experiments = sa.Table(
+    "experiments", metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("source", sa.Text, nullable=False),
+    sa.Column("spec_text", sa.Text, nullable=False),
+    sa.Column("params", sa.JSON, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("message", sa.Text),
+    sa.Column("workdir", sa.Text, nullable=False),
+    sa.Column("total_tasks", sa.Integer, nullable=False),
+    sa.Column("cancel_requested", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("flow_run_id", sa.String(36)),
+    sa.Column("runner_pid", sa.Integer),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("started_at", UtcDateTime),
+    sa.Column("finished_at", UtcDateTime),
+    sa.Column("plan", sa.JSON),
+    sa.Column("owner", sa.String(200)),  # who submitted it (credential checks act for them)
+    sa.Column("project", sa.String(200)),
+    sa.Index("ix_experiments_created_at", "created_at"),
+)
+
+tasks = sa.Table(
+    "tasks", metadata,
+    sa.Column("experiment_id", sa.String(36), sa.ForeignKey("experiments.id", ondelete="CASCADE"),
+              primary_key=True),
+    sa.Column("instance_id", sa.String(300), primary_key=True),
+    sa.Column("step", sa.String(200), nullable=False),
+    sa.Column("idx", sa.Integer, nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("attempt", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("exit_code", sa.Integer),
+    sa.Column("reason", sa.Text),
+    sa.Column("resource", sa.String(200)),
+    sa.Column("workdir", sa.Text, nullable=False),
+    sa.Column("started_at", UtcDateTime),
+    sa.Column("finished_at", UtcDateTime),
+    sa.Index("ix_tasks_state", "experiment_id", "step", "state"),
+)
+
+task_events = sa.Table(
+    "task_events", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("experiment_id", sa.String(36),
+              sa.ForeignKey("experiments.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("instance_id", sa.String(300), nullable=False),
+    sa.Column("from_state", sa.String(16)),
+    sa.Column("to_state", sa.String(16), nullable=False),
+    sa.Column("attempt", sa.Integer, nullable=False),
+    sa.Column("at", UtcDateTime, nullable=False),
+    sa.Column("message", sa.Text),
+    sa.Index("ix_task_events_task", "experiment_id", "instance_id"),
+)
+
+audit_events = sa.Table(
+    "audit_events", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("at", UtcDateTime, nullable=False),
+    sa.Column("actor", sa.String(200), nullable=False),
+    sa.Column("action", sa.String(100), nullable=False),
+    sa.Column("object", sa.String(400), nullable=False),
+    sa.Column("correlation_id", sa.String(64), nullable=False),
+    sa.Column("outcome", sa.String(16), nullable=False),  # allowed | denied | ok | error
+    sa.Column("detail", sa.Text),  # never a secret
+    sa.Index("ix_audit_events_correlation", "correlation_id"),
+    sa.Index("ix_audit_events_actor_at", "actor", "at"),
+)
+
+# The permission graph as written through adapters.spicedb: the source an embedded SpiceDB
+# (memory only) is rebuilt from in each process. A SpiceDB server keeps its own.
+relationships = sa.Table(
+    "relationships", metadata,
+    sa.Column("object_type", sa.String(64), primary_key=True),
+    sa.Column("object_id", sa.String(200), primary_key=True),
+    sa.Column("relation", sa.String(64), primary_key=True),
+    sa.Column("subject_type", sa.String(64), primary_key=True),
+    sa.Column("subject_id", sa.String(200), primary_key=True),
+    sa.Column("subject_relation", sa.String(64), primary_key=True),
+)
+
+# Which OpenBao path each credential id names; the secret itself never enters this database.
+credentials = sa.Table(
+    "credentials", metadata,
+    sa.Column("id", sa.String(200), primary_key=True),
+    sa.Column("owner", sa.String(200), nullable=False),
+    sa.Column("mount", sa.String(100), nullable=False),
+    sa.Column("path", sa.String(400), nullable=False),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+)
+
+# A bundle: placed task instances of one step that one flow run in a resource's work pool runs
+# inside one allocation (a job array, a process group over SSH, an indexed Job). Its flow run's
+# parameters are the experiment and bundle ids only: everything else is read from here.
+bundles = sa.Table(
+    "bundles", metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("experiment_id", sa.String(36),
+              sa.ForeignKey("experiments.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("resource", sa.String(200), nullable=False),
+    sa.Column("step", sa.String(200), nullable=False),
+    sa.Column("instances", sa.JSON, nullable=False),  # [[index, attempt], ...] by position
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("flow_run_id", sa.String(36)),
+    sa.Column("infrastructure", sa.JSON),  # job ids / process group, for cancel and follow-up
+    sa.Column("cancel_requested", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("message", sa.Text),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("heartbeat_at", UtcDateTime),
+    sa.Column("finished_at", UtcDateTime),
+    sa.Index("ix_bundles_experiment", "experiment_id", "status"),
+)
+
+# What a worker saw happen to each instance of a bundle, in order; the experiment's flow reads
+# these (after the last id it read) and turns them into task state transitions.
+bundle_events = sa.Table(
+    "bundle_events", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("experiment_id", sa.String(36),
+              sa.ForeignKey("experiments.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("bundle_id", sa.String(36), sa.ForeignKey("bundles.id", ondelete="CASCADE"),
+              nullable=False),
+    sa.Column("position", sa.Integer, nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("exit_code", sa.Integer),
+    sa.Column("message", sa.Text),
+    sa.Column("at", UtcDateTime, nullable=False),
+    sa.Index("ix_bundle_events_experiment", "experiment_id", "id"),
+)

@@ -1,0 +1,57 @@
+"""SFTP storage (paramiko over adapters/ssh.py): fetch a file or a directory tree."""
+
+from __future__ import annotations
+
+import posixpath
+import stat
+from pathlib import Path
+
+import paramiko
+
+from adapters.hosts import HostError
+from adapters.ssh import SSHHost
+from adapters.storage import StorageError
+
+
+class SFTP:
+    def __init__(self, host: SSHHost, root: str = "/") -> None:
+        self.host = host
+        self.root = root
+        self.name = f"sftp://{host.name}{root}"
+
+    def fetch(self, remote: str, dest: Path) -> int:
+        path = posixpath.join(self.root, remote.lstrip("/"))
+        dest.mkdir(parents=True, exist_ok=True)
+        try:
+            sftp = self.host.sftp()
+        except HostError as exc:
+            raise StorageError(f"{self.name}: {exc}") from None
+        try:
+            try:
+                st = sftp.stat(path)
+            except FileNotFoundError:
+                raise StorageError(f"{self.name} has nothing at {remote!r}") from None
+            if not stat.S_ISDIR(st.st_mode or 0):
+                sftp.get(path, str(dest / posixpath.basename(path)))
+                return 1
+            return _get_tree(sftp, path, dest)
+        except (OSError, paramiko.SSHException) as exc:
+            raise StorageError(f"{self.name} failed reading {remote!r}: {exc}") from None
+        finally:
+            sftp.close()
+
+
+def _get_tree(sftp: paramiko.SFTPClient, path: str, dest: Path) -> int:
+    count = 0
+    for entry in sftp.listdir_attr(path):
+        src = posixpath.join(path, entry.filename)
+        if stat.S_ISDIR(entry.st_mode or 0):
+            (dest / entry.filename).mkdir(exist_ok=True)
+            count += _get_tree(sftp, src, dest / entry.filename)
+        elif stat.S_ISREG(entry.st_mode or 0):
+            sftp.get(src, str(dest / entry.filename))
+            count += 1
+    return count
+
+
+__all__ = ["SFTP"]
