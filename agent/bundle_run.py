@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,12 +25,21 @@ from adapters.bundle_store import BundleEvent, BundleStatus
 from adapters.db import Store
 from adapters.hosts import Host, HostError, download, upload
 from adapters.slurm import Ending
-from agent.bundle import EXECUTABLE, Link, Member, bundle_dir, bundle_files, read_markers
+from agent.bundle import (
+    EXECUTABLE,
+    Link,
+    Marker,
+    Member,
+    bundle_dir,
+    bundle_files,
+    read_markers,
+)
 from flows.dag import TaskGraph
 from flows.states import TaskState
 
 Verdict = tuple[Ending, int | None, str | None]  # (ending, exit code, reason)
 REQUEUE_LIMIT = 3
+SCHEDULER_EVERY_SECONDS = 15.0
 
 
 class Launcher(Protocol):
@@ -103,6 +113,7 @@ class BundleRunner:
         self.progress = Progress({k: TaskState.QUEUED for k in range(len(job.members))})
         self.ids: list[str] = []
         self.cancel_sent = False
+        self._asked = 0.0
 
     # -- events --------------------------------------------------------------------------
 
@@ -205,23 +216,17 @@ class BundleRunner:
         if ended:
             self._emit({k: (TaskState.OUTPUT_STAGING, None, None) for k in ended})
             missing = await asyncio.to_thread(self._collect, ended)
-            verdicts = {}
-            for k in ended:
-                m = markers[k]
-                if m.exit_code == 0 and missing.get(k):
-                    verdicts[k] = (TaskState.FAILED, 0, "declared outputs not produced: "
-                                   + ", ".join(missing[k]))
-                elif m.exit_code == 0:
-                    verdicts[k] = (TaskState.COMPLETED, 0, None)
-                elif m.note == "timeout":
-                    verdicts[k] = (TaskState.FAILED, m.exit_code,
-                                   "timeout: exceeded its walltime")
-                else:
-                    verdicts[k] = (TaskState.FAILED, m.exit_code,
-                                   f"exit code {m.exit_code}" + (f": {m.note}" if m.note else ""))
+            verdicts = {k: verdict(markers[k], missing.get(k, []),
+                                   canceled=self.cancel_sent) for k in ended}
             self._emit(verdicts)
         rest = [k for k in self.progress.open() if not (markers.get(k) and markers[k].ended)]
-        if rest:
+        # Instances end through their markers; the scheduler is asked about the rest (killed,
+        # timed out, lost) only when markers stall, or now and then: a big array's `scontrol`
+        # costs the controller more than it tells us while work flows.
+        now = time.monotonic()
+        if rest and (not (started or ended) or now - self._asked > SCHEDULER_EVERY_SECONDS
+                     or self.cancel_sent):
+            self._asked = now
             await self._ask_scheduler(rest)
 
     async def _ask_scheduler(self, rest: list[int]) -> None:
@@ -282,6 +287,27 @@ class BundleRunner:
         return missing
 
 
+def verdict(marker: Marker, missing: list[str], *, canceled: bool = False
+            ) -> tuple[TaskState, int | None, str | None]:
+    """An instance's end from its exit marker (and the outputs it did not produce)."""
+    code = marker.exit_code
+    signal = code - 128 if code is not None and code > 128 else 0
+    if canceled and code != 0:
+        return TaskState.CANCELED, code, "canceled"
+    if signal in (9, 15):  # SIGKILL/SIGTERM from outside: canceled, as SLURM's own states say
+        return TaskState.CANCELED, code, f"killed by signal {signal}"
+    if code == 0:
+        if missing:
+            return TaskState.FAILED, 0, "declared outputs not produced: " + ", ".join(missing)
+        return TaskState.COMPLETED, 0, None
+    if marker.note == "timeout":
+        return TaskState.FAILED, code, "timeout: exceeded its walltime"
+    if signal:
+        return TaskState.FAILED, code, f"killed by signal {signal}"
+    return TaskState.FAILED, code, f"exit code {code}" + (f": {marker.note}" if marker.note
+                                                           else "")
+
+
 def _rotate_home_logs(home_dir: Path, attempt: int) -> None:
     if attempt <= 0:
         return
@@ -291,4 +317,4 @@ def _rotate_home_logs(home_dir: Path, attempt: int) -> None:
             os.replace(log, home_dir / f"{name}.attempt{attempt - 1}.log")
 
 
-__all__ = ["BundleJob", "BundleRunner", "Launcher", "Staged", "Verdict"]
+__all__ = ["BundleJob", "BundleRunner", "Launcher", "Staged", "Verdict", "verdict"]

@@ -50,7 +50,7 @@ class BundleJobConfiguration(BaseJobConfiguration):
     """What every bundle worker reads from its pool's base job template."""
 
     resource: str = Field(json_schema_extra={"template": "{{ resource }}"})
-    poll_seconds: float = Field(2.0, json_schema_extra={"template": "{{ poll_seconds }}"})
+    poll_seconds: float = Field(1.0, json_schema_extra={"template": "{{ poll_seconds }}"})
 
     def prepare_for_flow_run(self, flow_run: FlowRun, *args: Any, **kwargs: Any) -> None:
         # The job runs bash, not Prefect: none of the worker's own PREFECT_* settings (its API
@@ -62,7 +62,7 @@ class BundleJobConfiguration(BaseJobConfiguration):
 
 class BundleVariables(BaseVariables):
     resource: str = Field(description="The compute resource (its block name) this pool runs")
-    poll_seconds: float = Field(2.0, gt=0, description="How often the worker checks progress")
+    poll_seconds: float = Field(1.0, gt=0, description="How often the worker checks progress")
 
 
 class BundleWorkerResult(BaseWorkerResult):
