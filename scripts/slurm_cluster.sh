@@ -5,6 +5,7 @@
 # $AIRAVATA_HOME/slurm). Clients need `export SLURM_CONF=$SLURM_DIR/etc/slurm.conf` (`env` prints
 # it). Settings that matter are explained in ../shared/COMPONENTS.md:
 #   CPUS      CPUs the node advertises (default 16; more than the machine has, for throughput)
+#   MEM_MB    memory the node advertises (default 4096 per CPU)
 #   REST_PORT slurmrestd port (default: none started); it runs as `nobody` with JWT auth.
 set -euo pipefail
 home=${AIRAVATA_HOME:-$HOME/.airavata}
@@ -27,7 +28,7 @@ write_config() {
   [ -f "$dir/etc/jwt_hs256.key" ] || { dd if=/dev/urandom bs=32 count=1 of="$dir/etc/jwt_hs256.key" 2>/dev/null; chmod 600 "$dir/etc/jwt_hs256.key"; }
   local ctld_port d_port mem
   ctld_port=$(free_port); d_port=$(free_port)
-  mem=$(( cpus * 1024 ))
+  mem=${MEM_MB:-$(( cpus * 4096 ))}
   cat >"$conf" <<CONF
 ClusterName=airavata
 SlurmctldHost=localhost(127.0.0.1)

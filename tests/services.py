@@ -86,8 +86,9 @@ def start_slurm() -> Slurm:
     d = Path(tempfile.mkdtemp(prefix="airavata-test-slurm-"))
     os.chmod(d, 0o755)  # users who submit over SSH read the config below it
     rest_port = free_port()
+    # 4 TB of memory (config_overrides): a step can be too big for this machine yet fit SLURM.
     _script("slurm_cluster.sh", "start", {"SLURM_DIR": str(d), "REST_PORT": str(rest_port),
-                                          "CPUS": "16"})
+                                          "CPUS": "16", "MEM_MB": str(4 * 1024 * 1024)})
     return Slurm(d, d / "etc" / "slurm.conf", f"http://127.0.0.1:{rest_port}")
 
 

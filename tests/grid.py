@@ -1,0 +1,147 @@
+"""A grid of real resources for integration tests: SLURM reached three ways and a bare-metal host,
+each registered as our users do (credentials in OpenBao, blocks, work pools, deployments, SpiceDB)
+and served by a real `prefect worker start` process."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from adapters.db import Store
+from adapters.openbao import OpenBao, SecretRef
+from adapters.spicedb import Authz
+from api import resources, service
+from api.credentials import CredentialService
+from blocks import BareMetalHost, SlurmCluster
+from flows.settings import get_settings
+from tests.services import Slurm, Sshd
+
+USER, PROJECT = "alice", "lab"
+
+
+@dataclass
+class Grid:
+    home: Path
+    store: Store
+    authz: Authz
+    bao: OpenBao
+    names: dict[str, str]  # role -> resource name
+    sshd: Sshd
+    slurm: Slurm
+    workers: dict[str, subprocess.Popen] = field(default_factory=dict)
+    logs: dict[str, Path] = field(default_factory=dict)
+
+    def spec(self, tmp: Path, body: str, on: str, name: str = "exp.yml") -> Path:
+        """An experiment placed on one resource of the grid (every other one excluded)."""
+        others = ["local", *(n for r, n in self.names.items() if r != on)]
+        if on == "local":
+            others.remove("local")
+        text = textwrap.dedent(body) + f"constraints:\n  excluded: [{', '.join(others)}]\n"
+        path = tmp / name
+        path.write_text(text)
+        return path
+
+    def submit(self, path: Path, user: str = USER) -> str:
+        return service.submit(self.store, get_settings(), path, [], user=user,
+                              authz=self.authz, project=PROJECT)
+
+    def run(self, exp_id: str):
+        from flows.experiment_flow import run_experiment
+        return asyncio.run(run_experiment(exp_id, return_state=True))
+
+    def tasks(self, exp_id: str) -> dict[str, dict]:
+        return {t["instance_id"]: t for t in self.store.tasks(exp_id)}
+
+    def bundles(self, exp_id: str) -> list[dict]:
+        return self.store.bundles.of_experiment(exp_id)
+
+
+def _credential(svc: CredentialService, store: Store, cid: str, secret: dict[str, str]) -> None:
+    ref = SecretRef(f"users/{USER}/{cid}")
+    svc.create(USER, cid, ref, secret)
+    store.add_credential(cid, owner=USER, mount=ref.mount, path=ref.path)
+
+
+def _start_worker(pool: str, kind: str, env: dict[str, str], log: Path) -> subprocess.Popen:
+    prefect = str(Path(sys.executable).parent / "prefect")
+    out = open(log, "wb")  # noqa: SIM115  closed when the worker stops
+    return subprocess.Popen([prefect, "worker", "start", "--pool", pool, "--type", kind],
+                            env=env, stdout=out, stderr=subprocess.STDOUT)
+
+
+@contextmanager
+def grid(tmp: Path, openbao: tuple[str, str], slurm: Slurm, sshd: Sshd) -> Iterator[Grid]:
+    sfx = uuid.uuid4().hex[:4]
+    names = {"slurm": f"sl-{sfx}", "slurm-ssh": f"ss-{sfx}", "slurm-rest": f"sr-{sfx}",
+             "baremetal": f"bm-{sfx}"}
+    url, root = openbao
+    env = {"AIRAVATA_HOME": str(tmp / "home"), "AIRAVATA_USER": USER,
+           "AIRAVATA_PROJECT": PROJECT, "AIRAVATA_OPENBAO_URL": url,
+           "AIRAVATA_OPENBAO_TOKEN": root}
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in env.items():
+            mp.setenv(k, v)
+        mp.delenv("AIRAVATA_DATABASE_URL", raising=False)
+        store = Store(get_settings().db_url)
+        authz = service.authorizer(store)
+        bao = OpenBao(url, root)
+        svc = CredentialService(store, authz, bao)
+        service.ensure_project(store, authz, PROJECT, USER)
+        _credential(svc, store, f"ssh-{sfx}", {"private_key": sshd.private_key})
+        _credential(svc, store, f"jwt-{sfx}", {"token": slurm.token("root")})
+        ssh_ref = resources.credential_ref(store, authz, USER, f"ssh-{sfx}")
+        jwt_ref = resources.credential_ref(store, authz, USER, f"jwt-{sfx}")
+        conf = {"SLURM_CONF": str(slurm.conf)}
+        placement = {"nodes": 1, "cores_per_node": 16, "max_walltime": "0:10:00"}
+        blocks = {
+            "slurm": ("slurm", SlurmCluster(
+                work_pool_name=names["slurm"], submit_via="local", environment=conf,
+                working_directory=str(tmp / "cluster"), **placement)),
+            "slurm-ssh": ("slurm", SlurmCluster(
+                work_pool_name=names["slurm-ssh"], submit_via="ssh", login_host=sshd.host,
+                port=sshd.port, username=sshd.user, host_key=sshd.host_key, environment=conf,
+                working_directory=f"~/grid-{sfx}", credential=ssh_ref, **placement)),
+            "slurm-rest": ("slurm", SlurmCluster(
+                work_pool_name=names["slurm-rest"], submit_via="rest", rest_url=slurm.rest_url,
+                rest_user="root", environment=conf, working_directory=str(tmp / "rest"),
+                credential=jwt_ref, **placement)),
+            "baremetal": ("baremetal", BareMetalHost(
+                work_pool_name=names["baremetal"], host=sshd.host, port=sshd.port,
+                username=sshd.user, host_key=sshd.host_key, working_directory=f"~/bm-{sfx}",
+                credential=ssh_ref, nodes=1, cores_per_node=4)),
+        }
+        for role, (kind, block) in blocks.items():
+            resources.register_compute(store, authz, actor=USER, project=PROJECT,
+                                       name=names[role], kind=kind, block=block)
+        g = Grid(tmp / "home", store, authz, bao, names, sshd, slurm)
+        worker_env = {**os.environ, "PREFECT_WORKER_QUERY_SECONDS": "1",
+                      "PREFECT_LOGGING_LEVEL": "INFO"}
+        for role, (kind, _) in blocks.items():
+            g.logs[role] = tmp / f"worker-{role}.log"
+            g.workers[role] = _start_worker(names[role], kind, worker_env, g.logs[role])
+        deadline = time.monotonic() + 90
+        for role, proc in g.workers.items():
+            while "started!" not in g.logs[role].read_text(errors="replace"):
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"worker {role} did not start:\n"
+                                       + g.logs[role].read_text()[-3000:])
+                time.sleep(0.2)
+        try:
+            yield g
+        finally:
+            for proc in g.workers.values():
+                proc.kill()
+                proc.wait(10)
+            authz.close()
+            store.close()

@@ -1,0 +1,170 @@
+"""Experiments through real work pools: run_experiment dispatches bundles to SLURM (local sbatch,
+SSH, slurmrestd) and a bare-metal host, each served by a `prefect worker start` process."""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.grid import Grid, grid
+from tests.services import Slurm, Sshd
+
+pytestmark = pytest.mark.prefect
+
+
+@pytest.fixture(scope="module")
+def g(prefect_api: str, openbao_dev: tuple[str, str], slurm: Slurm, sshd: Sshd,
+      tmp_path_factory: pytest.TempPathFactory) -> Iterator[Grid]:
+    with grid(tmp_path_factory.mktemp("grid"), openbao_dev, slurm, sshd) as grid_:
+        yield grid_
+
+
+def _squeue(slurm: Slurm, jobs: list[str]) -> list[str]:
+    r = subprocess.run(["squeue", "-h", "-o", "%i %T", "-j", ",".join(jobs)],
+                       env={"SLURM_CONF": str(slurm.conf), "PATH": "/usr/bin:/bin"},
+                       capture_output=True, text=True)
+    return [line for line in r.stdout.splitlines()
+            if line.split()[-1] in ("PENDING", "RUNNING", "COMPLETING")]
+
+
+def test_every_slurm_ending_through_the_pool(g: Grid, tmp_path: Path, prefect_api: str) -> None:
+    spec = g.spec(tmp_path, """\
+        tasks:
+          sweep:
+            command: 'echo "task $I job $SLURM_JOB_ID" ; echo oops >&2'
+            task_inputs: {I: 1..50}
+          fail3: {command: 'exit 3'}
+          killed: {command: 'kill -9 $$'}
+          slow:
+            command: 'sleep 300'
+            resources: {compute: {time: "0:01:00", cpu: 2, ram_gb: 1}}
+        """, on="slurm")
+    exp_id = g.submit(spec)
+    state = g.run(exp_id)
+    assert state.is_failed()
+    t = g.tasks(exp_id)
+    assert all(t[f"sweep[{i}]"]["state"] == "COMPLETED" for i in range(50))
+    assert (t["fail3[0]"]["state"], t["fail3[0]"]["exit_code"], t["fail3[0]"]["reason"]) == \
+        ("FAILED", 3, "exit code 3")
+    assert (t["killed[0]"]["state"], t["killed[0]"]["reason"]) == ("CANCELED",
+                                                                   "killed by signal 9")
+    assert (t["slow[0]"]["state"], t["slow[0]"]["reason"]) == (
+        "FAILED", "timeout: exceeded its time limit")
+    assert all(r["resource"] == g.names["slurm"] for r in t.values())
+    # One bundle, one array, one sbatch call per step: 50 instances went as one array.
+    bundles = {b["step"]: b for b in g.bundles(exp_id)}
+    assert set(bundles) == {"sweep", "fail3", "killed", "slow"}
+    assert all(len(b["infrastructure"]) == 1 for b in bundles.values())
+    # The job scripts on the cluster, as generated for this resource and step.
+    exp_root = g.home.parent / "cluster" / exp_id
+    sweep_job = (exp_root / ".bundles" / bundles["sweep"]["id"] / "job_0.sh").read_text()
+    assert "#SBATCH --array=0-49" in sweep_job.splitlines()
+    slow_job = (exp_root / ".bundles" / bundles["slow"]["id"] / "job_0.sh").read_text()
+    assert {"#SBATCH --time=00:01:00", "#SBATCH --cpus-per-task=2", "#SBATCH --mem=1024M"} \
+        <= set(slow_job.splitlines())
+    # stdout/stderr came home into each task's logs.
+    home = Path(g.store.get_experiment(exp_id)["workdir"])
+    assert (home / "sweep" / "7" / "stdout.log").read_text().startswith("task 8 job ")
+    assert (home / "sweep" / "7" / "stderr.log").read_text() == "oops\n"
+    # Prefect shows each bundle as a flow run under the experiment's, in its final state.
+    runs = httpx.post(f"{prefect_api}/flow_runs/filter", json={"flow_runs": {"id": {
+        "any_": [b["flow_run_id"] for b in bundles.values()]}}}).json()
+    by_id = {r["id"]: r for r in runs}
+    assert by_id[bundles["sweep"]["flow_run_id"]]["state"]["type"] == "COMPLETED"
+    assert by_id[bundles["fail3"]["flow_run_id"]]["state"]["type"] == "FAILED"
+    assert all(r["parent_task_run_id"] for r in runs)
+    assert all(r["parameters"] == {"experiment_id": exp_id, "bundle_id": b["id"]}
+               for b in bundles.values() for r in runs if r["id"] == b["flow_run_id"])
+
+
+def _run_in_thread(g: Grid, exp_id: str) -> tuple[threading.Thread, list]:
+    result: list = []
+    thread = threading.Thread(target=lambda: result.append(g.run(exp_id)), daemon=True)
+    thread.start()
+    return thread, result
+
+
+def _wait_running(g: Grid, exp_id: str, n: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while sum(t["state"] == "RUNNING" for t in g.tasks(exp_id).values()) < n:
+        assert time.monotonic() < deadline, g.tasks(exp_id)
+        time.sleep(0.3)
+
+
+def test_cancelling_the_experiment_scancels_its_jobs(g: Grid, tmp_path: Path) -> None:
+    exp_id = g.submit(g.spec(tmp_path, """\
+        tasks:
+          nap: {command: 'sleep 300', task_inputs: {I: 1..3}}
+        """, on="slurm"))
+    thread, result = _run_in_thread(g, exp_id)
+    _wait_running(g, exp_id, 3)
+    jobs = [j for b in g.bundles(exp_id) for j in b["infrastructure"]]
+    assert _squeue(g.slurm, jobs)
+    g.store.request_cancel(exp_id)  # what `airavata experiment cancel` does
+    thread.join(90)
+    assert result and result[0].is_cancelled()
+    assert {t["state"] for t in g.tasks(exp_id).values()} == {"CANCELED"}
+    assert _squeue(g.slurm, jobs) == []
+    assert g.bundles(exp_id)[0]["status"] == "CANCELED"
+
+
+def test_cancelling_a_bundle_flow_run_in_prefect_scancels_it(g: Grid, tmp_path: Path,
+                                                             prefect_api: str) -> None:
+    exp_id = g.submit(g.spec(tmp_path, """\
+        tasks:
+          nap: {command: 'sleep 300', task_inputs: {I: 1..2}}
+        """, on="slurm"))
+    thread, result = _run_in_thread(g, exp_id)
+    _wait_running(g, exp_id, 2)
+    bundle = g.bundles(exp_id)[0]
+    # What Cancel on the bundle's flow run in the Prefect UI does.
+    r = httpx.post(f"{prefect_api}/flow_runs/{bundle['flow_run_id']}/set_state",
+                   json={"state": {"type": "CANCELLING"}, "force": True})
+    assert r.status_code in (200, 201), r.text
+    thread.join(90)
+    assert result
+    assert {t["state"] for t in g.tasks(exp_id).values()} == {"CANCELED"}
+    assert _squeue(g.slurm, bundle["infrastructure"]) == []
+    fr = httpx.get(f"{prefect_api}/flow_runs/{bundle['flow_run_id']}").json()
+    assert fr["state"]["type"] == "CANCELLED"
+
+
+@pytest.mark.parametrize("route", ["slurm-ssh", "slurm-rest"])
+def test_slurm_over_ssh_and_slurmrestd(g: Grid, tmp_path: Path, route: str) -> None:
+    exp_id = g.submit(g.spec(tmp_path, """\
+        tasks:
+          who:
+            command: 'id -un > "$OUT"'
+            task_inputs: {I: 1..4}
+            task_outputs: {OUT: who.txt}
+        """, on=route))
+    assert g.run(exp_id).is_completed()
+    home = Path(g.store.get_experiment(exp_id)["workdir"])
+    expected = g.sshd.user if route == "slurm-ssh" else "root"  # the JWT is root's
+    assert (home / "who" / "3" / "who.txt").read_text().strip() == expected
+
+
+def test_bare_metal_exit_codes_walltime_and_outputs(g: Grid, tmp_path: Path) -> None:
+    exp_id = g.submit(g.spec(tmp_path, """\
+        tasks:
+          sim:
+            command: 'echo "$I on $(hostname)" > "$OUT"; [ "$I" = 2 ] && exit 3;
+                      [ "$I" = 3 ] && sleep 60; true'
+            task_inputs: {I: 1..4}
+            task_outputs: {OUT: out.txt}
+            resources: {compute: {time: "0:00:03"}}
+        """, on="baremetal"))
+    assert g.run(exp_id).is_failed()
+    t = g.tasks(exp_id)
+    assert [t[f"sim[{i}]"]["state"] for i in range(4)] == ["COMPLETED", "FAILED", "FAILED",
+                                                          "COMPLETED"]
+    assert t["sim[1]"]["reason"] == "exit code 3"
+    assert t["sim[2]"]["reason"] == "timeout: exceeded its walltime"
+    home = Path(g.store.get_experiment(exp_id)["workdir"])
+    assert (home / "sim" / "0" / "out.txt").read_text().startswith("1 on ")
