@@ -109,14 +109,16 @@ def planning_resources(store: Store, authz: Authz, user: str) -> list[ComputeRes
     return pool
 
 
-def check_dispatchable(store: Store, authz: Authz, user: str, loaded: LoadedSpec,
-                       placed: dict[str, list[str]]) -> None:
+def check_dispatchable(store: Store, authz: Authz, settings: Settings, user: str,
+                       loaded: LoadedSpec, placed: dict[str, list[str]],
+                       pool: list[ComputeResource]) -> None:
     """Before anything is stored: every resource the plan uses has a deployment for its
-    bundles, and the user may read the credentials of the storage its steps mount.
-    Raises Unavailable or Forbidden (audited), naming the resource."""
+    bundles, the user may read the credentials of the storage its steps mount, and OpenBao
+    answers when any credential is needed. Raises Unavailable or Forbidden (audited)."""
     used = {r for names in placed.values() for r in set(names)} - {"local"}
     if not used:
         return
+    needs_secrets = any(r.users is not None for r in pool if r.name in used)
     import httpx
     from prefect.client.orchestration import get_client
     from prefect.exceptions import ObjectNotFound
@@ -150,6 +152,13 @@ def check_dispatchable(store: Store, authz: Authz, user: str, loaded: LoadedSpec
             raise Unavailable(f"storage {name}: no credential is registered at "
                               f"{ref.mount}/{ref.path}")
         require(store, authz, user, "credential.read", cid)
+        needs_secrets = True
+    if needs_secrets:
+        from adapters.openbao import OpenBao, SecretUnavailable
+        try:  # health needs no token: nothing secret leaves this process for it
+            OpenBao(settings.openbao_url, "", timeout=5).check()
+        except SecretUnavailable as exc:
+            raise Unavailable(f"cannot run: {exc}") from None
 
 
 def _step_mounts(loaded: LoadedSpec, step: str) -> list[str]:
@@ -204,7 +213,7 @@ def submit(store: Store, settings: Settings, path: str | Path, params: list[str]
         raise NoPlacement(result.reason)
     placed = placement.expand(graph, result.counts())
     if authz is not None:
-        check_dispatchable(store, authz, user, loaded, placed)
+        check_dispatchable(store, authz, settings, user, loaded, placed, pool)
     store.create_experiment(
         experiment_id=exp_id, name=loaded.name, source=str(path), spec_text=loaded.text,
         params=overrides, workdir_root=settings.runs_dir.resolve(), total=graph.total,

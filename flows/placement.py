@@ -114,7 +114,9 @@ def ineligible(k: TaskClass, r: ComputeResource, constraints: Constraints,
         return "no GPUs" if not r.gpus_per_node else f"{r.gpus_per_node} GPUs per node"
     if not r.oversubscribe and k.cpu > r.cores_per_node:
         return f"{r.cores_per_node} cores per node"
-    if not r.oversubscribe and r.mem_gb_per_node and k.ram_gb > r.mem_gb_per_node:
+    # Cores can be oversubscribed (a wide task gets all of them, and runs slower); memory
+    # cannot: a task that needs more than a node has would only be killed.
+    if r.mem_gb_per_node and k.ram_gb > r.mem_gb_per_node:
         return f"{r.mem_gb_per_node:g} GB memory per node"
     if k.node > r.nodes:
         return f"{r.nodes} nodes"
@@ -131,7 +133,7 @@ def slots(k: TaskClass, r: ComputeResource) -> int:
                                       else k.cpu)]
     if k.gpu:
         limits.append(r.gpus_per_node // k.gpu)
-    if k.ram_gb and r.mem_gb_per_node and not r.oversubscribe:
+    if k.ram_gb and r.mem_gb_per_node:
         limits.append(int(r.mem_gb_per_node // k.ram_gb))
     return max(1, min(limits)) * r.nodes
 

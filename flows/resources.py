@@ -37,7 +37,8 @@ class ComputeResource(BaseModel):
     egress_gb: dict[str, float] = {}  # price per GB moved in from each storage resource
     # Offline only: who holds a usable credential (absent: everyone). Online: SpiceDB says.
     users: list[str] | None = None
-    # Runs wider tasks than it has cores by giving them all of it (the local machine).
+    # Runs wider tasks than it has cores by giving them all of them (the local machine);
+    # memory stays a hard limit.
     oversubscribe: bool = False
 
     @field_validator("egress_gb")

@@ -42,12 +42,14 @@ class Grid:
     workers: dict[str, subprocess.Popen] = field(default_factory=dict)
     logs: dict[str, Path] = field(default_factory=dict)
 
-    def spec(self, tmp: Path, body: str, on: str, name: str = "exp.yml") -> Path:
-        """An experiment placed on one resource of the grid (every other one excluded)."""
-        others = ["local", *(n for r, n in self.names.items() if r != on)]
-        if on == "local":
-            others.remove("local")
+    def spec(self, tmp: Path, body: str, on: str | list[str], name: str = "exp.yml",
+             preferred: str | None = None) -> Path:
+        """An experiment placed on these resources of the grid (every other one excluded)."""
+        keep = [on] if isinstance(on, str) else on
+        others = [n for r, n in {"local": "local", **self.names}.items() if r not in keep]
         text = textwrap.dedent(body) + f"constraints:\n  excluded: [{', '.join(others)}]\n"
+        if preferred:
+            text += f"  preferred: [{preferred}]\n"
         path = tmp / name
         path.write_text(text)
         return path

@@ -106,7 +106,21 @@ def test_online_plan_uses_registered_blocks_and_their_credentials(
     SlurmCluster(work_pool_name="gpu", nodes=2, cores_per_node=16, gpus_per_node=4,
                  credential=CredentialRef(path="users/zed/gpu")).save("gpu-locked",
                                                                       overwrite=True)
+    SlurmCluster(work_pool_name="other", nodes=64, cores_per_node=64).save("other-project",
+                                                                          overwrite=True)
     monkeypatch.setenv("AIRAVATA_USER", "alice")
+    # What `airavata resource compute create` records: the resources' project (alice's).
+    from adapters.db import Store
+    from adapters.spicedb import Subject
+    from api import service
+    from flows.settings import get_settings
+    store = Store(get_settings().db_url)
+    authz = service.authorizer(store)
+    service.ensure_project(store, authz, "default", "alice")
+    for name in ("online-a", "gpu-locked"):
+        authz.relate("compute_resource", name, "project", Subject("project", "default"))
+    authz.close()
+    store.close()
     wide = write(tmp_path, """\
         tasks:
           sim:
@@ -125,6 +139,7 @@ def test_online_plan_uses_registered_blocks_and_their_credentials(
     reason = json.loads(r.stdout)["reason"]
     assert "local: no GPUs" in reason and "online-a: no GPUs" in reason
     assert "gpu-locked: no credential for user alice" in reason
+    assert "other-project" not in reason  # another project's resource: not alice's to see
 
 
 def test_online_plan_with_prefect_down_is_one_line(home: Path, monkeypatch: pytest.MonkeyPatch,

@@ -168,3 +168,66 @@ def test_bare_metal_exit_codes_walltime_and_outputs(g: Grid, tmp_path: Path) -> 
     assert t["sim[2]"]["reason"] == "timeout: exceeded its walltime"
     home = Path(g.store.get_experiment(exp_id)["workdir"])
     assert (home / "sim" / "0" / "out.txt").read_text().startswith("1 on ")
+
+
+def test_inputs_follow_their_upstream_across_resources(g: Grid, tmp_path: Path) -> None:
+    """a runs here, b on SLURM (too big for this machine), c here again (too long for SLURM):
+    each sees its upstream's output at the path `${t.OUT}` names where it runs."""
+    exp_id = g.submit(g.spec(tmp_path, """\
+        tasks:
+          a:
+            command: 'echo "from a" > "$OUT"'
+            task_inputs: {I: 1..2}
+            task_outputs: {OUT: a.txt}
+          b:
+            command: 'cat "$IN" > "$OUT"; echo "b in job $SLURM_JOB_ID" >> "$OUT"'
+            foreach: [a]
+            task_inputs: {IN: "${a.OUT}"}
+            task_outputs: {OUT: b.txt}
+            resources: {compute: {ram_gb: 1000}}
+          c:
+            command: 'cat "$IN" > "$OUT"'
+            foreach: [b]
+            task_inputs: {IN: "${b.OUT}"}
+            task_outputs: {OUT: c.txt}
+            resources: {compute: {time: "1:00:00"}}
+        """, on=["local", "slurm"], preferred="local"))
+    assert g.run(exp_id).is_completed()
+    t = g.tasks(exp_id)
+    assert [t[f"{s}[0]"]["resource"] for s in "abc"] == ["local", g.names["slurm"], "local"]
+    home = Path(g.store.get_experiment(exp_id)["workdir"])
+    lines = (home / "c" / "1" / "c.txt").read_text().splitlines()
+    assert lines[0] == "from a" and lines[1].startswith("b in job ") and lines[1][9:].isdigit()
+
+
+def test_a_credential_unshared_after_submit_stops_the_bundle(g: Grid, tmp_path: Path) -> None:
+    from adapters.spicedb import Subject
+    from api.credentials import CredentialService
+
+    svc = CredentialService(g.store, g.authz, g.bao)
+    cred = g.store.credential_at("secret", f"users/alice/ssh-{g.names['slurm'][3:]}")
+    assert cred is not None
+    g.authz.relate("project", "lab", "member", Subject.user("bob"))
+    svc.share("alice", cred, Subject.user("bob"))
+    exp_id = g.submit(g.spec(tmp_path, "tasks:\n  x: {command: 'true'}\n", on="baremetal"),
+                      user="bob")
+    g.authz.unrelate("credential", cred, "reader", Subject.user("bob"))  # access revoked
+    assert g.run(exp_id).is_failed()
+    reason = g.tasks(exp_id)["x[0]"]["reason"]
+    assert f"on compute:{g.names['baremetal']}" in reason
+    assert f"user bob lacks credential.read on credential {cred}" in reason
+    denied = [a for a in g.store.audit_trail(actor="bob") if a["outcome"] == "denied"]
+    assert denied and denied[-1]["action"] == "credential.read"
+
+
+def test_openbao_down_stops_a_submit_before_anything_is_stored(
+        g: Grid, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from api.service import Unavailable
+    from tests.services import free_port
+
+    before = len(g.store.list_experiments(1000))
+    monkeypatch.setenv("AIRAVATA_OPENBAO_URL", f"http://127.0.0.1:{free_port()}")
+    with pytest.raises(Unavailable, match=r"cannot run: OpenBao at http://127\.0\.0\.1:\d+ "
+                                          "is unreachable"):
+        g.submit(g.spec(tmp_path, "tasks:\n  x: {command: 'true'}\n", on="baremetal"))
+    assert len(g.store.list_experiments(1000)) == before
