@@ -231,3 +231,127 @@ def test_openbao_down_stops_a_submit_before_anything_is_stored(
                                           "is unreachable"):
         g.submit(g.spec(tmp_path, "tasks:\n  x: {command: 'true'}\n", on="baremetal"))
     assert len(g.store.list_experiments(1000)) == before
+
+
+def _needles(g: Grid, s3_secret: str) -> dict[str, bytes]:
+    """The secrets this module's runs used, and distinctive fragments of the SSH key (a leak
+    of any part of it counts)."""
+    key_lines = g.sshd.private_key.strip().splitlines()[1:-1]
+    needles = {"s3 secret key": s3_secret.encode(),
+               "slurmrestd token": g.slurm.token("root").split(".")[-1].encode(),
+               "openbao token": g.bao._client.token.encode()}
+    for i, line in enumerate(key_lines[1:], 1):  # line 0 is the same in every OpenSSH key
+        needles[f"ssh key line {i}"] = line.encode()
+    return needles
+
+
+def _scan_files(roots: list[Path], needles: dict[str, bytes]) -> list[str]:
+    found = []
+    for root in roots:
+        for path in [root] if root.is_file() else root.rglob("*"):
+            if not path.is_file() or path.is_symlink():
+                continue
+            data = path.read_bytes()
+            found += [f"{what} in {path}" for what, n in needles.items() if n in data]
+    return found
+
+
+def _pages(api: str, path: str, body: dict) -> list[bytes]:
+    """Every page of a Prefect listing (offset-paged), so no leak hides past the first."""
+    pages, offset = [], 0
+    while True:
+        resp = httpx.post(f"{api}{path}", json={**body, "limit": 200, "offset": offset})
+        assert resp.status_code == 200, (path, resp.text[:300])
+        pages.append(resp.content)
+        if len(resp.json()) < 200:
+            return pages
+        offset += 200
+
+
+def _event_pages(api: str) -> list[bytes]:
+    resp = httpx.post(f"{api}/events/filter", json={"limit": 50})
+    assert resp.status_code == 200, resp.text[:300]
+    pages = [resp.content]
+    while (nxt := resp.json().get("next_page")) and len(pages) < 200:
+        resp = httpx.get(nxt)
+        pages.append(resp.content)
+    return pages
+
+
+def _scan_prefect(api: str, needles: dict[str, bytes]) -> list[str]:
+    everything = {
+        "block documents (include_secrets)": _pages(api, "/block_documents/filter",
+                                                    {"include_secrets": True}),
+        "flow runs (parameters, job variables)": _pages(api, "/flow_runs/filter", {}),
+        "task runs": _pages(api, "/task_runs/filter", {}),
+        "deployments": _pages(api, "/deployments/filter", {}),
+        "work pools": _pages(api, "/work_pools/filter", {}),
+        "logs": _pages(api, "/logs/filter", {}),
+        "artifacts": _pages(api, "/artifacts/filter", {}),
+        "events": _event_pages(api),
+    }
+    return [f"{n} in Prefect {what}" for what, pages in everything.items()
+            for n, v in needles.items() if any(v in page for page in pages)]
+
+
+def test_s3_mounts_on_bare_metal_and_no_secret_anywhere(g: Grid, tmp_path: Path, s3,
+                                                         prefect_api: str) -> None:
+    """A full run that used an SSH key (bare metal, SLURM over SSH) and an S3 secret: neither
+    value is in our database, Prefect's database or API, logs, job scripts, or the task's
+    recorded environment."""
+    import os
+
+    import boto3
+
+    from adapters.openbao import SecretRef
+    from api import resources
+    from api.credentials import CredentialService
+    from blocks import S3Storage
+
+    bucket = f"inputs-{g.names['slurm'][3:]}"
+    client = boto3.client("s3", endpoint_url=s3.url, aws_access_key_id=s3.access_key,
+                          aws_secret_access_key=s3.secret_key, region_name="us-east-1")
+    client.create_bucket(Bucket=bucket)
+    client.put_object(Bucket=bucket, Key="run1/params.txt", Body=b"alpha=0.5\n")
+    client.put_object(Bucket=bucket, Key="run1/data/x.csv", Body=b"1,2\n")
+    cid = f"s3-{bucket}"
+    ref = SecretRef(f"users/alice/{cid}")
+    CredentialService(g.store, g.authz, g.bao).create(
+        "alice", cid, ref, {"access_key": s3.access_key, "secret_key": s3.secret_key})
+    g.store.add_credential(cid, owner="alice", mount=ref.mount, path=ref.path)
+    storage = f"s3d-{g.names['slurm'][3:]}"
+    resources.register_storage(g.store, g.authz, actor="alice", project="lab", name=storage,
+                               block=S3Storage(bucket=bucket, endpoint_url=s3.url,
+                                               credential=resources.credential_ref(
+                                                   g.store, g.authz, "alice", cid)))
+    body = f"""\
+        tasks:
+          use:
+            command: 'cat params.txt > "$OUT"; cat inputs/data/x.csv >> "$OUT"; env > env.txt'
+            task_inputs: {{I: 1..2}}
+            task_outputs: {{OUT: out.txt}}
+            resources:
+              storage: ["{storage}:/run1/params.txt:./params.txt", "{storage}:/run1:./inputs"]
+        """
+    exp_id = g.submit(g.spec(tmp_path, body, on="baremetal"))
+    assert g.run(exp_id).is_completed(), g.tasks(exp_id)
+    home = Path(g.store.get_experiment(exp_id)["workdir"])
+    assert (home / "use" / "1" / "out.txt").read_text() == "alpha=0.5\n1,2\n"
+    ssh_exp = g.submit(g.spec(tmp_path, "tasks:\n  e: {command: 'env > env.txt'}\n",
+                              on="slurm-ssh", name="ssh.yml"))
+    assert g.run(ssh_exp).is_completed()
+
+    needles = _needles(g, s3.secret_key)
+    prefect_home = Path(os.environ["PREFECT_HOME"])
+    remote = [p for p in g.sshd.home.iterdir() if p.name.startswith(("bm-", "grid-"))]
+    roots = [g.home, *g.logs.values(), g.home.parent / "cluster", g.home.parent / "rest",
+             prefect_home, *remote]
+    assert any((p / "prefect.db").exists() for p in [prefect_home]), "Prefect's database"
+    assert (g.home / "airavata.db").exists()
+    leaks = _scan_files(roots, needles) + _scan_prefect(prefect_api, needles)
+    assert leaks == []
+    # The haystacks hold what a leak would be in: the tasks' recorded environments were
+    # among the files scanned, and the scan finds what they do hold.
+    recorded = [p for r in remote for p in r.rglob("env.txt")]
+    assert len(recorded) >= 3
+    assert _scan_files(recorded, {"task id": b"AIRAVATA_TASK_ID=use[1]"}) != []
