@@ -96,6 +96,7 @@ class SlurmLauncher:
         self.throttle = throttle
         self.name = client.name
         self.offsets: dict[str, int] = {}
+        self.owner: dict[int, str] = {}  # the job that runs each position now (re-queues move it)
         self._absent: dict[int, int] = {}
         self._resubmits = 0
 
@@ -118,6 +119,7 @@ class SlurmLauncher:
             job = self.client.submit(self.request(bdir, off, array_spec(n, self.throttle)),
                                      f"{bdir}/job_{c}.sh")
             self.offsets[job] = off
+            self.owner.update(dict.fromkeys(range(off, off + n), job))
             ids.append(job)
         return ids
 
@@ -129,8 +131,8 @@ class SlurmLauncher:
             if task.job_id not in self.offsets:
                 continue
             k = self.offsets[task.job_id] + (task.task_id or 0)
-            if k not in want:
-                continue
+            if k not in want or self.owner.get(k) != task.job_id:
+                continue  # not asked about, or an earlier job's record of a re-queued task
             seen.add(k)
             verdict = classify(task)
             if verdict[0] != Ending.ACTIVE:
@@ -157,6 +159,7 @@ class SlurmLauncher:
             upload(self.files_host, bdir, {name: job_script(req)})
             job = self.client.submit(req, f"{bdir}/{name}")
             self.offsets[job] = off
+            self.owner.update({off + t: job for t in mine})
             ids.append(job)
         return ids
 
