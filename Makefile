@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test bench lint clean prefect-up prefect-down
+.PHONY: install run test test-kubernetes bench lint clean prefect-up prefect-down
 
 install: $(STAMP)
 
@@ -22,6 +22,10 @@ run: install
 
 test: install
 	@bash scripts/test.sh
+
+# Needs a real cluster and more (tests/kubernetes_cluster/test_cluster.py); not part of `test`.
+test-kubernetes: install
+	AIRAVATA_KUBERNETES_CLUSTER=1 $(BIN)/pytest tests/kubernetes_cluster
 
 bench: install
 	$(BIN)/python -m bench

@@ -19,7 +19,8 @@ from adapters.hosts import Host, HostError, check
 from adapters.slurm import Ending
 from adapters.ssh import SSHEndpoint, SSHHost
 from agent.bundle_run import Verdict
-from agent.worker import BundleJobConfiguration, BundleVariables, BundleWorker, Session
+from agent.execute import Session
+from agent.worker import BundleJobConfiguration, BundleVariables, BundleWorker
 from blocks import BareMetalHost
 
 KILL_GRACE_SECONDS = 5
@@ -99,6 +100,7 @@ class BareMetalWorker(BundleWorker):
     job_configuration = BareMetalJobConfiguration
     job_configuration_variables = BareMetalVariables
     block_type = BareMetalHost
+    enforce_walltime = True  # no scheduler here: run_one.sh stops an instance at its walltime
     _description = "Runs Airavata bundles on a host over SSH, in a detached process group."
     _documentation_url = "https://github.com/apache/airavata"
 
@@ -115,8 +117,6 @@ class BareMetalWorker(BundleWorker):
         return Session(host, BareMetalLauncher(host, parallel),
                        configuration.working_directory or block.working_directory)
 
-    def walltime(self, configuration: Any, step_walltime: int | None) -> int | None:
-        return step_walltime
 
 
 __all__ = ["BareMetalJobConfiguration", "BareMetalLauncher", "BareMetalVariables",

@@ -263,6 +263,9 @@ class BundleRunner:
     def _collect(self, positions: list[int]) -> dict[int, list[str]]:
         """Bring logs and declared outputs home; returns the outputs each one lacks."""
         job = self.job
+        if job.remote.root == job.home.root:  # ran in place (a pod or process sharing it)
+            return {k: [f"{o}={p}" for o, p in job.members[k].instance.outputs.items()
+                        if not os.path.exists(p)] for k in positions}
         wanted: dict[str, tuple[int, str, Path]] = {}
         for k in positions:
             inst = job.members[k].instance

@@ -30,12 +30,8 @@ from adapters.slurm import (
 )
 from adapters.ssh import SSHEndpoint, SSHHost
 from agent.bundle_run import Verdict
-from agent.worker import (
-    BundleJobConfiguration,
-    BundleVariables,
-    BundleWorker,
-    Session,
-)
+from agent.execute import Session
+from agent.worker import BundleJobConfiguration, BundleVariables, BundleWorker
 from blocks import SlurmCluster
 from flows.spec import parse_duration
 

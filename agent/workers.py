@@ -1,7 +1,12 @@
 """Our Prefect worker types, loaded through the `prefect.collections` entry point so that
-`prefect work-pool create NAME --type slurm|baremetal` and `prefect worker start` know them."""
+`prefect work-pool create NAME --type slurm|baremetal|airavata-kubernetes` and
+`prefect worker start` know them."""
 
 from agent.baremetal import BareMetalWorker
+from agent.kubernetes import AiravataKubernetesWorker
 from agent.slurm import SlurmWorker
 
-__all__ = ["BareMetalWorker", "SlurmWorker"]
+WORKERS = {"slurm": SlurmWorker, "baremetal": BareMetalWorker,
+           "kubernetes": AiravataKubernetesWorker}  # by resource type
+
+__all__ = ["WORKERS", "AiravataKubernetesWorker", "BareMetalWorker", "SlurmWorker"]

@@ -88,7 +88,7 @@ def compute_create(
         authz.close()
     out.print(f"compute resource {name} ({kind}) registered in project {project}: work pool "
               f"{done['work_pool']}; start its worker with:\n"
-              f"  prefect worker start --pool {done['work_pool']} --type {kind}")
+              f"  prefect worker start --pool {done['work_pool']} --type {done['worker_type']}")
 
 
 @storage_app.command("create")

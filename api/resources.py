@@ -32,7 +32,6 @@ COMPUTE_TYPES: dict[str, type] = {"slurm": SlurmCluster, "baremetal": BareMetalH
                                   "kubernetes": KubernetesCluster}
 STORAGE_TYPES: dict[str, type] = {"s3": S3Storage, "sftp": SFTPStorage, "local": LocalStorage}
 NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
-TEMPLATES = Path(__file__).resolve().parent.parent / "deployments"
 
 
 class ResourceError(ValueError):
@@ -89,16 +88,17 @@ def credential_ref(store: Store, authz: Authz, actor: str, credential_id: str | 
     return CredentialRef(mount=row["mount"], path=row["path"])
 
 
+def pool_type(kind: str) -> str:
+    from agent.workers import WORKERS
+    return str(WORKERS[kind].type)
+
+
 def pool_template(kind: str, name: str, block: Any) -> dict[str, Any]:
     """The worker type's base job template, its variables defaulting to this resource's."""
-    if kind == "kubernetes":
-        template = json.loads((TEMPLATES / "kubernetes.json").read_text())
-    else:
-        from agent.workers import BareMetalWorker, SlurmWorker
-        worker = SlurmWorker if kind == "slurm" else BareMetalWorker
-        template = copy.deepcopy(worker.get_default_base_job_template())
+    from agent.workers import WORKERS
+    template = copy.deepcopy(WORKERS[kind].get_default_base_job_template())
     props = template["variables"]["properties"]
-    defaults = {"resource": name}
+    defaults: dict[str, Any] = {"resource": name}
     if kind == "slurm":
         defaults |= {"partition": block.partition, "account": block.account,
                      "max_array_size": block.max_array_size}
@@ -133,13 +133,13 @@ def register_compute(store: Store, authz: Authz, *, actor: str, project: str, na
     with get_client(sync_client=True) as client:
         try:
             existing = client.read_work_pool(pool)
-            if existing.type != kind:
+            if existing.type != pool_type(kind):
                 raise ResourceError(f"work pool {pool!r} exists with type {existing.type}, "
-                                    f"not {kind}: choose another work_pool_name")
+                                    f"not {pool_type(kind)}: choose another work_pool_name")
             client.update_work_pool(pool, WorkPoolUpdate(base_job_template=template))
         except ObjectNotFound:
             client.create_work_pool(WorkPoolCreate(
-                name=pool, type=kind, base_job_template=template,
+                name=pool, type=pool_type(kind), base_job_template=template,
                 description=f"Airavata compute resource {name} ({kind})"))
         flow_id = client.create_flow_from_name(FLOW_NAME)
         deployment_id = client.create_deployment(
@@ -155,7 +155,8 @@ def register_compute(store: Store, authz: Authz, *, actor: str, project: str, na
     store.audit(actor=actor, action="resource.register", obj=f"compute_resource:{name}",
                 correlation_id=correlation_id(), outcome="ok",
                 detail=f"{kind}, work pool {pool}, deployment {FLOW_NAME}/{name}")
-    return {"block": name, "work_pool": pool, "deployment": str(deployment_id)}
+    return {"block": name, "work_pool": pool, "deployment": str(deployment_id),
+            "worker_type": pool_type(kind)}
 
 
 def register_storage(store: Store, authz: Authz, *, actor: str, project: str, name: str,
@@ -178,5 +179,5 @@ def register_storage(store: Store, authz: Authz, *, actor: str, project: str, na
 
 
 __all__ = ["COMPUTE_TYPES", "STORAGE_TYPES", "ResourceError", "build_block", "check_name",
-           "credential_ref", "parse_fields", "pool_template", "register_compute",
+           "credential_ref", "parse_fields", "pool_template", "pool_type", "register_compute",
            "register_storage"]

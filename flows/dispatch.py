@@ -77,7 +77,7 @@ def job_variables(step: StepPlan, pool_type: str) -> dict[str, Any]:
         return out
     if pool_type == "baremetal":
         return {"cpus_per_task": c.cpu}
-    if pool_type == "kubernetes":
+    if pool_type == "airavata-kubernetes":
         out = {"cpu_request": str(c.cpu), "gpu_limit": c.gpu}
         if c.ram_gb:
             out["memory_request"] = f"{math.ceil(c.ram_gb * 1024)}Mi"
