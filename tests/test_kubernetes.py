@@ -137,3 +137,11 @@ def test_the_pod_runs_its_bundle_in_place(prefect_api: str, home: Path) -> None:
     assert out == f"1 in {graph.workdir('sim', 0)}\n"  # ran in the experiment's own directory
     assert Path(graph.workdir("sim", 0), "stdout.log").exists()
     store.close()
+
+
+def test_the_templates_in_deployments_are_current() -> None:
+    from agent.templates import DEPLOYMENTS, rendered
+
+    for name, text in rendered().items():
+        assert (DEPLOYMENTS / name).read_text() == text, \
+            f"deployments/{name} is stale: run .venv/bin/python -m agent.templates"
