@@ -28,6 +28,7 @@ test-kubernetes: install
 	AIRAVATA_KUBERNETES_CLUSTER=1 $(BIN)/pytest tests/kubernetes_cluster
 
 bench: install
+	@bash scripts/system_deps.sh
 	$(BIN)/python -m bench
 
 lint: install

@@ -129,6 +129,8 @@ def main() -> None:
     try:
         xargs_s = bench_xargs(cpus)
         flow_s, bare_s = bench_local_run(home)
+        from bench import slurm_pool
+        sl = slurm_pool.run(home)
     finally:
         prefect.terminate()
         prefect.wait(30)
@@ -137,6 +139,13 @@ def main() -> None:
     table.add_row(f"{N_TRUE:,} x `true`, scheduler alone (no Prefect, no store)",
                   f"{bare_s:.2f} s", f"xargs -P{cpus}: {xargs_s:.2f} s",
                   f"{bare_s / xargs_s:.2f}x")
+    table.add_row(f"{slurm_pool.N:,} x `true` on local SLURM through our slurm work pool "
+                  "(submit to last state, worker process, job array)", f"{sl['pool_s']:.1f} s",
+                  f"raw sbatch --array: {sl['raw_s']:.1f} s (before {sl['raw_before_s']:.1f}, "
+                  f"after {sl['raw_after_s']:.1f}); target <= 1.20x",
+                  f"{sl['pool_s'] / sl['raw_s']:.2f}x")
+    table.add_row("sbatch calls for that sweep", f"{sl['sbatch_calls']:.0f}",
+                  "raw: 1 (one array)", f"{sl['sbatch_calls']:.0f}x")
     console.print(table)
     shutil.rmtree(home, ignore_errors=True)
 

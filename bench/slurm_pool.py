@@ -1,0 +1,111 @@
+"""1,000 x `true` on a local SLURM: through our `slurm` work pool (submit, the run_experiment
+flow, a bundle, a real `prefect worker start`, the job array, states and logs back) against a
+raw `sbatch --array` of the same script on the same cluster, in the same run.
+
+The raw run goes before and after ours and its mean is the baseline, so a cluster that slows
+as its job table fills does not favour either side.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+N = 1000
+SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
+
+
+def start_slurm(d: Path) -> dict[str, str]:
+    env = {**os.environ, "SLURM_DIR": str(d), "CPUS": "16"}
+    subprocess.run(["bash", str(SCRIPTS / "slurm_cluster.sh"), "start"], env=env, check=True,
+                   capture_output=True)
+    return {"SLURM_CONF": str(d / "etc" / "slurm.conf")}
+
+
+def stop_slurm(d: Path) -> None:
+    subprocess.run(["bash", str(SCRIPTS / "slurm_cluster.sh"), "stop"],
+                   env={**os.environ, "SLURM_DIR": str(d)}, capture_output=True)
+
+
+def raw_array(slurm_env: dict[str, str], work: Path) -> float:
+    """Seconds from `sbatch --array=0-999` until the queue holds none of it."""
+    env = {**os.environ, **slurm_env}
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "true.sh").write_text("#!/bin/bash\ntrue\n")
+    start = time.perf_counter()
+    job = subprocess.run(["sbatch", "--parsable", f"--array=0-{N - 1}", "-o", "/dev/null",
+                          str(work / "true.sh")], env=env, cwd=work, check=True,
+                         capture_output=True, text=True).stdout.strip().split(";")[0]
+    while subprocess.run(["squeue", "-h", "-j", job], env=env, capture_output=True,
+                         text=True).stdout.strip():
+        time.sleep(0.2)
+    return time.perf_counter() - start
+
+
+def pool_run(home: Path, slurm_env: dict[str, str]) -> tuple[float, int]:
+    """(seconds from submit until the experiment ended, sbatch calls it made)."""
+    from adapters.db import Store
+    from api import resources, service
+    from blocks import SlurmCluster
+    from flows.experiment_flow import run_experiment
+    from flows.settings import get_settings
+
+    settings = get_settings()
+    store = Store(settings.db_url)
+    authz = service.authorizer(store)
+    service.ensure_project(store, authz, "bench", "bench")
+    resources.register_compute(store, authz, actor="bench", project="bench", name="bench-slurm",
+                               kind="slurm", block=SlurmCluster(
+                                   work_pool_name="bench-slurm", submit_via="local",
+                                   environment=slurm_env, cores_per_node=16,
+                                   working_directory=str(home / "cluster")))
+    log = open(home / "worker.log", "wb")  # noqa: SIM115  closed below
+    worker = subprocess.Popen(
+        [str(Path(sys.executable).parent / "prefect"), "worker", "start", "--pool",
+         "bench-slurm", "--type", "slurm"], stdout=log, stderr=subprocess.STDOUT,
+        env={**os.environ, "PREFECT_WORKER_QUERY_SECONDS": "1",
+             "PREFECT_LOGGING_LEVEL": "INFO"})
+    try:
+        while b"started!" not in (home / "worker.log").read_bytes():
+            if worker.poll() is not None:
+                raise SystemExit("the SLURM worker did not start:\n"
+                                 + (home / "worker.log").read_text()[-2000:])
+            time.sleep(0.2)
+        spec = home / "sweep.yml"
+        spec.write_text(f"tasks:\n  t: {{command: 'true', task_inputs: {{I: 1..{N}}}}}\n"
+                        "constraints: {excluded: [local]}\n")
+        start = time.perf_counter()
+        exp_id = service.submit(store, settings, spec, [], user="bench", authz=authz,
+                                project="bench")
+        state = asyncio.run(run_experiment(exp_id, return_state=True))
+        seconds = time.perf_counter() - start
+        assert state.is_completed(), state
+        assert store.state_counts(exp_id) == {"t": {"COMPLETED": N}}
+        calls = sum(len(b["infrastructure"] or []) for b in store.bundles.of_experiment(exp_id))
+        return seconds, calls
+    finally:
+        worker.kill()
+        worker.wait(10)
+        log.close()
+        authz.close()
+        store.close()
+
+
+def run(home: Path) -> dict[str, float]:
+    """Needs the Prefect server bench/__main__.py started (PREFECT_API_URL, AIRAVATA_HOME)."""
+    d = Path(tempfile.mkdtemp(prefix="airavata-bench-slurm-"))
+    os.chmod(d, 0o755)
+    slurm_env = start_slurm(d)
+    try:
+        before = raw_array(slurm_env, home / "raw1")
+        ours, calls = pool_run(home, slurm_env)
+        after = raw_array(slurm_env, home / "raw2")
+    finally:
+        stop_slurm(d)
+    return {"pool_s": ours, "raw_before_s": before, "raw_after_s": after,
+            "raw_s": (before + after) / 2, "sbatch_calls": calls}
