@@ -318,6 +318,15 @@ class Store:
                 at=utcnow(), actor=actor, action=action, object=obj,
                 correlation_id=correlation_id, outcome=outcome, detail=detail))
 
+    def submit_correlation(self, exp_id: str) -> str | None:
+        """The correlation id the experiment was submitted under (its runs and bundles carry
+        it on, so one id finds the submit, the credential grants and the logs of a run)."""
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(audit_events.c.correlation_id).where(
+                audit_events.c.action == "scheduler.queue.submit",
+                audit_events.c.object == f"experiment:{exp_id}",
+                audit_events.c.outcome == "ok").limit(1)).scalar()
+
     def audit_trail(self, *, correlation_id: str | None = None, actor: str | None = None,
                     limit: int = 1000) -> list[dict]:
         q = audit_events.select()

@@ -25,6 +25,7 @@ from agent.bundle_run import BundleJob, BundleRunner, Launcher
 from agent.secrets import BundleSecrets
 from agent.staging import dependency_inputs, mount_names, scratch_dir, stage_mounts
 from agent.storage_blocks import load_storage, storage_reader
+from api.correlation import correlated
 from flows.dag import compile_graph
 from flows.settings import Settings
 from flows.spec import parse_spec_text
@@ -98,6 +99,18 @@ async def execute_bundle(store: Store, settings: Settings, experiment_id: str, b
                          opener: Opener, *, poll_seconds: float, logger: Any,
                          submitted: Callable[[list[str]], None] | None = None,
                          cancelled: Callable[[], Awaitable[bool]] | None = None) -> Outcome:
+    with correlated(store.submit_correlation(experiment_id)) as cid:
+        logger.info("bundle %s of experiment %s (correlation id %s)", bundle_id,
+                    experiment_id, cid)
+        return await _execute(store, settings, experiment_id, bundle_id, opener,
+                              poll_seconds=poll_seconds, logger=logger, submitted=submitted,
+                              cancelled=cancelled)
+
+
+async def _execute(store: Store, settings: Settings, experiment_id: str, bundle_id: str,
+                   opener: Opener, *, poll_seconds: float, logger: Any,
+                   submitted: Callable[[list[str]], None] | None,
+                   cancelled: Callable[[], Awaitable[bool]] | None) -> Outcome:
     bundle = store.bundles.get(bundle_id)
     exp = store.get_experiment(experiment_id)
     loaded = parse_spec_text(exp["spec_text"], exp["source"])

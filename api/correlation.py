@@ -36,3 +36,19 @@ class CorrelationFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         record.correlation_id = correlation_id()
         return True
+
+
+LOG_FORMAT = "%(asctime)s %(levelname)s [%(correlation_id)s] %(name)s: %(message)s"
+
+
+def log_to_stderr(level: int = logging.INFO) -> None:
+    """Our `airavata.*` loggers to stderr, each line with its correlation id (idempotent)."""
+    logger = logging.getLogger("airavata")
+    if any(getattr(h, "_airavata", False) for h in logger.handlers):
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    handler.addFilter(CorrelationFilter())
+    handler._airavata = True  # type: ignore[attr-defined]
+    logger.addHandler(handler)
+    logger.setLevel(level)

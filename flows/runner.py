@@ -31,11 +31,14 @@ def main(argv: list[str]) -> int:
     exp_id = argv[1]
     # No telemetry from a temporary Prefect server (one starts when PREFECT_API_URL is unset).
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from api.correlation import correlated, log_to_stderr
     from flows.experiment_flow import run_experiment  # imports Prefect: keep usage errors fast
 
+    log_to_stderr()  # runner.log: each line with the experiment's correlation id
     store = Store(get_settings().db_url)
     try:
-        state = asyncio.run(run_experiment(exp_id, return_state=True))
+        with correlated(store.submit_correlation(exp_id)):
+            state = asyncio.run(run_experiment(exp_id, return_state=True))
         return 0 if state.is_completed() else 1
     except BaseException as exc:
         reason = f"runner stopped: {type(exc).__name__}: {exc}"

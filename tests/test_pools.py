@@ -218,6 +218,9 @@ def test_a_credential_unshared_after_submit_stops_the_bundle(g: Grid, tmp_path: 
     assert f"user bob lacks credential.read on credential {cred}" in reason
     denied = [a for a in g.store.audit_trail(actor="bob") if a["outcome"] == "denied"]
     assert denied and denied[-1]["action"] == "credential.read"
+    # One id ties the submit, the worker's refusal and what the user reads.
+    cid = g.store.submit_correlation(exp_id)
+    assert cid and denied[-1]["correlation_id"] == cid and f"(correlation id {cid})" in reason
 
 
 def test_openbao_down_stops_a_submit_before_anything_is_stored(
