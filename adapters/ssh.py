@@ -145,8 +145,10 @@ class SSHHost:
             chan.shutdown_write()
             out, err = bytearray(), bytearray()
             # Drain both streams while waiting, so a full stderr window cannot stall the remote.
-            # The exit status arrives after all data (SSH orders them), so nothing is cut off.
-            while not chan.exit_status_ready() or chan.recv_ready() or chan.recv_stderr_ready():
+            # Read until the channel's EOF, which ends both streams: the exit status may come
+            # before the last of stderr.
+            while not (chan.eof_received and chan.exit_status_ready()) or chan.recv_ready() \
+                    or chan.recv_stderr_ready():
                 if deadline is not None and time.monotonic() > deadline:
                     raise HostError(f"command on {self.name} timed out after {timeout} s: "
                                     f"{command[:80]}")

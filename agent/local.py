@@ -173,11 +173,11 @@ def _staging_note(storage: list[str]) -> str | None:
     if not storage:
         return None
     names = sorted({parse_mount(m).storage for m in storage})
-    return ("storage mounts not staged on the local resource (storage resources arrive with "
-            f"resource registration): {', '.join(names)}")
+    return ("storage mounts are staged on registered resources, not on the local one: "
+            f"{', '.join(names)}")
 
 
 def _env_note(conda: list[str], pip: list[str]) -> str | None:
     if not conda and not pip:
         return None
-    return "conda/pip environments are not built on the local resource; the host's is used"
+    return "conda/pip environments are not built; the host's own is used"

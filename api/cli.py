@@ -24,7 +24,7 @@ from api import service
 from api.cli_credentials import CredentialInputError, credential_app
 from api.cli_resources import resource_app
 from api.credentials import CredentialError
-from api.resources import ResourceError
+from api.errors import ResourceError
 from flows import placement
 from flows.problems import SpecError
 from flows.resources import load_resources

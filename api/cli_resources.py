@@ -10,7 +10,8 @@ from rich.console import Console
 from rich.table import Table
 
 from adapters.db import Store
-from api import resources, service
+from api import service
+from api.errors import ResourceError
 from flows.settings import get_settings
 
 resource_app = typer.Typer(no_args_is_help=True, help="Compute and storage resources.")
@@ -47,7 +48,7 @@ def _host_key(data: dict, host_key_file: Path | None) -> None:
     try:
         text = host_key_file.expanduser().read_text()
     except OSError as exc:
-        raise resources.ResourceError(f"--host-key-file: cannot read {host_key_file}: "
+        raise ResourceError(f"--host-key-file: cannot read {host_key_file}: "
                                       f"{exc.strerror}") from None
     for line in text.splitlines():
         parts = line.split()
@@ -58,7 +59,7 @@ def _host_key(data: dict, host_key_file: Path | None) -> None:
         if len(parts) >= 3 and parts[1].startswith(("ssh-", "ecdsa-")):
             data["host_key"] = f"{parts[1]} {parts[2]}"
             return
-    raise resources.ResourceError(f"--host-key-file: no public key in {host_key_file}")
+    raise ResourceError(f"--host-key-file: no public key in {host_key_file}")
 
 
 @compute_app.command("create", epilog=COMPUTE_HELP)
@@ -70,6 +71,8 @@ def compute_create(
     replace: bool = ReplaceOpt,
 ) -> None:
     """Register a compute resource: its block, work pool and deployment."""
+    from api import resources
+
     settings = get_settings()
     cls, data = resources.parse_fields(kind, fields, resources.COMPUTE_TYPES)
     resources.check_name(name)
@@ -100,6 +103,8 @@ def storage_create(
     replace: bool = ReplaceOpt,
 ) -> None:
     """Register a storage resource that experiments mount as NAME:/path:./local."""
+    from api import resources
+
     settings = get_settings()
     cls, data = resources.parse_fields(kind, fields, resources.STORAGE_TYPES)
     resources.check_name(name)
@@ -111,7 +116,7 @@ def storage_create(
         service.ensure_project(store, authz, project, settings.user)
         ref = resources.credential_ref(store, authz, settings.user, credential)
         if ref is not None and kind == "local":
-            raise resources.ResourceError("a local path takes no credential")
+            raise ResourceError("a local path takes no credential")
         block = resources.build_block(cls, data, ref)
         resources.register_storage(store, authz, actor=settings.user, project=project,
                                    name=name, block=block, replace=replace)

@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from adapters.db import NotFound, Store
 from adapters.spicedb import Authz, Subject
 from api.correlation import correlation_id
+from api.errors import ResourceError
 from api.service import require
 from blocks import (
     BareMetalHost,
@@ -32,10 +33,6 @@ COMPUTE_TYPES: dict[str, type] = {"slurm": SlurmCluster, "baremetal": BareMetalH
                                   "kubernetes": KubernetesCluster}
 STORAGE_TYPES: dict[str, type] = {"s3": S3Storage, "sftp": SFTPStorage, "local": LocalStorage}
 NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
-
-
-class ResourceError(ValueError):
-    """Bad resource input: one line, exit status 2."""
 
 
 def parse_fields(kind: str, fields: list[str], types: dict[str, type]) -> tuple[type, dict]:

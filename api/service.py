@@ -84,8 +84,8 @@ def registered_resources() -> list[tuple[ComputeResource, object]]:
                 except ObjectNotFound:
                     continue  # the block types are not registered there
                 for doc in docs:
-                    if doc.name and doc.name != "local":
-                        block = cls.load(doc.name)
+                    if doc.name and doc.name != "local" and not doc.is_anonymous:
+                        block = cls._from_block_document(doc)  # no call per block
                         out.append((block.to_compute_resource(doc.name), block.credential))
     except (httpx.HTTPError, OSError) as exc:
         raise Unavailable(f"cannot list registered resources: the Prefect API at "

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-from prefect.blocks.core import Block
 from pydantic import Field
 
+from blocks.base import AiravataBlock
 from blocks.credential import CredentialRef
 from flows.resources import ComputeResource, Prices
 
 
-class _Compute(Block):
+class _Compute(AiravataBlock):
     """What placement needs to know about any compute resource."""
 
     _resource_type: ClassVar[str] = ""

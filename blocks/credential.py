@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from prefect.blocks.core import Block
 from pydantic import Field
 
 from adapters.openbao import SecretRef
+from blocks.base import AiravataBlock
 
 
-class CredentialRef(Block):
+class CredentialRef(AiravataBlock):
     """Where an SSH key, password, token or S3 key lives in OpenBao (KV v2)."""
 
     _block_type_name: ClassVar[str] = "Airavata Credential Reference"

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from prefect.blocks.core import Block
 from pydantic import Field
 
+from blocks.base import AiravataBlock
 from blocks.credential import CredentialRef
 
 
-class S3Storage(Block):
+class S3Storage(AiravataBlock):
     _block_type_name: ClassVar[str] = "Airavata S3 Storage"
     _block_type_slug: ClassVar[str] = "airavata-s3-storage"
     _description: ClassVar[str] = "An S3 bucket; its access keys live in OpenBao."
@@ -22,7 +22,7 @@ class S3Storage(Block):
     credential: CredentialRef | None = None
 
 
-class SFTPStorage(Block):
+class SFTPStorage(AiravataBlock):
     _block_type_name: ClassVar[str] = "Airavata SFTP Storage"
     _block_type_slug: ClassVar[str] = "airavata-sftp-storage"
     _description: ClassVar[str] = "A directory reached over SFTP; its key lives in OpenBao."
@@ -35,7 +35,7 @@ class SFTPStorage(Block):
     credential: CredentialRef | None = None
 
 
-class LocalStorage(Block):
+class LocalStorage(AiravataBlock):
     _block_type_name: ClassVar[str] = "Airavata Local Storage"
     _block_type_slug: ClassVar[str] = "airavata-local-storage"
     _description: ClassVar[str] = "A local or NFS path visible to the compute resource."

@@ -235,7 +235,7 @@ def test_run_without_a_placement_exits_3(home: Path, tmp_path: Path) -> None:
 @pytest.mark.prefect
 def test_permissions_decide_who_may_submit_read_and_cancel(
         prefect_api: str, home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    spec = write(tmp_path, "tasks:\n  a: {command: 'sleep 30'}\n")
+    spec = write(tmp_path, "tasks:\n  a: {command: 'sleep 600'}\n")  # canceled at the end
     monkeypatch.setenv("AIRAVATA_USER", "alice")
     r = cli("experiment", "run", spec, "--project", "lab")  # first use: alice admins "lab"
     assert r.returncode == 0, r.stderr
