@@ -52,6 +52,8 @@ class BareMetalVariables(BundleVariables):
 
 
 class BareMetalLauncher:
+    requeues = False
+
     def __init__(self, host: Host, parallel: int) -> None:
         self.host = host
         self.parallel = max(1, parallel)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import shlex
 import time
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, field
@@ -40,12 +41,14 @@ from flows.states import TaskState
 Verdict = tuple[Ending, int | None, str | None]  # (ending, exit code, reason)
 REQUEUE_LIMIT = 3
 SCHEDULER_EVERY_SECONDS = 15.0
+KILLED_GRACE_SECONDS = 30.0  # how long a killed script waits for its scheduler's verdict
 
 
 class Launcher(Protocol):
     """How a bundle's instances start inside one allocation, and what its scheduler says."""
 
     name: str
+    requeues: bool  # its scheduler may put a killed task back in the queue (SLURM)
 
     def files(self, bdir: str, count: int) -> dict[str, str]: ...
     def submit(self, bdir: str, count: int) -> list[str]: ...
@@ -114,6 +117,7 @@ class BundleRunner:
         self.ids: list[str] = []
         self.cancel_sent = False
         self._asked = 0.0
+        self._killed_at: dict[int, float] = {}
 
     # -- events --------------------------------------------------------------------------
 
@@ -213,6 +217,7 @@ class BundleRunner:
         if started:
             self._emit(started)
         ended = [k for k in self.progress.open() if markers.get(k) and markers[k].ended]
+        ended = await self._unless_requeued(ended, markers)
         if ended:
             self._emit({k: (TaskState.OUTPUT_STAGING, None, None) for k in ended})
             missing = await asyncio.to_thread(self._collect, ended)
@@ -229,6 +234,43 @@ class BundleRunner:
             self._asked = now
             await self._ask_scheduler(rest)
 
+    async def _unless_requeued(self, ended: list[int], markers: dict[int, Marker]) -> list[int]:
+        """A script killed by SIGKILL or SIGTERM may be its node failing or its job preempted.
+        Where the scheduler re-queues (SLURM), ask it before judging: a re-queued instance goes
+        out again, and one the scheduler has not judged yet waits (a little) for it."""
+        killed = [k for k in ended if markers[k].exit_code in (128 + 9, 128 + 15)]
+        if not killed or self.cancel_sent or not self.job.launcher.requeues:
+            return ended
+        said = await asyncio.to_thread(self.job.launcher.unmarked, self.ids, killed)
+        now = time.monotonic()
+        hold: set[int] = set()
+        requeue: list[int] = []
+        for k in killed:
+            v = said.get(k)
+            if v is None and now - self._killed_at.setdefault(k, now) < KILLED_GRACE_SECONDS:
+                hold.add(k)
+            elif v is not None and v[0] == Ending.REQUEUE \
+                    and self.progress.requeues.get(k, 0) < REQUEUE_LIMIT:
+                hold.add(k)
+                requeue.append(k)
+        if requeue:
+            await self._requeue(requeue, said[requeue[0]][2] or "re-queued")
+        return [k for k in ended if k not in hold]
+
+    async def _requeue(self, positions: list[int], why: str) -> None:
+        job = self.job
+        for k in positions:
+            self.progress.requeues[k] = self.progress.requeues.get(k, 0) + 1
+            self._killed_at.pop(k, None)
+        job.log.warning("bundle %s: re-queueing %d instance(s) after %s", job.id,
+                        len(positions), why)
+        # Their markers belong to the run that died; the new run writes its own.
+        names = " ".join(f"{k}.start {k}.exit" for k in positions)
+        await asyncio.to_thread(job.host.run, f"cd {shlex.quote(job.bdir)}/results && "
+                                              f"rm -f {names}")
+        self.ids += await asyncio.to_thread(job.launcher.resubmit, job.bdir, positions)
+        job.store.bundles.update(job.id, infrastructure=self.ids)
+
     async def _ask_scheduler(self, rest: list[int]) -> None:
         """Instances the scheduler ended without an exit marker: killed, timed out, lost."""
         job = self.job
@@ -243,7 +285,6 @@ class BundleRunner:
         for k, (ending, code, reason) in said.items():
             if ending == Ending.REQUEUE and self.progress.requeues.get(k, 0) < REQUEUE_LIMIT \
                     and not self.cancel_sent:
-                self.progress.requeues[k] = self.progress.requeues.get(k, 0) + 1
                 requeue.append(k)
             elif ending in (Ending.CANCELED, Ending.REQUEUE) or self.cancel_sent:
                 verdicts[k] = (TaskState.CANCELED, code, reason or "canceled")
@@ -255,10 +296,7 @@ class BundleRunner:
             await asyncio.to_thread(self._collect, list(verdicts))  # keep whatever logs exist
             self._emit(verdicts)
         if requeue:
-            job.log.warning("bundle %s: re-queueing %d instance(s) after %s", job.id,
-                            len(requeue), said[requeue[0]][2])
-            self.ids += await asyncio.to_thread(job.launcher.resubmit, job.bdir, requeue)
-            job.store.bundles.update(job.id, infrastructure=self.ids)
+            await self._requeue(requeue, said[requeue[0]][2] or "re-queued")
 
     def _collect(self, positions: list[int]) -> dict[int, list[str]]:
         """Bring logs and declared outputs home; returns the outputs each one lacks."""

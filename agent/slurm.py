@@ -83,6 +83,8 @@ class SlurmVariables(BundleVariables):
 class SlurmLauncher:
     """A bundle as job arrays: array task t of the chunk at offset o runs position o + t."""
 
+    requeues = True
+
     def __init__(self, client: SlurmClient, files: Host, base: JobRequest, *,
                  max_array_size: int, throttle: int | None) -> None:
         self.client = client

@@ -62,6 +62,39 @@ def _host_key(data: dict, host_key_file: Path | None) -> None:
     raise ResourceError(f"--host-key-file: no public key in {host_key_file}")
 
 
+def _register(what: str, name: str, kind: str, fields: list[str], credential: str | None,
+              host_key_file: Path | None, project: str | None, replace: bool) -> tuple[str, dict]:
+    """The shared path of `compute create` and `storage create`: fields to a block, the
+    credential checked and bound, then registration. Returns the project and what was made."""
+    from api import resources
+
+    settings = get_settings()
+    types = resources.COMPUTE_TYPES if what == "compute" else resources.STORAGE_TYPES
+    cls, data = resources.parse_fields(kind, fields, types)
+    resources.check_name(name)
+    if what == "compute":
+        data.setdefault("work_pool_name", name)
+    _host_key(data, host_key_file)
+    store = Store(settings.db_url)
+    authz = service.authorizer(store)
+    try:
+        project = project or settings.project
+        service.ensure_project(store, authz, project, settings.user)
+        ref = resources.credential_ref(store, authz, settings.user, credential)
+        if ref is not None and kind == "local":
+            raise ResourceError("a local path takes no credential")
+        block = resources.build_block(cls, data, ref)
+        if what == "compute":
+            return project, resources.register_compute(
+                store, authz, actor=settings.user, project=project, name=name, kind=kind,
+                block=block, replace=replace)
+        resources.register_storage(store, authz, actor=settings.user, project=project,
+                                   name=name, block=block, replace=replace)
+        return project, {}
+    finally:
+        authz.close()
+
+
 @compute_app.command("create", epilog=COMPUTE_HELP)
 def compute_create(
     name: str = typer.Argument(..., metavar="NAME"),
@@ -71,24 +104,8 @@ def compute_create(
     replace: bool = ReplaceOpt,
 ) -> None:
     """Register a compute resource: its block, work pool and deployment."""
-    from api import resources
-
-    settings = get_settings()
-    cls, data = resources.parse_fields(kind, fields, resources.COMPUTE_TYPES)
-    resources.check_name(name)
-    data.setdefault("work_pool_name", name)
-    _host_key(data, host_key_file)
-    store = Store(settings.db_url)
-    authz = service.authorizer(store)
-    try:
-        project = project or settings.project
-        service.ensure_project(store, authz, project, settings.user)
-        ref = resources.credential_ref(store, authz, settings.user, credential)
-        block = resources.build_block(cls, data, ref)
-        done = resources.register_compute(store, authz, actor=settings.user, project=project,
-                                          name=name, kind=kind, block=block, replace=replace)
-    finally:
-        authz.close()
+    project, done = _register("compute", name, kind, fields, credential, host_key_file,
+                              project, replace)
     out.print(f"compute resource {name} ({kind}) registered in project {project}: work pool "
               f"{done['work_pool']}; start its worker with:\n"
               f"  prefect worker start --pool {done['work_pool']} --type {done['worker_type']}")
@@ -103,25 +120,8 @@ def storage_create(
     replace: bool = ReplaceOpt,
 ) -> None:
     """Register a storage resource that experiments mount as NAME:/path:./local."""
-    from api import resources
-
-    settings = get_settings()
-    cls, data = resources.parse_fields(kind, fields, resources.STORAGE_TYPES)
-    resources.check_name(name)
-    _host_key(data, host_key_file)
-    store = Store(settings.db_url)
-    authz = service.authorizer(store)
-    try:
-        project = project or settings.project
-        service.ensure_project(store, authz, project, settings.user)
-        ref = resources.credential_ref(store, authz, settings.user, credential)
-        if ref is not None and kind == "local":
-            raise ResourceError("a local path takes no credential")
-        block = resources.build_block(cls, data, ref)
-        resources.register_storage(store, authz, actor=settings.user, project=project,
-                                   name=name, block=block, replace=replace)
-    finally:
-        authz.close()
+    project, _ = _register("storage", name, kind, fields, credential, host_key_file, project,
+                          replace)
     out.print(f"storage resource {name} ({kind}) registered in project {project}")
 
 
