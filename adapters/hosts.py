@@ -7,7 +7,6 @@ through one command each way (one round trip for a whole bundle, not one per fil
 
 from __future__ import annotations
 
-import asyncio
 import io
 import os
 import shlex
@@ -136,10 +135,5 @@ class LocalHost:
         return None
 
 
-async def arun(host: Host, command: str, **kw: object) -> CommandResult:
-    """`host.run` off the event loop (paramiko and subprocess both block)."""
-    return await asyncio.to_thread(host.run, command, **kw)  # type: ignore[arg-type]
-
-
-__all__ = ["CommandResult", "Host", "HostError", "LocalHost", "arun", "check", "download",
+__all__ = ["CommandResult", "Host", "HostError", "LocalHost", "check", "download",
            "pack", "upload"]

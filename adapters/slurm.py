@@ -10,7 +10,6 @@ failure -> re-queued, because the task itself did nothing wrong.
 
 from __future__ import annotations
 
-import math
 import re
 import shlex
 from collections.abc import Iterable, Mapping
@@ -251,10 +250,6 @@ class SlurmCli:
         return self._max_array
 
 
-def mem_mb(ram_gb: float) -> int | None:
-    return math.ceil(ram_gb * 1024) if ram_gb > 0 else None
-
-
 __all__ = ["Ending", "JobRequest", "SlurmCli", "SlurmClient", "SlurmError", "SlurmTask",
            "array_chunks", "array_spec", "classify", "format_time", "header", "job_script",
-           "mem_mb", "parse_scontrol"]
+           "parse_scontrol"]

@@ -15,7 +15,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC
 from typing import Any, Protocol
 
@@ -57,7 +57,6 @@ class _Bundle:
     resource: str
     waiters: list[_Waiter]
     flow_run_id: str | None = None
-    created: float = field(default_factory=time.monotonic)
 
     def open(self) -> bool:
         return any(not w.future.done() for w in self.waiters)
