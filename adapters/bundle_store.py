@@ -12,7 +12,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from adapters.schema import bundle_events, bundles
+from airavata_prefect.adapters.schema import bundle_events, bundles
 
 
 class BundleStatus(StrEnum):

@@ -20,8 +20,8 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
-from adapters.bundle_store import BundleStore
-from adapters.schema import (
+from airavata_prefect.adapters.bundle_store import BundleStore
+from airavata_prefect.adapters.schema import (
     UtcDateTime,
     audit_events,
     credentials,
@@ -30,7 +30,7 @@ from adapters.schema import (
     task_events,
     tasks,
 )
-from flows.states import (
+from airavata_prefect.flows.states import (
     EXPERIMENT_TERMINAL,
     TERMINAL,
     ExperimentStatus,

@@ -12,7 +12,7 @@ import boto3
 import botocore.exceptions
 from botocore.config import Config
 
-from adapters.storage import StorageError
+from airavata_prefect.adapters.storage import StorageError
 
 
 class S3:

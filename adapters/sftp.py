@@ -8,9 +8,9 @@ from pathlib import Path
 
 import paramiko
 
-from adapters.hosts import HostError
-from adapters.ssh import SSHHost
-from adapters.storage import StorageError
+from airavata_prefect.adapters.hosts import HostError
+from airavata_prefect.adapters.ssh import SSHHost
+from airavata_prefect.adapters.storage import StorageError
 
 
 class SFTP:

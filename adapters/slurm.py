@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
 
-from adapters.hosts import Host, HostError, check
+from airavata_prefect.adapters.hosts import Host, HostError, check
 
 DEFAULT_MAX_ARRAY_SIZE = 1001
 

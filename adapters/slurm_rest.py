@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 
-from adapters.slurm import (
+from airavata_prefect.adapters.slurm import (
     DEFAULT_MAX_ARRAY_SIZE,
     JobRequest,
     SlurmError,

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import paramiko
 
-from adapters.hosts import CommandResult, HostError
+from airavata_prefect.adapters.hosts import CommandResult, HostError
 
 _KEY_TYPES: tuple[type[paramiko.PKey], ...] = (paramiko.Ed25519Key, paramiko.ECDSAKey,
                                                 paramiko.RSAKey)

@@ -15,13 +15,13 @@ from typing import Any
 
 from pydantic import Field
 
-from adapters.hosts import Host, HostError, check
-from adapters.slurm import Ending
-from adapters.ssh import SSHEndpoint, SSHHost
-from agent.bundle_run import Verdict
-from agent.execute import Session
-from agent.worker import BundleJobConfiguration, BundleVariables, BundleWorker
-from blocks import BareMetalHost
+from airavata_prefect.adapters.hosts import Host, HostError, check
+from airavata_prefect.adapters.slurm import Ending
+from airavata_prefect.adapters.ssh import SSHEndpoint, SSHHost
+from airavata_prefect.agent.bundle_run import Verdict
+from airavata_prefect.agent.execute import Session
+from airavata_prefect.agent.worker import BundleJobConfiguration, BundleVariables, BundleWorker
+from airavata_prefect.blocks import BareMetalHost
 
 KILL_GRACE_SECONDS = 5
 

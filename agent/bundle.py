@@ -20,9 +20,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from adapters.hosts import Host, HostError
-from agent.local import render_script
-from flows.dag import TaskGraph, TaskInstance
+from airavata_prefect.adapters.hosts import Host, HostError
+from airavata_prefect.agent.local import render_script
+from airavata_prefect.flows.dag import TaskGraph, TaskInstance
 
 _HERE = Path(__file__).parent
 RUN_ONE = (_HERE / "run_one.sh").read_text()

@@ -22,11 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from adapters.bundle_store import BundleEvent, BundleStatus
-from adapters.db import Store
-from adapters.hosts import Host, HostError, download, upload
-from adapters.slurm import Ending
-from agent.bundle import (
+from airavata_prefect.adapters.bundle_store import BundleEvent, BundleStatus
+from airavata_prefect.adapters.db import Store
+from airavata_prefect.adapters.hosts import Host, HostError, download, upload
+from airavata_prefect.adapters.slurm import Ending
+from airavata_prefect.agent.bundle import (
     EXECUTABLE,
     Link,
     Marker,
@@ -35,8 +35,8 @@ from agent.bundle import (
     bundle_files,
     read_markers,
 )
-from flows.dag import TaskGraph
-from flows.states import TaskState
+from airavata_prefect.flows.dag import TaskGraph
+from airavata_prefect.flows.states import TaskState
 
 Verdict = tuple[Ending, int | None, str | None]  # (ending, exit code, reason)
 REQUEUE_LIMIT = 3

@@ -16,20 +16,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from adapters.bundle_store import BundleEvent, BundleStatus
-from adapters.db import Store
-from adapters.hosts import Host, check
-from adapters.openbao import SecretRef
-from agent.bundle import Member, bundle_dir
-from agent.bundle_run import BundleJob, BundleRunner, Launcher
-from agent.secrets import BundleSecrets
-from agent.staging import dependency_inputs, mount_names, scratch_dir, stage_mounts
-from agent.storage_blocks import load_storage, storage_reader
-from api.correlation import correlated
-from flows.dag import compile_graph
-from flows.settings import Settings
-from flows.spec import parse_spec_text
-from flows.states import TaskState
+from airavata_prefect.adapters.bundle_store import BundleEvent, BundleStatus
+from airavata_prefect.adapters.db import Store
+from airavata_prefect.adapters.hosts import Host, check
+from airavata_prefect.adapters.openbao import SecretRef
+from airavata_prefect.agent.bundle import Member, bundle_dir
+from airavata_prefect.agent.bundle_run import BundleJob, BundleRunner, Launcher
+from airavata_prefect.agent.secrets import BundleSecrets
+from airavata_prefect.agent.staging import dependency_inputs, mount_names, scratch_dir, stage_mounts
+from airavata_prefect.agent.storage_blocks import load_storage, storage_reader
+from airavata_prefect.api.correlation import correlated
+from airavata_prefect.flows.dag import compile_graph
+from airavata_prefect.flows.settings import Settings
+from airavata_prefect.flows.spec import parse_spec_text
+from airavata_prefect.flows.states import TaskState
 
 TOKEN_MARGIN_SECONDS = 3600  # a bundle's queue wait is unknown: its token outlives the walltime
 

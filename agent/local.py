@@ -16,10 +16,10 @@ import sys
 import warnings
 from pathlib import Path
 
-from flows.dag import TaskGraph, TaskInstance
-from flows.scheduler import Outcome, Report
-from flows.spec import format_duration, parse_mount
-from flows.states import TaskState
+from airavata_prefect.flows.dag import TaskGraph, TaskInstance
+from airavata_prefect.flows.scheduler import Outcome, Report
+from airavata_prefect.flows.spec import format_duration, parse_mount
+from airavata_prefect.flows.states import TaskState
 
 # The only variables passed through from the runner's environment.
 PASSTHROUGH = ("PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LC_ALL", "TZ", "TMPDIR",

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from adapters.db import Store
-from adapters.openbao import OpenBao, SecretRef, TaskToken
-from adapters.spicedb import Authz
-from api.credentials import Binding, CredentialError, CredentialService
-from flows.settings import Settings
+from airavata_prefect.adapters.db import Store
+from airavata_prefect.adapters.openbao import OpenBao, SecretRef, TaskToken
+from airavata_prefect.adapters.spicedb import Authz
+from airavata_prefect.api.credentials import Binding, CredentialError, CredentialService
+from airavata_prefect.flows.settings import Settings
 
 
 class BundleSecrets:

@@ -16,8 +16,8 @@ from typing import Any
 
 from pydantic import Field
 
-from adapters.hosts import Host, LocalHost, upload
-from adapters.slurm import (
+from airavata_prefect.adapters.hosts import Host, LocalHost, upload
+from airavata_prefect.adapters.slurm import (
     Ending,
     JobRequest,
     SlurmCli,
@@ -28,12 +28,12 @@ from adapters.slurm import (
     classify,
     job_script,
 )
-from adapters.ssh import SSHEndpoint, SSHHost
-from agent.bundle_run import Verdict
-from agent.execute import Session
-from agent.worker import BundleJobConfiguration, BundleVariables, BundleWorker
-from blocks import SlurmCluster
-from flows.spec import parse_duration
+from airavata_prefect.adapters.ssh import SSHEndpoint, SSHHost
+from airavata_prefect.agent.bundle_run import Verdict
+from airavata_prefect.agent.execute import Session
+from airavata_prefect.agent.worker import BundleJobConfiguration, BundleVariables, BundleWorker
+from airavata_prefect.blocks import SlurmCluster
+from airavata_prefect.flows.spec import parse_duration
 
 ABSENT_POLLS = 3  # polls a task may be missing from the controller before it counts as lost
 
@@ -190,7 +190,7 @@ def open_slurm(block: SlurmCluster, secret: dict[str, str] | None) -> tuple[Slur
     if block.submit_via == "ssh":
         host = ssh_host()
         return SlurmCli(host, env=block.environment), host
-    from adapters.slurm_rest import SlurmRest
+    from airavata_prefect.adapters.slurm_rest import SlurmRest
     if not block.rest_url:
         raise SlurmError("submit_via rest needs rest_url")
     if not secret or "token" not in secret:

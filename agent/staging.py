@@ -14,12 +14,12 @@ import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from adapters.db import Store
-from adapters.storage import StorageError, StorageReader
-from agent.bundle import Link, Member
-from agent.bundle_run import Staged
-from flows.dag import TaskGraph
-from flows.spec import parse_mount
+from airavata_prefect.adapters.db import Store
+from airavata_prefect.adapters.storage import StorageError, StorageReader
+from airavata_prefect.agent.bundle import Link, Member
+from airavata_prefect.agent.bundle_run import Staged
+from airavata_prefect.flows.dag import TaskGraph
+from airavata_prefect.flows.spec import parse_mount
 
 
 def dependency_inputs(store: Store, experiment_id: str, resource: str, members: Sequence[Member],

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from adapters.storage import LocalPath, StorageError, StorageReader
-from blocks import LocalStorage, S3Storage, SFTPStorage
+from airavata_prefect.adapters.storage import LocalPath, StorageError, StorageReader
+from airavata_prefect.blocks import LocalStorage, S3Storage, SFTPStorage
 
 STORAGE_TYPES = (S3Storage, SFTPStorage, LocalStorage)
 
@@ -27,15 +27,15 @@ def storage_reader(name: str, block: Any, secret: dict[str, str] | None) -> Stor
     if secret is None:
         raise StorageError(f"storage {name!r} has no credential bound to it")
     if isinstance(block, S3Storage):
-        from adapters.s3 import S3
+        from airavata_prefect.adapters.s3 import S3
         missing = [k for k in ("access_key", "secret_key") if k not in secret]
         if missing:
             raise StorageError(f"storage {name!r}: its credential lacks {', '.join(missing)}")
         return S3(block.bucket, access_key=secret["access_key"], secret_key=secret["secret_key"],
                   endpoint_url=block.endpoint_url, region=block.region, prefix=block.prefix)
     if isinstance(block, SFTPStorage):
-        from adapters.sftp import SFTP
-        from adapters.ssh import SSHEndpoint, SSHHost
+        from airavata_prefect.adapters.sftp import SFTP
+        from airavata_prefect.adapters.ssh import SSHEndpoint, SSHHost
         host = SSHHost(SSHEndpoint(block.host, block.port, block.username, block.host_key),
                        secret.get("private_key", ""), passphrase=secret.get("passphrase"))
         return SFTP(host, block.root)

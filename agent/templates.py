@@ -17,7 +17,7 @@ DEPLOYMENTS = Path(__file__).resolve().parent.parent / "deployments"
 
 
 def rendered() -> dict[str, str]:
-    from agent.workers import WORKERS
+    from airavata_prefect.agent.workers import WORKERS
     return {f"{kind}.json": json.dumps(worker.get_default_base_job_template(), indent=2,
                                        sort_keys=True) + "\n"
             for kind, worker in WORKERS.items()}

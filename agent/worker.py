@@ -24,11 +24,11 @@ from prefect.workers.base import (
 )
 from pydantic import Field
 
-from adapters.bundle_store import BUNDLE_ENDED, BundleStatus
-from adapters.db import Store
-from agent.execute import Opener, Session, execute_bundle, fail_all, open_resource
-from flows.settings import get_settings
-from flows.states import TaskState
+from airavata_prefect.adapters.bundle_store import BUNDLE_ENDED, BundleStatus
+from airavata_prefect.adapters.db import Store
+from airavata_prefect.agent.execute import Opener, Session, execute_bundle, fail_all, open_resource
+from airavata_prefect.flows.settings import get_settings
+from airavata_prefect.flows.states import TaskState
 
 
 class BundleJobConfiguration(BaseJobConfiguration):

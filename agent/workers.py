@@ -2,9 +2,9 @@
 `prefect work-pool create NAME --type slurm|baremetal|airavata-kubernetes` and
 `prefect worker start` know them."""
 
-from agent.baremetal import BareMetalWorker
-from agent.kubernetes import AiravataKubernetesWorker
-from agent.slurm import SlurmWorker
+from airavata_prefect.agent.baremetal import BareMetalWorker
+from airavata_prefect.agent.kubernetes import AiravataKubernetesWorker
+from airavata_prefect.agent.slurm import SlurmWorker
 
 WORKERS = {"slurm": SlurmWorker, "baremetal": BareMetalWorker,
            "kubernetes": AiravataKubernetesWorker}  # by resource type

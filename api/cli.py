@@ -19,18 +19,18 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from adapters.db import NotFound, Store
-from api import service
-from api.cli_credentials import CredentialInputError, credential_app
-from api.cli_resources import resource_app
-from api.credentials import CredentialError
-from api.errors import ResourceError
-from flows import placement
-from flows.problems import SpecError
-from flows.resources import load_resources
-from flows.settings import Settings, get_settings
-from flows.spec import format_duration
-from flows.states import ACTIVE, EXPERIMENT_TERMINAL, ExperimentStatus, TaskState
+from airavata_prefect.adapters.db import NotFound, Store
+from airavata_prefect.api import service
+from airavata_prefect.api.cli_credentials import CredentialInputError, credential_app
+from airavata_prefect.api.cli_resources import resource_app
+from airavata_prefect.api.credentials import CredentialError
+from airavata_prefect.api.errors import ResourceError
+from airavata_prefect.flows import placement
+from airavata_prefect.flows.problems import SpecError
+from airavata_prefect.flows.resources import load_resources
+from airavata_prefect.flows.settings import Settings, get_settings
+from airavata_prefect.flows.spec import format_duration
+from airavata_prefect.flows.states import ACTIVE, EXPERIMENT_TERMINAL, ExperimentStatus, TaskState
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
                   help="Airavata experiment orchestration on Prefect.")

@@ -12,12 +12,12 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from adapters.db import NotFound, Store
-from adapters.openbao import OpenBao, SecretRef
-from adapters.spicedb import Subject
-from api import service
-from api.credentials import CredentialService
-from flows.settings import Settings, get_settings
+from airavata_prefect.adapters.db import NotFound, Store
+from airavata_prefect.adapters.openbao import OpenBao, SecretRef
+from airavata_prefect.adapters.spicedb import Subject
+from airavata_prefect.api import service
+from airavata_prefect.api.credentials import CredentialService
+from airavata_prefect.flows.settings import Settings, get_settings
 
 credential_app = typer.Typer(no_args_is_help=True, help="Credentials (secrets live in OpenBao).")
 out = Console(soft_wrap=True)

@@ -9,10 +9,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from adapters.db import Store
-from api import service
-from api.errors import ResourceError
-from flows.settings import get_settings
+from airavata_prefect.adapters.db import Store
+from airavata_prefect.api import service
+from airavata_prefect.api.errors import ResourceError
+from airavata_prefect.flows.settings import get_settings
 
 resource_app = typer.Typer(no_args_is_help=True, help="Compute and storage resources.")
 compute_app = typer.Typer(no_args_is_help=True, help="Compute resources (SLURM, bare metal, "
@@ -66,7 +66,7 @@ def _register(what: str, name: str, kind: str, fields: list[str], credential: st
               host_key_file: Path | None, project: str | None, replace: bool) -> tuple[str, dict]:
     """The shared path of `compute create` and `storage create`: fields to a block, the
     credential checked and bound, then registration. Returns the project and what was made."""
-    from api import resources
+    from airavata_prefect.api import resources
 
     settings = get_settings()
     types = resources.COMPUTE_TYPES if what == "compute" else resources.STORAGE_TYPES

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from adapters.db import Store
-from adapters.openbao import OpenBao, SecretRef, SecretStoreError, TaskToken
-from adapters.spicedb import Authz, AuthzError, PermissionDenied, Subject
-from api.correlation import correlation_id
+from airavata_prefect.adapters.db import Store
+from airavata_prefect.adapters.openbao import OpenBao, SecretRef, SecretStoreError, TaskToken
+from airavata_prefect.adapters.spicedb import Authz, AuthzError, PermissionDenied, Subject
+from airavata_prefect.api.correlation import correlation_id
 
 
 class CredentialError(RuntimeError):

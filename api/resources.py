@@ -13,12 +13,12 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from adapters.db import NotFound, Store
-from adapters.spicedb import Authz, Subject
-from api.correlation import correlation_id
-from api.errors import ResourceError
-from api.service import require
-from blocks import (
+from airavata_prefect.adapters.db import NotFound, Store
+from airavata_prefect.adapters.spicedb import Authz, Subject
+from airavata_prefect.api.correlation import correlation_id
+from airavata_prefect.api.errors import ResourceError
+from airavata_prefect.api.service import require
+from airavata_prefect.blocks import (
     BareMetalHost,
     CredentialRef,
     KubernetesCluster,
@@ -27,7 +27,7 @@ from blocks import (
     SFTPStorage,
     SlurmCluster,
 )
-from flows.bundle_flow import ENTRYPOINT, FLOW_NAME
+from airavata_prefect.flows.bundle_flow import ENTRYPOINT, FLOW_NAME
 
 COMPUTE_TYPES: dict[str, type] = {"slurm": SlurmCluster, "baremetal": BareMetalHost,
                                   "kubernetes": KubernetesCluster}
@@ -86,13 +86,13 @@ def credential_ref(store: Store, authz: Authz, actor: str, credential_id: str | 
 
 
 def pool_type(kind: str) -> str:
-    from agent.workers import WORKERS
+    from airavata_prefect.agent.workers import WORKERS
     return str(WORKERS[kind].type)
 
 
 def pool_template(kind: str, name: str, block: Any) -> dict[str, Any]:
     """The worker type's base job template, its variables defaulting to this resource's."""
-    from agent.workers import WORKERS
+    from airavata_prefect.agent.workers import WORKERS
     template = copy.deepcopy(WORKERS[kind].get_default_base_job_template())
     props = template["variables"]["properties"]
     defaults: dict[str, Any] = {"resource": name}

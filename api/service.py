@@ -10,18 +10,18 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from adapters.db import NewTask, Store
-from adapters.spicedb import Authz, PermissionDenied, Subject
-from api.correlation import correlation_id
-from flows import placement
-from flows.dag import TaskGraph, compile_graph
-from flows.params import parse_overrides
-from flows.problems import SpecError
-from flows.resources import ComputeResource, local_resource
-from flows.runner import fail_unfinished
-from flows.settings import Settings
-from flows.spec import LoadedSpec, load_spec
-from flows.states import EXPERIMENT_TERMINAL, ExperimentStatus
+from airavata_prefect.adapters.db import NewTask, Store
+from airavata_prefect.adapters.spicedb import Authz, PermissionDenied, Subject
+from airavata_prefect.api.correlation import correlation_id
+from airavata_prefect.flows import placement
+from airavata_prefect.flows.dag import TaskGraph, compile_graph
+from airavata_prefect.flows.params import parse_overrides
+from airavata_prefect.flows.problems import SpecError
+from airavata_prefect.flows.resources import ComputeResource, local_resource
+from airavata_prefect.flows.runner import fail_unfinished
+from airavata_prefect.flows.settings import Settings
+from airavata_prefect.flows.spec import LoadedSpec, load_spec
+from airavata_prefect.flows.states import EXPERIMENT_TERMINAL, ExperimentStatus
 
 
 def compile_file(path: str | Path, params: list[str], *, root: str,
@@ -72,7 +72,7 @@ def registered_resources() -> list[tuple[ComputeResource, object]]:
     from prefect.client.orchestration import get_client
     from prefect.exceptions import ObjectNotFound
 
-    from blocks import BareMetalHost, KubernetesCluster, SlurmCluster
+    from airavata_prefect.blocks import BareMetalHost, KubernetesCluster, SlurmCluster
 
     out: list[tuple[ComputeResource, object]] = []
     try:
@@ -123,7 +123,7 @@ def check_dispatchable(store: Store, authz: Authz, settings: Settings, user: str
     from prefect.client.orchestration import get_client
     from prefect.exceptions import ObjectNotFound
 
-    from flows.bundle_flow import FLOW_NAME
+    from airavata_prefect.flows.bundle_flow import FLOW_NAME
     try:
         with get_client(sync_client=True) as client:
             for name in sorted(used):
@@ -135,8 +135,8 @@ def check_dispatchable(store: Store, authz: Authz, settings: Settings, user: str
                                       ) from None
     except httpx.HTTPError as exc:
         raise Unavailable(f"the Prefect API does not answer ({exc})") from None
-    from agent.storage_blocks import load_storage
-    from flows.spec import parse_mount
+    from airavata_prefect.agent.storage_blocks import load_storage
+    from airavata_prefect.flows.spec import parse_mount
     mounts = {parse_mount(m).storage for step, names in placed.items()
               if set(names) - {"local"} for m in _step_mounts(loaded, step)}
     for name in sorted(mounts):
@@ -154,7 +154,7 @@ def check_dispatchable(store: Store, authz: Authz, settings: Settings, user: str
         require(store, authz, user, "credential.read", cid)
         needs_secrets = True
     if needs_secrets:
-        from adapters.openbao import OpenBao, SecretUnavailable
+        from airavata_prefect.adapters.openbao import OpenBao, SecretUnavailable
         try:  # health needs no token: nothing secret leaves this process for it
             OpenBao(settings.openbao_url, "", timeout=5).check()
         except SecretUnavailable as exc:
@@ -235,8 +235,9 @@ def start_runner(exp: dict) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     with open(workdir / "runner.log", "ab") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "flows.runner", exp["id"]], stdin=subprocess.DEVNULL,
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=workdir)
+            [sys.executable, "-m", "airavata_prefect.flows.runner", exp["id"]],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True, cwd=workdir)
     return proc.pid
 
 

@@ -40,14 +40,14 @@ def bench_local_run(home: Path) -> tuple[float, float]:
     """(seconds for the whole run_experiment flow, seconds for the scheduler alone)."""
     import asyncio
 
-    from adapters.db import Store
-    from agent.local import LocalExecutor
-    from api import service
-    from flows.dag import compile_graph
-    from flows.experiment_flow import run_experiment
-    from flows.scheduler import Recorder, Scheduler
-    from flows.settings import get_settings
-    from flows.spec import load_spec
+    from airavata_prefect.adapters.db import Store
+    from airavata_prefect.agent.local import LocalExecutor
+    from airavata_prefect.api import service
+    from airavata_prefect.flows.dag import compile_graph
+    from airavata_prefect.flows.experiment_flow import run_experiment
+    from airavata_prefect.flows.scheduler import Recorder, Scheduler
+    from airavata_prefect.flows.settings import get_settings
+    from airavata_prefect.flows.spec import load_spec
 
     spec = home / "true.yml"
     spec.write_text(f"tasks:\n  t: {{command: 'true', task_inputs: {{X: 1..{N_TRUE}}}}}\n")

@@ -12,11 +12,11 @@ import random
 import statistics
 import time
 
+from airavata_prefect.flows.placement import TaskClass, _model_input, ineligible, plan, unit_cost
+from airavata_prefect.flows.placement_model import evaluate, level_times
+from airavata_prefect.flows.resources import ComputeResource
+from airavata_prefect.flows.spec import Constraints
 from bench.placement_scenarios import classes, resources
-from flows.placement import TaskClass, _model_input, ineligible, plan, unit_cost
-from flows.placement_model import evaluate, level_times
-from flows.resources import ComputeResource
-from flows.spec import Constraints
 
 
 def solve_time(repeat: int = 3) -> tuple[float, float, str]:

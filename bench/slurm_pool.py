@@ -49,11 +49,11 @@ def raw_array(slurm_env: dict[str, str], work: Path) -> float:
 
 def pool_run(home: Path, slurm_env: dict[str, str]) -> tuple[float, int]:
     """(seconds from submit until the experiment ended, sbatch calls it made)."""
-    from adapters.db import Store
-    from api import resources, service
-    from blocks import SlurmCluster
-    from flows.experiment_flow import run_experiment
-    from flows.settings import get_settings
+    from airavata_prefect.adapters.db import Store
+    from airavata_prefect.api import resources, service
+    from airavata_prefect.blocks import SlurmCluster
+    from airavata_prefect.flows.experiment_flow import run_experiment
+    from airavata_prefect.flows.settings import get_settings
 
     settings = get_settings()
     store = Store(settings.db_url)

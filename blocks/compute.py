@@ -6,9 +6,9 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from blocks.base import AiravataBlock
-from blocks.credential import CredentialRef
-from flows.resources import ComputeResource, Prices
+from airavata_prefect.blocks.base import AiravataBlock
+from airavata_prefect.blocks.credential import CredentialRef
+from airavata_prefect.flows.resources import ComputeResource, Prices
 
 
 class _Compute(AiravataBlock):

@@ -6,8 +6,8 @@ from typing import ClassVar
 
 from pydantic import Field
 
-from adapters.openbao import SecretRef
-from blocks.base import AiravataBlock
+from airavata_prefect.adapters.openbao import SecretRef
+from airavata_prefect.blocks.base import AiravataBlock
 
 
 class CredentialRef(AiravataBlock):

@@ -6,8 +6,8 @@ from typing import ClassVar
 
 from pydantic import Field
 
-from blocks.base import AiravataBlock
-from blocks.credential import CredentialRef
+from airavata_prefect.blocks.base import AiravataBlock
+from airavata_prefect.blocks.credential import CredentialRef
 
 
 class S3Storage(AiravataBlock):

@@ -20,19 +20,19 @@ from prefect.client.schemas.objects import StateType
 from prefect.runtime import flow_run
 
 FLOW_NAME = "execute_bundle"
-ENTRYPOINT = "flows/bundle_flow.py:execute_bundle"
+ENTRYPOINT = "airavata_prefect.flows.bundle_flow:execute_bundle"
 
 
 @flow(name=FLOW_NAME, flow_run_name="{bundle_id}", persist_result=False)
 async def execute_bundle(experiment_id: str, bundle_id: str) -> Any:
-    from adapters.db import Store
-    from adapters.hosts import LocalHost
-    from agent.baremetal import BareMetalLauncher
-    from agent.execute import Opener, Session
-    from agent.execute import execute_bundle as run
-    from agent.worker import final_state
-    from blocks import BareMetalHost, KubernetesCluster, SlurmCluster
-    from flows.settings import get_settings
+    from airavata_prefect.adapters.db import Store
+    from airavata_prefect.adapters.hosts import LocalHost
+    from airavata_prefect.agent.baremetal import BareMetalLauncher
+    from airavata_prefect.agent.execute import Opener, Session
+    from airavata_prefect.agent.execute import execute_bundle as run
+    from airavata_prefect.agent.worker import final_state
+    from airavata_prefect.blocks import BareMetalHost, KubernetesCluster, SlurmCluster
+    from airavata_prefect.flows.settings import get_settings
 
     settings = get_settings()
     store = Store(settings.db_url)
@@ -76,7 +76,7 @@ async def execute_bundle(experiment_id: str, bundle_id: str) -> Any:
 
 
 def _step_cpu(exp: dict, step: str) -> int:
-    from flows.spec import parse_spec_text
+    from airavata_prefect.flows.spec import parse_spec_text
 
     spec = parse_spec_text(exp["spec_text"], exp["source"]).spec
     compute = spec.resources.merged(spec.tasks[step].resources).compute

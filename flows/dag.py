@@ -20,9 +20,9 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from flows.params import coerce, render, resolve_parameters
-from flows.problems import Path, Problem, SpecError
-from flows.spec import ENV_NAME, STEP_NAME, LoadedSpec, Resources, TaskSpec
+from airavata_prefect.flows.params import coerce, render, resolve_parameters
+from airavata_prefect.flows.problems import Path, Problem, SpecError
+from airavata_prefect.flows.spec import ENV_NAME, STEP_NAME, LoadedSpec, Resources, TaskSpec
 
 DEFAULT_MAX_INSTANCES = 1_000_000
 _REF = re.compile(r"\$\$|\$\{([^}]*)\}")

@@ -19,11 +19,11 @@ from dataclasses import dataclass
 from datetime import UTC
 from typing import Any, Protocol
 
-from adapters.bundle_store import BUNDLE_ENDED, BundleStatus
-from adapters.db import Store
-from flows.dag import StepPlan, TaskGraph, TaskInstance
-from flows.scheduler import LOCAL, Executor, Outcome, Report
-from flows.states import TaskState
+from airavata_prefect.adapters.bundle_store import BUNDLE_ENDED, BundleStatus
+from airavata_prefect.adapters.db import Store
+from airavata_prefect.flows.dag import StepPlan, TaskGraph, TaskInstance
+from airavata_prefect.flows.scheduler import LOCAL, Executor, Outcome, Report
+from airavata_prefect.flows.states import TaskState
 
 log = logging.getLogger("airavata.dispatch")
 TERMINAL = {TaskState.COMPLETED, TaskState.FAILED, TaskState.CANCELED}
@@ -268,7 +268,9 @@ class Routing:
 
 def placed_resources(plan: dict | None, graph: TaskGraph) -> dict[str, list[str]] | None:
     """Every instance's resource, from the plan stored at submit; None when all are local."""
-    from flows.placement import expand  # PuLP loads with it: only when something is remote
+    from airavata_prefect.flows.placement import (
+        expand,  # PuLP loads with it: only when something is remote
+    )
 
     if not plan or all(a["resource"] == LOCAL for a in plan.get("assignments", [])):
         return None

@@ -29,15 +29,15 @@ from prefect.client.schemas.objects import State, StateType
 from prefect.runtime import flow_run
 from prefect.states import Cancelled, Completed, Failed
 
-from adapters.db import Store, utcnow
-from agent.local import LocalExecutor
-from flows.dag import TaskGraph, TaskInstance, compile_graph
-from flows.dispatch import RemoteExecutor, Routing, placed_resources
-from flows.prefect_launch import PrefectLaunch
-from flows.scheduler import Executor, Hooks, Outcome, Recorder, Scheduler, Summary
-from flows.settings import Settings, get_settings
-from flows.spec import parse_spec_text
-from flows.states import ExperimentStatus, TaskState, Transition
+from airavata_prefect.adapters.db import Store, utcnow
+from airavata_prefect.agent.local import LocalExecutor
+from airavata_prefect.flows.dag import TaskGraph, TaskInstance, compile_graph
+from airavata_prefect.flows.dispatch import RemoteExecutor, Routing, placed_resources
+from airavata_prefect.flows.prefect_launch import PrefectLaunch
+from airavata_prefect.flows.scheduler import Executor, Hooks, Outcome, Recorder, Scheduler, Summary
+from airavata_prefect.flows.settings import Settings, get_settings
+from airavata_prefect.flows.spec import parse_spec_text
+from airavata_prefect.flows.states import ExperimentStatus, TaskState, Transition
 
 PROGRESS_SECONDS = 2.0
 

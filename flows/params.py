@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from flows.problems import Problem
+from airavata_prefect.flows.problems import Problem
 
 if TYPE_CHECKING:
-    from flows.spec import LoadedSpec
+    from airavata_prefect.flows.spec import LoadedSpec
 
 _TRUE = {"true", "yes", "on", "1"}
 _FALSE = {"false", "no", "off", "0"}

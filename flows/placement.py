@@ -47,8 +47,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
-from flows.dag import TaskGraph
-from flows.placement_model import (
+from airavata_prefect.flows.dag import TaskGraph
+from airavata_prefect.flows.placement_model import (
     ModelInput,
     Pair,
     Solution,
@@ -58,8 +58,8 @@ from flows.placement_model import (
     solve,
     solve_relaxed_and_round,
 )
-from flows.resources import ComputeResource
-from flows.spec import Constraints, format_duration
+from airavata_prefect.flows.resources import ComputeResource
+from airavata_prefect.flows.spec import Constraints, format_duration
 
 DEFAULT_RUNTIME_S = 3600.0
 TIME_LIMIT_S = 10.0

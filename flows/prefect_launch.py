@@ -9,7 +9,7 @@ from prefect.client.orchestration import get_client
 from prefect.deployments import run_deployment
 from prefect.states import Cancelling
 
-from flows.bundle_flow import FLOW_NAME
+from airavata_prefect.flows.bundle_flow import FLOW_NAME
 
 
 class PrefectLaunch:

@@ -11,8 +11,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from flows.spec import Duration, parse_duration
-from flows.yamldoc import parse_located, read_source
+from airavata_prefect.flows.spec import Duration, parse_duration
+from airavata_prefect.flows.yamldoc import parse_located, read_source
 
 
 class Prices(BaseModel):

@@ -1,4 +1,5 @@
-"""`python -m flows.runner EXPERIMENT_ID`: the detached process that runs one experiment's flow.
+"""`python -m airavata_prefect.flows.runner EXPERIMENT_ID`: the detached process that runs one
+experiment's flow.
 
 Whatever stops the flow from starting (Prefect unreachable, a changed database) marks the
 experiment FAILED with the reason, so nothing waits forever on a runner that is gone.
@@ -11,9 +12,9 @@ import logging
 import os
 import sys
 
-from adapters.db import Store
-from flows.settings import get_settings
-from flows.states import EXPERIMENT_TERMINAL, TERMINAL, ExperimentStatus, TaskState
+from airavata_prefect.adapters.db import Store
+from airavata_prefect.flows.settings import get_settings
+from airavata_prefect.flows.states import EXPERIMENT_TERMINAL, TERMINAL, ExperimentStatus, TaskState
 
 
 def fail_unfinished(store: Store, exp_id: str, status: ExperimentStatus, message: str) -> None:
@@ -26,13 +27,15 @@ def fail_unfinished(store: Store, exp_id: str, status: ExperimentStatus, message
 
 def main(argv: list[str]) -> int:
     if len(argv) != 2:
-        print("usage: python -m flows.runner EXPERIMENT_ID", file=sys.stderr)
+        print("usage: python -m airavata_prefect.flows.runner EXPERIMENT_ID", file=sys.stderr)
         return 2
     exp_id = argv[1]
     # No telemetry from a temporary Prefect server (one starts when PREFECT_API_URL is unset).
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    from api.correlation import correlated, log_to_stderr
-    from flows.experiment_flow import run_experiment  # imports Prefect: keep usage errors fast
+    from airavata_prefect.api.correlation import correlated, log_to_stderr
+    from airavata_prefect.flows.experiment_flow import (
+        run_experiment,  # imports Prefect: keep usage errors fast
+    )
 
     log_to_stderr()  # runner.log: each line with the experiment's correlation id
     store = Store(get_settings().db_url)

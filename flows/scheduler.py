@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import NamedTuple, Protocol
 
-from flows.dag import StepPlan, TaskGraph, TaskInstance
-from flows.states import TERMINAL, TaskState, Transition, check_transition
+from airavata_prefect.flows.dag import StepPlan, TaskGraph, TaskInstance
+from airavata_prefect.flows.states import TERMINAL, TaskState, Transition, check_transition
 
 LOCAL = "local"  # the built-in resource: this machine's CPU slots
 REMOTE_SLOTS = 1_000_000  # instances in flight per registered resource (its scheduler queues)

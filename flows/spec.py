@@ -14,8 +14,8 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
-from flows.problems import Path, Problem
-from flows.yamldoc import Located, parse_located, read_source
+from airavata_prefect.flows.problems import Path, Problem
+from airavata_prefect.flows.yamldoc import Located, parse_located, read_source
 
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 STEP_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")

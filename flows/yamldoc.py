@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from flows.problems import Path, Problem, SpecError
+from airavata_prefect.flows.problems import Path, Problem, SpecError
 
 M = TypeVar("M", bound=BaseModel)
 

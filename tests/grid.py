@@ -18,13 +18,13 @@ from pathlib import Path
 
 import pytest
 
-from adapters.db import Store
-from adapters.openbao import OpenBao, SecretRef
-from adapters.spicedb import Authz
-from api import resources, service
-from api.credentials import CredentialService
-from blocks import BareMetalHost, SlurmCluster
-from flows.settings import get_settings
+from airavata_prefect.adapters.db import Store
+from airavata_prefect.adapters.openbao import OpenBao, SecretRef
+from airavata_prefect.adapters.spicedb import Authz
+from airavata_prefect.api import resources, service
+from airavata_prefect.api.credentials import CredentialService
+from airavata_prefect.blocks import BareMetalHost, SlurmCluster
+from airavata_prefect.flows.settings import get_settings
 from tests.services import Slurm, Sshd
 
 USER, PROJECT = "alice", "lab"
@@ -59,7 +59,7 @@ class Grid:
                               authz=self.authz, project=PROJECT)
 
     def run(self, exp_id: str):
-        from flows.experiment_flow import run_experiment
+        from airavata_prefect.flows.experiment_flow import run_experiment
         return asyncio.run(run_experiment(exp_id, return_state=True))
 
     def tasks(self, exp_id: str) -> dict[str, dict]:

@@ -13,8 +13,8 @@ import httpx
 import pytest
 from pydantic import SecretBytes, SecretStr
 
-import blocks
-from blocks import BareMetalHost, CredentialRef, SlurmCluster
+from airavata_prefect import blocks
+from airavata_prefect.blocks import BareMetalHost, CredentialRef, SlurmCluster
 
 ALL = [getattr(blocks, n) for n in blocks.__all__]
 SECRET_NAMES = {"password", "private_key", "token", "secret", "secret_key", "access_key",

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from adapters.bundle_store import BundleStatus
-from adapters.db import NewTask, Store
-from adapters.hosts import LocalHost, upload
-from agent.baremetal import BareMetalLauncher
-from agent.bundle import (
+from airavata_prefect.adapters.bundle_store import BundleStatus
+from airavata_prefect.adapters.db import NewTask, Store
+from airavata_prefect.adapters.hosts import LocalHost, upload
+from airavata_prefect.agent.baremetal import BareMetalLauncher
+from airavata_prefect.agent.bundle import (
     EXECUTABLE,
     Link,
     Marker,
@@ -25,10 +25,10 @@ from agent.bundle import (
     read_markers,
     task_file,
 )
-from agent.bundle_run import BundleJob, BundleRunner, verdict
-from flows.dag import TaskGraph, compile_graph
-from flows.spec import parse_spec_text
-from flows.states import TaskState
+from airavata_prefect.agent.bundle_run import BundleJob, BundleRunner, verdict
+from airavata_prefect.flows.dag import TaskGraph, compile_graph
+from airavata_prefect.flows.spec import parse_spec_text
+from airavata_prefect.flows.states import TaskState
 
 SPEC = textwrap.dedent("""\
     scripts:

@@ -173,8 +173,8 @@ def test_cancel_a_running_experiment(prefect_api: str, home: Path, tmp_path: Pat
         assert not Path(f"/proc/{pid}").exists()
     again = cli("experiment", "cancel", exp_id)
     assert again.returncode == 1 and "already ended (CANCELED)" in again.stdout
-    from adapters.db import Store
-    from flows.settings import get_settings
+    from airavata_prefect.adapters.db import Store
+    from airavata_prefect.flows.settings import get_settings
     trail = Store(get_settings().db_url).audit_trail()
     assert [(r["action"], r["object"], r["outcome"]) for r in trail] == [
         ("project.create", "project:default", "ok"),  # first use of the default project
@@ -195,8 +195,8 @@ def test_bad_setting_is_one_line(home: Path, monkeypatch: pytest.MonkeyPatch) ->
 @pytest.mark.prefect
 def test_a_killed_runner_is_noticed_and_nothing_stays_running(prefect_api: str, home: Path,
                                                               tmp_path: Path) -> None:
-    from adapters.db import Store
-    from flows.settings import get_settings
+    from airavata_prefect.adapters.db import Store
+    from airavata_prefect.flows.settings import get_settings
 
     spec = write(tmp_path, "tasks:\n  slow: {command: 'echo $$ > pid; sleep 60', "
                            "task_inputs: {X: 1..3}}\n")
@@ -227,8 +227,8 @@ def test_run_without_a_placement_exits_3(home: Path, tmp_path: Path) -> None:
     assert r.returncode == 3
     assert r.stderr.strip() == ("error: no placement: step train needs gpu=2: no eligible "
                                 "resource (local: no GPUs)")
-    from adapters.db import Store
-    from flows.settings import get_settings
+    from airavata_prefect.adapters.db import Store
+    from airavata_prefect.flows.settings import get_settings
     assert Store(get_settings().db_url).list_experiments() == []  # nothing was stored
 
 
@@ -264,8 +264,8 @@ def test_permissions_decide_who_may_submit_read_and_cancel(
     assert cli("experiment", "cancel", other).returncode == 0
     assert cli("experiment", "cancel", exp_id).returncode == 0
 
-    from adapters.db import Store
-    from flows.settings import get_settings
+    from airavata_prefect.adapters.db import Store
+    from airavata_prefect.flows.settings import get_settings
     denials = [r for r in Store(get_settings().db_url).audit_trail() if r["outcome"] == "denied"]
     assert [(r["actor"], r["action"]) for r in denials] == [
         ("mallory", "scheduler.queue.submit"), ("mallory", "scheduler.queue.read"),

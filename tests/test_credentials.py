@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from adapters.db import Store
-from adapters.openbao import OpenBao, SecretDenied, SecretRef
-from adapters.spicedb import Authz, Subject
-from api.correlation import correlated
-from api.credentials import Binding, CredentialError, CredentialService
+from airavata_prefect.adapters.db import Store
+from airavata_prefect.adapters.openbao import OpenBao, SecretDenied, SecretRef
+from airavata_prefect.adapters.spicedb import Authz, Subject
+from airavata_prefect.api.correlation import correlated
+from airavata_prefect.api.credentials import Binding, CredentialError, CredentialService
 from tests.conftest import _free_port
 
 SSH_KEY = "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA\n-----END"

@@ -11,9 +11,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from adapters.db import Store
-from api import service
-from flows.settings import get_settings
+from airavata_prefect.adapters.db import Store
+from airavata_prefect.api import service
+from airavata_prefect.flows.settings import get_settings
 
 pytestmark = pytest.mark.prefect
 
@@ -61,7 +61,7 @@ def artifacts(flow_run_id: str) -> list[dict]:
 
 
 def run_flow(exp_id: str):
-    from flows.experiment_flow import run_experiment
+    from airavata_prefect.flows.experiment_flow import run_experiment
     return asyncio.run(run_experiment(exp_id, return_state=True))
 
 

@@ -16,13 +16,13 @@ import pytest
 from prefect.client.schemas.objects import FlowRun
 from prefect.settings import PREFECT_API_KEY, PREFECT_LOGGING_LEVEL, temporary_settings
 
-from adapters.db import NewTask, Store
-from agent.kubernetes import AiravataKubernetesJobConfiguration
-from api.resources import pool_template
-from blocks import KubernetesCluster
-from flows.dag import compile_graph
-from flows.dispatch import job_variables
-from flows.spec import parse_spec_text
+from airavata_prefect.adapters.db import NewTask, Store
+from airavata_prefect.agent.kubernetes import AiravataKubernetesJobConfiguration
+from airavata_prefect.api.resources import pool_template
+from airavata_prefect.blocks import KubernetesCluster
+from airavata_prefect.flows.dag import compile_graph
+from airavata_prefect.flows.dispatch import job_variables
+from airavata_prefect.flows.spec import parse_spec_text
 
 K8S_VERSION = "1.30"
 SECRET = "pnu_an-api-key-only-the-worker-may-hold"
@@ -105,8 +105,8 @@ def test_the_workers_own_prefect_settings_stay_out_of_the_job(prefect_api: str) 
 @pytest.mark.prefect
 def test_the_pod_runs_its_bundle_in_place(prefect_api: str, home: Path) -> None:
     """What a pod runs: the execute_bundle flow, on the machine (and volume) it runs on."""
-    from flows.bundle_flow import execute_bundle
-    from flows.settings import get_settings
+    from airavata_prefect.flows.bundle_flow import execute_bundle
+    from airavata_prefect.flows.settings import get_settings
 
     name = f"k8s-{uuid.uuid4().hex[:6]}"
     KubernetesCluster(work_pool_name=name, cores_per_node=8).save(name)
@@ -140,7 +140,7 @@ def test_the_pod_runs_its_bundle_in_place(prefect_api: str, home: Path) -> None:
 
 
 def test_the_templates_in_deployments_are_current() -> None:
-    from agent.templates import DEPLOYMENTS, rendered
+    from airavata_prefect.agent.templates import DEPLOYMENTS, rendered
 
     for name, text in rendered().items():
         assert (DEPLOYMENTS / name).read_text() == text, \

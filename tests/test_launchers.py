@@ -12,16 +12,16 @@ from pathlib import Path
 
 import pytest
 
-from adapters.db import NewTask, Store
-from adapters.hosts import Host, LocalHost
-from adapters.slurm import JobRequest, SlurmCli
-from adapters.ssh import SSHEndpoint, SSHHost
-from agent.baremetal import BareMetalLauncher
-from agent.bundle import Member
-from agent.bundle_run import BundleJob, BundleRunner, Launcher
-from agent.slurm import SlurmLauncher
-from flows.dag import compile_graph
-from flows.spec import parse_spec_text
+from airavata_prefect.adapters.db import NewTask, Store
+from airavata_prefect.adapters.hosts import Host, LocalHost
+from airavata_prefect.adapters.slurm import JobRequest, SlurmCli
+from airavata_prefect.adapters.ssh import SSHEndpoint, SSHHost
+from airavata_prefect.agent.baremetal import BareMetalLauncher
+from airavata_prefect.agent.bundle import Member
+from airavata_prefect.agent.bundle_run import BundleJob, BundleRunner, Launcher
+from airavata_prefect.agent.slurm import SlurmLauncher
+from airavata_prefect.flows.dag import compile_graph
+from airavata_prefect.flows.spec import parse_spec_text
 from tests.services import Slurm, Sshd
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from adapters.openbao import (
+from airavata_prefect.adapters.openbao import (
     OpenBao,
     SecretDenied,
     SecretNotFound,

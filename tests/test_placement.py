@@ -9,10 +9,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bench.placement_scenarios import classes as gen_classes
-from bench.placement_scenarios import resources as gen_resources
-from flows.dag import compile_graph
-from flows.placement import (
+from airavata_prefect.flows.dag import compile_graph
+from airavata_prefect.flows.placement import (
     Plan,
     TaskClass,
     expand,
@@ -22,8 +20,10 @@ from flows.placement import (
     task_classes,
     unit_cost,
 )
-from flows.resources import ComputeResource, Prices
-from flows.spec import Constraints, format_duration, parse_spec_text
+from airavata_prefect.flows.resources import ComputeResource, Prices
+from airavata_prefect.flows.spec import Constraints, format_duration, parse_spec_text
+from bench.placement_scenarios import classes as gen_classes
+from bench.placement_scenarios import resources as gen_resources
 
 
 def res(name: str, **kw: object) -> ComputeResource:
@@ -185,7 +185,12 @@ def test_large_sweep_is_fast_and_close_to_its_bound() -> None:
 
 
 def test_wave_repair_moves_a_lone_last_wave() -> None:
-    from flows.placement_model import ModelInput, evaluate, level_times, repair_waves
+    from airavata_prefect.flows.placement_model import (
+        ModelInput,
+        evaluate,
+        level_times,
+        repair_waves,
+    )
 
     # 5 instances of a 100 s class, 4 slots on each of two idle resources: rounding put all 5
     # on r0 (two waves, 200 s); moving the lone fifth to r1 finishes at 100 s.

@@ -95,7 +95,7 @@ def test_bad_resources_file_and_unknown_names_exit_2(home: Path, tmp_path: Path)
 @pytest.mark.prefect
 def test_online_plan_uses_registered_blocks_and_their_credentials(
         prefect_api: str, home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from blocks import CredentialRef, SlurmCluster
+    from airavata_prefect.blocks import CredentialRef, SlurmCluster
 
     reg = subprocess.run([str(Path(sys.executable).parent / "prefect"), "block", "register",
                           "-m", "blocks"], capture_output=True, text=True,
@@ -110,10 +110,10 @@ def test_online_plan_uses_registered_blocks_and_their_credentials(
                                                                           overwrite=True)
     monkeypatch.setenv("AIRAVATA_USER", "alice")
     # What `airavata resource compute create` records: the resources' project (alice's).
-    from adapters.db import Store
-    from adapters.spicedb import Subject
-    from api import service
-    from flows.settings import get_settings
+    from airavata_prefect.adapters.db import Store
+    from airavata_prefect.adapters.spicedb import Subject
+    from airavata_prefect.api import service
+    from airavata_prefect.flows.settings import get_settings
     store = Store(get_settings().db_url)
     authz = service.authorizer(store)
     service.ensure_project(store, authz, "default", "alice")

@@ -201,8 +201,8 @@ def test_inputs_follow_their_upstream_across_resources(g: Grid, tmp_path: Path) 
 
 
 def test_a_credential_unshared_after_submit_stops_the_bundle(g: Grid, tmp_path: Path) -> None:
-    from adapters.spicedb import Subject
-    from api.credentials import CredentialService
+    from airavata_prefect.adapters.spicedb import Subject
+    from airavata_prefect.api.credentials import CredentialService
 
     svc = CredentialService(g.store, g.authz, g.bao)
     cred = g.store.credential_at("secret", f"users/alice/ssh-{g.names['slurm'][3:]}")
@@ -225,7 +225,7 @@ def test_a_credential_unshared_after_submit_stops_the_bundle(g: Grid, tmp_path: 
 
 def test_openbao_down_stops_a_submit_before_anything_is_stored(
         g: Grid, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from api.service import Unavailable
+    from airavata_prefect.api.service import Unavailable
     from tests.services import free_port
 
     before = len(g.store.list_experiments(1000))
@@ -306,10 +306,10 @@ def test_s3_mounts_on_bare_metal_and_no_secret_anywhere(g: Grid, tmp_path: Path,
 
     import boto3
 
-    from adapters.openbao import SecretRef
-    from api import resources
-    from api.credentials import CredentialService
-    from blocks import S3Storage
+    from airavata_prefect.adapters.openbao import SecretRef
+    from airavata_prefect.api import resources
+    from airavata_prefect.api.credentials import CredentialService
+    from airavata_prefect.blocks import S3Storage
 
     bucket = f"inputs-{g.names['slurm'][3:]}"
     client = boto3.client("s3", endpoint_url=s3.url, aws_access_key_id=s3.access_key,

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from agent.local import LocalExecutor, render_script
-from flows.dag import TaskGraph, compile_graph
-from flows.scheduler import Recorder, Scheduler, Summary
-from flows.spec import parse_spec_text
-from flows.states import TaskState as S
-from flows.states import Transition
+from airavata_prefect.agent.local import LocalExecutor, render_script
+from airavata_prefect.flows.dag import TaskGraph, compile_graph
+from airavata_prefect.flows.scheduler import Recorder, Scheduler, Summary
+from airavata_prefect.flows.spec import parse_spec_text
+from airavata_prefect.flows.states import TaskState as S
+from airavata_prefect.flows.states import Transition
 
 
 def run(text: str, root: Path, *, concurrency: int = 2, cancel_after: float | None = None,

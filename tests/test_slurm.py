@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from adapters.hosts import LocalHost, upload
-from adapters.slurm import (
+from airavata_prefect.adapters.hosts import LocalHost, upload
+from airavata_prefect.adapters.slurm import (
     Ending,
     JobRequest,
     SlurmCli,
@@ -25,8 +25,8 @@ from adapters.slurm import (
     job_script,
     parse_scontrol,
 )
-from adapters.slurm_rest import SlurmRest, job_properties
-from adapters.ssh import SSHEndpoint, SSHHost
+from airavata_prefect.adapters.slurm_rest import SlurmRest, job_properties
+from airavata_prefect.adapters.ssh import SSHEndpoint, SSHHost
 from tests.services import Slurm, Sshd
 
 

@@ -7,7 +7,13 @@ from collections.abc import Iterator
 
 import pytest
 
-from adapters.spicedb import Authz, AuthzError, AuthzUnavailable, PermissionDenied, Subject
+from airavata_prefect.adapters.spicedb import (
+    Authz,
+    AuthzError,
+    AuthzUnavailable,
+    PermissionDenied,
+    Subject,
+)
 
 U = Subject.user
 
@@ -111,7 +117,7 @@ def test_a_closed_spicedb_fails_closed() -> None:
 
 
 def test_embedded_permissions_survive_a_new_process_through_the_journal(tmp_path) -> None:
-    from adapters.db import Store
+    from airavata_prefect.adapters.db import Store
 
     store = Store(f"sqlite:///{tmp_path / 'a.db'}")
     first = Authz.embedded(journal=store)

@@ -6,8 +6,8 @@ import subprocess
 
 import pytest
 
-from adapters.hosts import HostError, LocalHost, check, download, upload
-from adapters.ssh import HostKeyRefused, SSHEndpoint, SSHHost
+from airavata_prefect.adapters.hosts import HostError, LocalHost, check, download, upload
+from airavata_prefect.adapters.ssh import HostKeyRefused, SSHEndpoint, SSHHost
 from tests.services import Sshd, free_port
 
 

@@ -10,9 +10,9 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-from adapters.db import Conflict, NewTask, Store, utcnow
-from adapters.schema import metadata
-from flows.states import IllegalTransition, TaskState, Transition
+from airavata_prefect.adapters.db import Conflict, NewTask, Store, utcnow
+from airavata_prefect.adapters.schema import metadata
+from airavata_prefect.flows.states import IllegalTransition, TaskState, Transition
 
 S = TaskState
 

@@ -2,7 +2,7 @@
 
 from alembic import context
 
-from adapters.schema import metadata
+from airavata_prefect.adapters.schema import metadata
 
 connection = context.config.attributes["connection"]
 context.configure(connection=connection, target_metadata=metadata,

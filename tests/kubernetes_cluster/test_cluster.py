@@ -31,10 +31,10 @@ def test_a_bundle_runs_as_a_job_on_the_cluster(tmp_path: Path) -> None:
     if missing:
         pytest.fail(f"make test-kubernetes needs {', '.join(missing)} (see this file's "
                     "docstring)")
-    from adapters.db import Store
-    from api import resources, service
-    from blocks import KubernetesCluster
-    from flows.settings import get_settings
+    from airavata_prefect.adapters.db import Store
+    from airavata_prefect.api import resources, service
+    from airavata_prefect.blocks import KubernetesCluster
+    from airavata_prefect.flows.settings import get_settings
 
     name = f"k8s-it-{os.getpid()}"
     store = Store(get_settings().db_url)
