@@ -2,10 +2,10 @@
 (the local `sbatch`, or a login node over SSH). slurmrestd speaks the same interface from
 adapters/slurm_rest.py.
 
-States come from `scontrol -o show job` (no accounting database needed) and are mapped exactly
-(`classify`): exit 0 -> COMPLETED; exit N -> FAILED with N; killed by signal 9 or 15, or
-scancel -> CANCELED; over the time limit -> FAILED (timeout); node failure, preemption or a boot
-failure -> re-queued, because the task itself did nothing wrong.
+States come from `scontrol -o show job` (no accounting database needed) and `classify` reports
+what they say as facts (domain/endings.py turns those into task states): exit N; killed by a
+signal; canceled (scancel); over its time limit; out of memory; node failure, preemption or a
+boot failure: re-queued, because the task itself did nothing wrong.
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ import re
 import shlex
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Protocol
 
 from airavata_prefect.adapters.hosts import Host, HostError, check
+from airavata_prefect.domain.endings import Exit, Requeue
 
 DEFAULT_MAX_ARRAY_SIZE = 1001
 
@@ -109,14 +109,6 @@ def array_spec(size: int, throttle: int | None) -> str:
 # -- states ------------------------------------------------------------------------------------
 
 
-class Ending(StrEnum):
-    ACTIVE = "active"  # pending, running, completing ...
-    COMPLETED = "completed"
-    FAILED = "failed"
-    CANCELED = "canceled"
-    REQUEUE = "requeue"  # the task did nothing wrong: run it again (node failure, preemption)
-
-
 @dataclass(frozen=True)
 class SlurmTask:
     job_id: str  # the array's job id
@@ -127,27 +119,30 @@ class SlurmTask:
     reason: str | None = None
 
 
-_TERMINATED_BY_USER = {9, 15}  # SIGKILL, SIGTERM: scancel or a kill, not the program failing
-_REQUEUE = {"NODE_FAIL", "PREEMPTED", "BOOT_FAIL"}
-_FAILED = {"FAILED": None, "TIMEOUT": "timeout: exceeded its time limit",
-           "OUT_OF_MEMORY": "out of memory", "DEADLINE": "missed its deadline"}
+_REQUEUE = {"NODE_FAIL": "node failure", "BOOT_FAIL": "node boot failure",
+            "PREEMPTED": "preempted"}
+_FAILED = {"OUT_OF_MEMORY": "out of memory", "DEADLINE": "missed its deadline"}
 
 
-def classify(task: SlurmTask) -> tuple[Ending, int | None, str | None]:
-    """(ending, exit code, reason) for a SLURM task state."""
+def classify(task: SlurmTask) -> Exit | Requeue | None:
+    """What SLURM's state says of a task: how it ended, that it may run again, or None while
+    it is still pending or running. The task state itself is domain/endings.py's to decide."""
     state = task.state.split()[0].rstrip("+")  # "CANCELLED by 0" -> CANCELLED
+    # An exit status, unless a signal ended it; 0 on a task that did not complete says nothing.
+    code = task.exit_code if not task.signal and task.exit_code else None
     if state == "COMPLETED":
-        return Ending.COMPLETED, 0, None
+        return Exit(code=0)
     if state == "CANCELLED":
-        return Ending.CANCELED, task.exit_code, "canceled (scancel)"
+        return Exit(code=code, signal=task.signal, canceled="canceled (scancel)")
     if state in _REQUEUE:
-        return Ending.REQUEUE, None, f"{state.lower().replace('_', ' ')}: re-queued"
-    if state == "FAILED" and task.signal:
-        kind = Ending.CANCELED if task.signal in _TERMINATED_BY_USER else Ending.FAILED
-        return kind, -task.signal, f"killed by signal {task.signal}"
-    if state in _FAILED:  # a timeout also ends with a signal: the state says why
-        return Ending.FAILED, task.exit_code, _FAILED[state] or f"exit code {task.exit_code}"
-    return Ending.ACTIVE, None, None
+        return Requeue(f"{_REQUEUE[state]}: re-queued", preempted=state == "PREEMPTED")
+    if state == "TIMEOUT":
+        return Exit(code=code, signal=task.signal, timed_out=True)
+    if state in _FAILED:
+        return Exit(code=code, signal=task.signal, failure=_FAILED[state])
+    if state == "FAILED":
+        return Exit(code=code, signal=task.signal)
+    return None
 
 
 _FIELD = re.compile(r"\b(JobId|ArrayJobId|ArrayTaskId|JobState|Reason|ExitCode)=(\S*)")
@@ -250,6 +245,6 @@ class SlurmCli:
         return self._max_array
 
 
-__all__ = ["Ending", "JobRequest", "SlurmCli", "SlurmClient", "SlurmError", "SlurmTask",
+__all__ = ["JobRequest", "SlurmCli", "SlurmClient", "SlurmError", "SlurmTask",
            "array_chunks", "array_spec", "classify", "format_time", "header", "job_script",
            "parse_scontrol"]

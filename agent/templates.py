@@ -1,6 +1,6 @@
-"""Write each worker type's base job template to deployments/<type>.json:
+"""Write each compute kind's base job template to deployments/<kind>.json:
 
-    .venv/bin/python -m agent.templates
+    .venv/bin/python -m airavata_prefect.agent.templates
 
 The files are what `prefect work-pool create NAME --type TYPE --base-job-template FILE` takes;
 `airavata resource compute create` fills the same templates with the resource's defaults.
@@ -13,14 +13,14 @@ import json
 import sys
 from pathlib import Path
 
+from airavata_prefect.usecases.kinds import base_job_templates
+
 DEPLOYMENTS = Path(__file__).resolve().parent.parent / "deployments"
 
 
 def rendered() -> dict[str, str]:
-    from airavata_prefect.agent.workers import WORKERS
-    return {f"{kind}.json": json.dumps(worker.get_default_base_job_template(), indent=2,
-                                       sort_keys=True) + "\n"
-            for kind, worker in WORKERS.items()}
+    return {f"{kind}.json": json.dumps(template, indent=2, sort_keys=True) + "\n"
+            for kind, template in base_job_templates().items()}
 
 
 def main() -> int:

@@ -12,12 +12,9 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from airavata_prefect.adapters.db import NotFound, Store
-from airavata_prefect.adapters.openbao import OpenBao, SecretRef
-from airavata_prefect.adapters.spicedb import Subject
-from airavata_prefect.api import service
-from airavata_prefect.api.credentials import CredentialService
-from airavata_prefect.flows.settings import Settings, get_settings
+from airavata_prefect.usecases import credentials
+from airavata_prefect.usecases.context import open_context
+from airavata_prefect.usecases.errors import BadInput
 
 credential_app = typer.Typer(no_args_is_help=True, help="Credentials (secrets live in OpenBao).")
 out = Console(soft_wrap=True)
@@ -29,45 +26,27 @@ EnvOpt = typer.Option([], "--from-env", "-e", metavar="KEY=VAR",
                       help="A secret value from an environment variable (repeatable)")
 
 
-class CredentialInputError(Exception):
-    """A bad secret source: exit status 2, one line."""
-
-
 def _secret(from_file: list[str], from_env: list[str]) -> dict[str, str]:
     data: dict[str, str] = {}
     for item, kind in [(i, "file") for i in from_file] + [(i, "env") for i in from_env]:
         key, eq, source = item.partition("=")
         if not eq or not key or not source:
-            raise CredentialInputError(f"--from-{kind} {item!r}: expected KEY={kind.upper()}")
+            raise BadInput(f"--from-{kind} {item!r}: expected KEY={kind.upper()}")
         if kind == "file":
             path = Path(source).expanduser()
             try:
                 data[key] = path.read_text()
             except OSError as exc:
-                raise CredentialInputError(f"--from-file {key}: cannot read {path}: "
+                raise BadInput(f"--from-file {key}: cannot read {path}: "
                                            f"{exc.strerror}") from None
         elif source in os.environ:
             data[key] = os.environ[source]
         else:
-            raise CredentialInputError(f"--from-env {key}: ${source} is not set")
+            raise BadInput(f"--from-env {key}: ${source} is not set")
     if not data:
-        raise CredentialInputError("give the secret with --from-file KEY=FILE or "
+        raise BadInput("give the secret with --from-file KEY=FILE or "
                                    "--from-env KEY=VAR")
     return data
-
-
-def _service(settings: Settings) -> tuple[CredentialService, Store]:
-    if settings.openbao_token is None:
-        raise CredentialInputError("AIRAVATA_OPENBAO_TOKEN is not set (the token this CLI "
-                                   "uses to reach OpenBao)")
-    store = Store(settings.db_url)
-    bao = OpenBao(settings.openbao_url, settings.openbao_token.get_secret_value())
-    return CredentialService(store, service.authorizer(store), bao), store
-
-
-def _subject(who: str) -> Subject:
-    return Subject.group(who.removeprefix("group:")) if who.startswith("group:") \
-        else Subject.user(who)
 
 
 @credential_app.command("create")
@@ -79,17 +58,9 @@ def create_cmd(
     from_env: list[str] = EnvOpt,
 ) -> None:
     """Store a new credential in OpenBao; you become its owner."""
-    settings = get_settings()
     data = _secret(from_file, from_env)
-    svc, store = _service(settings)
-    ref = SecretRef(path or f"users/{settings.user}/{credential}", mount)
-    try:
-        store.credential(credential)
-        raise CredentialInputError(f"credential {credential!r} exists: use rotate")
-    except NotFound:
-        pass
-    version = svc.create(settings.user, credential, ref, data)
-    store.add_credential(credential, owner=settings.user, mount=mount, path=ref.path)
+    with open_context() as ctx:
+        ref, version = credentials.create(ctx, credential, data, path=path, mount=mount)
     out.print(f"credential {credential} stored at {mount}/{ref.path} (version {version}); "
               f"keys: {', '.join(sorted(data))}")
 
@@ -98,11 +69,9 @@ def create_cmd(
 def rotate_cmd(credential: str = typer.Argument(..., metavar="ID"),
                from_file: list[str] = ValueOpt, from_env: list[str] = EnvOpt) -> None:
     """Write a new version: running tasks keep theirs, new tasks get this one."""
-    settings = get_settings()
     data = _secret(from_file, from_env)
-    svc, store = _service(settings)
-    row = store.credential(credential)
-    version = svc.rotate(settings.user, credential, SecretRef(row["path"], row["mount"]), data)
+    with open_context() as ctx:
+        version = credentials.rotate(ctx, credential, data)
     out.print(f"credential {credential} rotated to version {version}")
 
 
@@ -112,10 +81,8 @@ def share_cmd(credential: str = typer.Argument(..., metavar="ID"),
               writer: bool = typer.Option(False, "--writer", help="May also rotate and bind")
               ) -> None:
     """Let a user or a group read (or, with --writer, also rotate and bind) a credential."""
-    settings = get_settings()
-    svc, store = _service(settings)
-    store.credential(credential)
-    svc.share(settings.user, credential, _subject(who), "writer" if writer else "reader")
+    with open_context() as ctx:
+        credentials.share(ctx, credential, who, writer=writer)
     out.print(f"credential {credential} shared with {who} as {'writer' if writer else 'reader'}")
 
 
@@ -125,9 +92,6 @@ def bind_cmd(credential: str = typer.Argument(..., metavar="ID"),
              storage: bool = typer.Option(False, "--storage", help="RESOURCE is storage"),
              remove: bool = typer.Option(False, "--remove", help="Unbind instead")) -> None:
     """Bind a credential to a compute (or storage) resource, or unbind it."""
-    settings = get_settings()
-    svc, store = _service(settings)
-    store.credential(credential)
-    kind = "storage_resource" if storage else "compute_resource"
-    (svc.unbind if remove else svc.bind)(settings.user, credential, kind, resource)
+    with open_context() as ctx:
+        credentials.bind(ctx, credential, resource, storage=storage, remove=remove)
     out.print(f"credential {credential} {'unbound from' if remove else 'bound to'} {resource}")

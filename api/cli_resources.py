@@ -5,14 +5,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import click
 import typer
 from rich.console import Console
 from rich.table import Table
+from typer.core import TyperCommand
 
-from airavata_prefect.adapters.db import Store
-from airavata_prefect.api import service
-from airavata_prefect.api.errors import ResourceError
-from airavata_prefect.flows.settings import get_settings
+from airavata_prefect.usecases.context import open_context
+from airavata_prefect.usecases.errors import BadInput
 
 resource_app = typer.Typer(no_args_is_help=True, help="Compute and storage resources.")
 compute_app = typer.Typer(no_args_is_help=True, help="Compute resources (SLURM, bare metal, "
@@ -32,70 +32,47 @@ HostKeyOpt = typer.Option(None, "--host-key-file", metavar="FILE",
 ProjectOpt = typer.Option(None, help="Project that may use it (AIRAVATA_PROJECT)")
 ReplaceOpt = typer.Option(False, "--replace", help="Overwrite an existing resource")
 
-COMPUTE_HELP = (
-    "Fields by type (--set FIELD=VALUE).\n\n"
-    "slurm: submit_via (ssh|local|rest), login_host, port, username, rest_url, rest_user, "
-    "environment, working_directory, partition, account, max_array_size.\n\n"
-    "baremetal: host, port, username, working_directory.\n\n"
-    "kubernetes: namespace, image, service_account.\n\n"
-    "Every type, for placement: nodes, cores_per_node, gpus_per_node, mem_gb_per_node, "
-    "max_walltime, queue_wait, cost, egress_gb; and work_pool_name (default: NAME).")
-
-
-def _host_key(data: dict, host_key_file: Path | None) -> None:
+def _host_key(host_key_file: Path | None) -> str | None:
+    """The public key in an ssh-keyscan line or a .pub file."""
     if host_key_file is None:
-        return
+        return None
     try:
         text = host_key_file.expanduser().read_text()
     except OSError as exc:
-        raise ResourceError(f"--host-key-file: cannot read {host_key_file}: "
+        raise BadInput(f"--host-key-file: cannot read {host_key_file}: "
                                       f"{exc.strerror}") from None
     for line in text.splitlines():
         parts = line.split()
         # an ssh-keyscan line starts with the host; a .pub file with the key type
         if len(parts) >= 2 and parts[0].startswith(("ssh-", "ecdsa-")):
-            data["host_key"] = f"{parts[0]} {parts[1]}"
-            return
+            return f"{parts[0]} {parts[1]}"
         if len(parts) >= 3 and parts[1].startswith(("ssh-", "ecdsa-")):
-            data["host_key"] = f"{parts[1]} {parts[2]}"
-            return
-    raise ResourceError(f"--host-key-file: no public key in {host_key_file}")
+            return f"{parts[1]} {parts[2]}"
+    raise BadInput(f"--host-key-file: no public key in {host_key_file}")
 
 
 def _register(what: str, name: str, kind: str, fields: list[str], credential: str | None,
-              host_key_file: Path | None, project: str | None, replace: bool) -> tuple[str, dict]:
-    """The shared path of `compute create` and `storage create`: fields to a block, the
-    credential checked and bound, then registration. Returns the project and what was made."""
-    from airavata_prefect.api import resources
+              host_key_file: Path | None, project: str | None, replace: bool
+              ) -> tuple[str, dict[str, str]]:
+    from airavata_prefect.usecases.registration import register  # imports Prefect
 
-    settings = get_settings()
-    types = resources.COMPUTE_TYPES if what == "compute" else resources.STORAGE_TYPES
-    cls, data = resources.parse_fields(kind, fields, types)
-    resources.check_name(name)
-    if what == "compute":
-        data.setdefault("work_pool_name", name)
-    _host_key(data, host_key_file)
-    store = Store(settings.db_url)
-    authz = service.authorizer(store)
-    try:
-        project = project or settings.project
-        service.ensure_project(store, authz, project, settings.user)
-        ref = resources.credential_ref(store, authz, settings.user, credential)
-        if ref is not None and kind == "local":
-            raise ResourceError("a local path takes no credential")
-        block = resources.build_block(cls, data, ref)
-        if what == "compute":
-            return project, resources.register_compute(
-                store, authz, actor=settings.user, project=project, name=name, kind=kind,
-                block=block, replace=replace)
-        resources.register_storage(store, authz, actor=settings.user, project=project,
-                                   name=name, block=block, replace=replace)
-        return project, {}
-    finally:
-        authz.close()
+    host_key = _host_key(host_key_file)
+    with open_context() as ctx:
+        return register(ctx, what, name, kind, fields, credential=credential,
+                        host_key=host_key, project=project, replace=replace)
 
 
-@compute_app.command("create", epilog=COMPUTE_HELP)
+class _KindsHelp(TyperCommand):
+    """Each kind's fields in `--help`, read from the kinds when help is asked for (they load
+    Prefect, which other commands need not wait for)."""
+
+    def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        from airavata_prefect.usecases.registration import compute_help
+        self.epilog = compute_help()
+        super().format_help(ctx, formatter)
+
+
+@compute_app.command("create", cls=_KindsHelp)
 def compute_create(
     name: str = typer.Argument(..., metavar="NAME"),
     kind: str = typer.Option(..., "--type", "-t", help="slurm | baremetal | kubernetes"),
@@ -128,13 +105,10 @@ def storage_create(
 @compute_app.command("list")
 def compute_list() -> None:
     """The compute resources you may use, as placement sees them."""
-    settings = get_settings()
-    store = Store(settings.db_url)
-    authz = service.authorizer(store)
-    try:
-        pool = service.planning_resources(store, authz, settings.user)
-    finally:
-        authz.close()
+    from airavata_prefect.usecases.submit import planning_pool
+
+    with open_context() as ctx:
+        pool = planning_pool(ctx)
     table = Table()
     for col in ("name", "type", "nodes", "cores/node", "gpus/node", "max walltime",
                 "usable by you"):
@@ -142,6 +116,5 @@ def compute_list() -> None:
     for r in pool:
         table.add_row(r.name, r.type, str(r.nodes), str(r.cores_per_node),
                       str(r.gpus_per_node), r.max_walltime or "-",
-                      "yes" if r.users is None or settings.user in r.users
-                      else "no: no credential")
+                      "yes" if r.users is None or ctx.user in r.users else "no: no credential")
     out.print(table)

@@ -40,25 +40,26 @@ def bench_local_run(home: Path) -> tuple[float, float]:
     """(seconds for the whole run_experiment flow, seconds for the scheduler alone)."""
     import asyncio
 
-    from airavata_prefect.adapters.db import Store
-    from airavata_prefect.agent.local import LocalExecutor
-    from airavata_prefect.api import service
-    from airavata_prefect.flows.dag import compile_graph
+    from airavata_prefect.adapters.store import Store
+    from airavata_prefect.domain.compile import compile_graph
+    from airavata_prefect.domain.scheduler import Recorder, Scheduler
+    from airavata_prefect.domain.spec import load_spec
     from airavata_prefect.flows.experiment_flow import run_experiment
-    from airavata_prefect.flows.scheduler import Recorder, Scheduler
-    from airavata_prefect.flows.settings import get_settings
-    from airavata_prefect.flows.spec import load_spec
+    from airavata_prefect.usecases.context import Context
+    from airavata_prefect.usecases.local import LocalExecutor
+    from airavata_prefect.usecases.settings import get_settings
+    from airavata_prefect.usecases.submit import submit
 
     spec = home / "true.yml"
     spec.write_text(f"tasks:\n  t: {{command: 'true', task_inputs: {{X: 1..{N_TRUE}}}}}\n")
     settings = get_settings()
     store = Store(settings.db_url)
-    exp_id = service.submit(store, settings, spec, [], user="bench")
+    exp_id = submit(Context(settings, store, "bench"), spec, [], authorize=False)
     start = time.perf_counter()
     state = asyncio.run(run_experiment(exp_id, return_state=True))
     flow_s = time.perf_counter() - start
     assert state.is_completed(), state
-    assert store.state_counts(exp_id) == {"t": {"COMPLETED": N_TRUE}}
+    assert store.tasks.state_counts(exp_id) == {"t": {"COMPLETED": N_TRUE}}
 
     graph = compile_graph(load_spec(spec), root=str(home / "bare"))
     sched = Scheduler(graph, LocalExecutor(graph, "bare"), Recorder(lambda _b: None),

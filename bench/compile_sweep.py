@@ -32,8 +32,8 @@ tasks:
 
 
 def main() -> None:
-    from airavata_prefect.flows.dag import compile_graph
-    from airavata_prefect.flows.spec import load_spec
+    from airavata_prefect.domain.compile import compile_graph
+    from airavata_prefect.domain.spec import load_spec
 
     path = Path(tempfile.mkdtemp()) / "sweep.yml"
     path.write_text(SPEC)

@@ -12,10 +12,16 @@ import random
 import statistics
 import time
 
-from airavata_prefect.flows.placement import TaskClass, _model_input, ineligible, plan, unit_cost
-from airavata_prefect.flows.placement_model import evaluate, level_times
-from airavata_prefect.flows.resources import ComputeResource
-from airavata_prefect.flows.spec import Constraints
+from airavata_prefect.domain.placement import (
+    TaskClass,
+    _model_input,
+    ineligible,
+    plan,
+    unit_cost,
+)
+from airavata_prefect.domain.placement_model import evaluate, level_times
+from airavata_prefect.domain.resources import ComputeResource
+from airavata_prefect.domain.spec import Constraints
 from bench.placement_scenarios import classes, resources
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import random
 
-from airavata_prefect.flows.placement import TaskClass
-from airavata_prefect.flows.resources import ComputeResource, Prices
+from airavata_prefect.domain.placement import TaskClass
+from airavata_prefect.domain.resources import ComputeResource, Prices
 
 
 def resources(rng: random.Random, n: int) -> list[ComputeResource]:

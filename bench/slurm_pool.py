@@ -49,21 +49,21 @@ def raw_array(slurm_env: dict[str, str], work: Path) -> float:
 
 def pool_run(home: Path, slurm_env: dict[str, str]) -> tuple[float, int]:
     """(seconds from submit until the experiment ended, sbatch calls it made)."""
-    from airavata_prefect.adapters.db import Store
-    from airavata_prefect.api import resources, service
+    from airavata_prefect.adapters.store import Store
     from airavata_prefect.blocks import SlurmCluster
     from airavata_prefect.flows.experiment_flow import run_experiment
-    from airavata_prefect.flows.settings import get_settings
+    from airavata_prefect.usecases.authorization import ensure_project
+    from airavata_prefect.usecases.context import Context
+    from airavata_prefect.usecases.registration import register_compute
+    from airavata_prefect.usecases.settings import get_settings
+    from airavata_prefect.usecases.submit import submit
 
-    settings = get_settings()
-    store = Store(settings.db_url)
-    authz = service.authorizer(store)
-    service.ensure_project(store, authz, "bench", "bench")
-    resources.register_compute(store, authz, actor="bench", project="bench", name="bench-slurm",
-                               kind="slurm", block=SlurmCluster(
-                                   work_pool_name="bench-slurm", submit_via="local",
-                                   environment=slurm_env, cores_per_node=16,
-                                   working_directory=str(home / "cluster")))
+    ctx = Context(get_settings(), Store(get_settings().db_url), "bench")
+    store = ctx.store
+    ensure_project(ctx, "bench")
+    register_compute(ctx, project="bench", name="bench-slurm", block=SlurmCluster(
+        work_pool_name="bench-slurm", submit_via="local", environment=slurm_env,
+        cores_per_node=16, working_directory=str(home / "cluster")))
     log = open(home / "worker.log", "wb")  # noqa: SIM115  closed below
     worker = subprocess.Popen(
         [str(Path(sys.executable).parent / "prefect"), "worker", "start", "--pool",
@@ -80,20 +80,18 @@ def pool_run(home: Path, slurm_env: dict[str, str]) -> tuple[float, int]:
         spec.write_text(f"tasks:\n  t: {{command: 'true', task_inputs: {{I: 1..{N}}}}}\n"
                         "constraints: {excluded: [local]}\n")
         start = time.perf_counter()
-        exp_id = service.submit(store, settings, spec, [], user="bench", authz=authz,
-                                project="bench")
+        exp_id = submit(ctx, spec, [], project="bench")
         state = asyncio.run(run_experiment(exp_id, return_state=True))
         seconds = time.perf_counter() - start
         assert state.is_completed(), state
-        assert store.state_counts(exp_id) == {"t": {"COMPLETED": N}}
-        calls = sum(len(b["infrastructure"] or []) for b in store.bundles.of_experiment(exp_id))
+        assert store.tasks.state_counts(exp_id) == {"t": {"COMPLETED": N}}
+        calls = sum(len(b.infrastructure) for b in store.bundles.of_experiment(exp_id))
         return seconds, calls
     finally:
         worker.kill()
         worker.wait(10)
         log.close()
-        authz.close()
-        store.close()
+        ctx.close()
 
 
 def run(home: Path) -> dict[str, float]:

@@ -1,4 +1,4 @@
-"""The `run_experiment` Prefect flow: one stored experiment, run to the end on the local resource.
+"""The `run_experiment` Prefect flow: one stored experiment, run to its end (usecases/run.py).
 
 Its only parameter is the experiment id: the spec and overrides are read from the store, so
 nothing the user typed (or anything secret) lands in Prefect's flow-run parameters.
@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 from collections.abc import Awaitable, Callable
+from dataclasses import asdict
 from typing import Any
 
 from prefect import flow, get_run_logger, task
@@ -24,20 +24,17 @@ from prefect.artifacts import (
     aupdate_progress_artifact,
 )
 from prefect.cache_policies import NO_CACHE
-from prefect.client.orchestration import get_client
-from prefect.client.schemas.objects import State, StateType
+from prefect.client.schemas.objects import State
 from prefect.runtime import flow_run
 from prefect.states import Cancelled, Completed, Failed
 
-from airavata_prefect.adapters.db import Store, utcnow
-from airavata_prefect.agent.local import LocalExecutor
-from airavata_prefect.flows.dag import TaskGraph, TaskInstance, compile_graph
-from airavata_prefect.flows.dispatch import RemoteExecutor, Routing, placed_resources
-from airavata_prefect.flows.prefect_launch import PrefectLaunch
-from airavata_prefect.flows.scheduler import Executor, Hooks, Outcome, Recorder, Scheduler, Summary
-from airavata_prefect.flows.settings import Settings, get_settings
-from airavata_prefect.flows.spec import parse_spec_text
-from airavata_prefect.flows.states import ExperimentStatus, TaskState, Transition
+from airavata_prefect.domain.dag import TaskGraph, TaskInstance
+from airavata_prefect.domain.endings import Outcome
+from airavata_prefect.domain.scheduler import Hooks
+from airavata_prefect.domain.states import ExperimentStatus, TaskState, summarize
+from airavata_prefect.usecases import run
+from airavata_prefect.usecases.context import open_context
+from airavata_prefect.usecases.settings import get_settings
 
 PROGRESS_SECONDS = 2.0
 
@@ -71,7 +68,7 @@ async def run_step(step: str, count: int, tracker: StepTracker) -> State:
             await asyncio.wait_for(tracker.events[step].wait(), PROGRESS_SECONDS)
     counts = tracker.counts[step]
     bad = {k: v for k, v in counts.items() if k != TaskState.COMPLETED}
-    text = ", ".join(f"{v} {k.lower()}" for k, v in sorted(counts.items()))
+    text = summarize(counts)
     if not bad:
         return Completed(message=f"{step}: {text}")
     if set(bad) == {TaskState.CANCELED}:
@@ -162,106 +159,44 @@ class PerStepHooks(Hooks):
         self.tracker.add(step, state)
 
 
-def _sink(store: Store, exp_id: str) -> Callable[[list[Transition]], None]:
-    return lambda batch: store.apply_transitions(exp_id, batch)
-
-
-def _cancelling_in_prefect(flow_run_id: str | None) -> bool:
-    """A flow run started outside a worker is not stopped by Prefect itself: we watch for it."""
-    if not flow_run_id:
-        return False
-    try:
-        with get_client(sync_client=True) as client:
-            state = client.read_flow_run(flow_run_id).state
-    except Exception:  # the API being briefly unreachable must not cancel anything
-        return False
-    return state is not None and state.type in (StateType.CANCELLING, StateType.CANCELLED)
-
-
-def _final_status(summary: Summary) -> tuple[ExperimentStatus, str]:
-    text = ", ".join(f"{v} {k.lower()}" for k, v in sorted(summary.totals().items()))
-    if summary.canceled:
-        return ExperimentStatus.CANCELED, text
-    return (ExperimentStatus.COMPLETED if summary.ok else ExperimentStatus.FAILED), text
-
-
-async def execute_experiment(store: Store, exp: dict, graph: TaskGraph, settings: Settings,
-                             *, per_instance: bool) -> Summary:
-    hooks: PerInstanceHooks | PerStepHooks = (PerInstanceHooks(graph) if per_instance
-                                              else PerStepHooks(graph))
-    flow_run_id = flow_run.id
-
-    def is_cancelled() -> bool:  # `airavata experiment cancel`, or Cancel in the Prefect UI
-        return store.cancel_requested(exp["id"]) or _cancelling_in_prefect(flow_run_id)
-
-    local = LocalExecutor(graph, exp["id"])
-    placed = placed_resources(exp.get("plan"), graph)
-    remote: RemoteExecutor | None = None
-    executor: Executor = local
-    if placed is not None:
-        where = placed  # bound for the lambdas below
-
-        def resource_of(step: str, index: int) -> str:
-            return where[step][index]
-
-        remote = RemoteExecutor(store, exp["id"], graph, PrefectLaunch(exp["id"]), resource_of)
-        executor = Routing(local, remote, placed)
-    scheduler = Scheduler(
-        graph, executor, Recorder(_sink(store, exp["id"])), concurrency=settings.concurrency,
-        cancel_poll=settings.cancel_poll_seconds, is_cancelled=is_cancelled, hooks=hooks,
-        resource_of=resource_of if placed is not None else None)
-    try:
-        summary = await scheduler.run()
-    finally:
-        if remote is not None:
-            await remote.close()
-    if isinstance(hooks, PerStepHooks) and hooks.step_runs:
-        await asyncio.gather(*hooks.step_runs.values())
-    return summary
-
-
 @flow(name="run_experiment", flow_run_name="{experiment_id}", persist_result=False,
       validate_parameters=True)
 async def run_experiment(experiment_id: str) -> Any:
     """Run a stored experiment; the flow run ends Completed, Failed or Cancelled like it."""
     logger = get_run_logger()
     settings = get_settings()
-    store = Store(settings.db_url)
-    try:
-        exp = store.get_experiment(experiment_id)
-        loaded = parse_spec_text(exp["spec_text"], exp["source"])
-        graph = compile_graph(loaded, exp["params"], root=exp["workdir"],
-                              max_instances=settings.max_instances)
-        started = store.update_experiment(
-            experiment_id, status=ExperimentStatus.RUNNING, flow_run_id=str(flow_run.id or ""),
-            runner_pid=os.getpid(), started_at=utcnow(), expect=[ExperimentStatus.CREATED])
-        if not started:
-            return Failed(message=f"experiment {experiment_id} is not waiting to run "
-                                  f"(status {store.get_experiment(experiment_id)['status']})")
-        if exp["plan"]:
-            plan = exp["plan"]
+    flow_run_id = str(flow_run.id or "") or None
+    with open_context(settings) as ctx:
+        try:
+            claimed = run.claim(ctx.store, experiment_id, flow_run_id)
+        except run.NotWaiting as exc:
+            return Failed(message=str(exc))
+        exp, graph = claimed.experiment, claimed.graph
+        if exp.plan is not None:
+            plan = exp.plan
             await acreate_table_artifact(
-                key=f"plan-{experiment_id[:8]}", table=plan["assignments"],
-                description=(f"placement ({plan['status']}, objective {plan['objective']}): "
-                             f"cost {plan['total_cost']:.2f}, makespan "
-                             f"{plan['makespan_seconds']:.0f} s, gap {plan['gap']:.2%}"))
+                key=f"plan-{exp.short_id}", table=[asdict(a) for a in plan.assignments],
+                description=(f"placement ({plan.status}, objective {plan.objective}): "
+                             f"cost {plan.total_cost or 0:.2f}, makespan "
+                             f"{plan.makespan_seconds or 0:.0f} s, gap {plan.gap or 0:.2%}"))
         per_instance = graph.total <= settings.task_run_threshold
-        logger.info("experiment %s (%s): %d instances in %d steps, %s", exp["name"],
-                    experiment_id, graph.total, len(graph.steps),
+        logger.info("experiment %s (%s): %d instances in %d steps, %s", exp.name, exp.id,
+                    graph.total, len(graph.steps),
                     "one task run per instance" if per_instance else "one task run per step")
-        summary = await execute_experiment(store, exp, graph, settings, per_instance=per_instance)
-        status, text = _final_status(summary)
-        store.update_experiment(experiment_id, status=status, message=text)
-        await acreate_table_artifact(
-            key=f"experiment-{experiment_id[:8]}",
-            table=[{"step": s, **{k.lower(): v for k, v in c.items()}}
-                   for s, c in summary.counts.items()],
-            description=f"{exp['name']}: {text}")
-        logger.info("experiment %s ended %s: %s", experiment_id, status, text)
-        if status == ExperimentStatus.COMPLETED:
-            return {"experiment_id": experiment_id, "status": str(status), "summary": text}
-        if status == ExperimentStatus.CANCELED:
-            return Cancelled(message=text)
-        return Failed(message=text)
-    finally:
-        store.close()
+        hooks: PerInstanceHooks | PerStepHooks = (PerInstanceHooks(graph) if per_instance
+                                                  else PerStepHooks(graph))
+        status, text, summary = await run.execute(ctx.store, claimed, settings, hooks,
+                                                  flow_run_id=flow_run_id)
+        if isinstance(hooks, PerStepHooks) and hooks.step_runs:
+            await asyncio.gather(*hooks.step_runs.values())
+    await acreate_table_artifact(
+        key=f"experiment-{exp.short_id}",
+        table=[{"step": s, **{k.lower(): v for k, v in c.items()}}
+               for s, c in summary.counts.items()],
+        description=f"{exp.name}: {text}")
+    logger.info("experiment %s ended %s: %s", experiment_id, status, text)
+    if status == ExperimentStatus.COMPLETED:
+        return {"experiment_id": experiment_id, "status": str(status), "summary": text}
+    if status == ExperimentStatus.CANCELED:
+        return Cancelled(message=text)
+    return Failed(message=text)

@@ -18,13 +18,17 @@ from pathlib import Path
 
 import pytest
 
-from airavata_prefect.adapters.db import Store
 from airavata_prefect.adapters.openbao import OpenBao, SecretRef
 from airavata_prefect.adapters.spicedb import Authz
-from airavata_prefect.api import resources, service
-from airavata_prefect.api.credentials import CredentialService
+from airavata_prefect.adapters.store import Store
 from airavata_prefect.blocks import BareMetalHost, SlurmCluster
-from airavata_prefect.flows.settings import get_settings
+from airavata_prefect.domain.records import Bundle, Task
+from airavata_prefect.usecases import registration
+from airavata_prefect.usecases.authorization import ensure_project
+from airavata_prefect.usecases.context import Context
+from airavata_prefect.usecases.credentials import CredentialService
+from airavata_prefect.usecases.settings import get_settings
+from airavata_prefect.usecases.submit import submit
 from tests.services import Slurm, Sshd
 
 USER, PROJECT = "alice", "lab"
@@ -55,24 +59,24 @@ class Grid:
         return path
 
     def submit(self, path: Path, user: str = USER) -> str:
-        return service.submit(self.store, get_settings(), path, [], user=user,
-                              authz=self.authz, project=PROJECT)
+        ctx = Context(get_settings(), self.store, user, _authz=self.authz)
+        return submit(ctx, path, [], project=PROJECT)
 
     def run(self, exp_id: str):
         from airavata_prefect.flows.experiment_flow import run_experiment
         return asyncio.run(run_experiment(exp_id, return_state=True))
 
-    def tasks(self, exp_id: str) -> dict[str, dict]:
-        return {t["instance_id"]: t for t in self.store.tasks(exp_id)}
+    def tasks(self, exp_id: str) -> dict[str, Task]:
+        return {t.instance_id: t for t in self.store.tasks.list(exp_id)}
 
-    def bundles(self, exp_id: str) -> list[dict]:
+    def bundles(self, exp_id: str) -> list[Bundle]:
         return self.store.bundles.of_experiment(exp_id)
 
 
 def _credential(svc: CredentialService, store: Store, cid: str, secret: dict[str, str]) -> None:
     ref = SecretRef(f"users/{USER}/{cid}")
     svc.create(USER, cid, ref, secret)
-    store.add_credential(cid, owner=USER, mount=ref.mount, path=ref.path)
+    store.credentials.add(cid, owner=USER, mount=ref.mount, path=ref.path)
 
 
 def _start_worker(pool: str, kind: str, env: dict[str, str], log: Path) -> subprocess.Popen:
@@ -96,14 +100,15 @@ def grid(tmp: Path, openbao: tuple[str, str], slurm: Slurm, sshd: Sshd) -> Itera
             mp.setenv(k, v)
         mp.delenv("AIRAVATA_DATABASE_URL", raising=False)
         store = Store(get_settings().db_url)
-        authz = service.authorizer(store)
+        ctx = Context(get_settings(), store, USER)
+        authz = ctx.authz
         bao = OpenBao(url, root)
         svc = CredentialService(store, authz, bao)
-        service.ensure_project(store, authz, PROJECT, USER)
+        ensure_project(ctx, PROJECT)
         _credential(svc, store, f"ssh-{sfx}", {"private_key": sshd.private_key})
         _credential(svc, store, f"jwt-{sfx}", {"token": slurm.token("root")})
-        ssh_ref = resources.credential_ref(store, authz, USER, f"ssh-{sfx}")
-        jwt_ref = resources.credential_ref(store, authz, USER, f"jwt-{sfx}")
+        ssh_ref = registration.credential_ref(ctx, f"ssh-{sfx}")
+        jwt_ref = registration.credential_ref(ctx, f"jwt-{sfx}")
         conf = {"SLURM_CONF": str(slurm.conf)}
         placement = {"nodes": 1, "cores_per_node": 16, "max_walltime": "0:10:00"}
         blocks = {
@@ -123,9 +128,8 @@ def grid(tmp: Path, openbao: tuple[str, str], slurm: Slurm, sshd: Sshd) -> Itera
                 username=sshd.user, host_key=sshd.host_key, working_directory=f"~/bm-{sfx}",
                 credential=ssh_ref, nodes=1, cores_per_node=4)),
         }
-        for role, (kind, block) in blocks.items():
-            resources.register_compute(store, authz, actor=USER, project=PROJECT,
-                                       name=names[role], kind=kind, block=block)
+        for role, (_, block) in blocks.items():
+            registration.register_compute(ctx, project=PROJECT, name=names[role], block=block)
         g = Grid(tmp / "home", store, authz, bao, names, sshd, slurm)
         worker_env = {**os.environ, "PREFECT_WORKER_QUERY_SECONDS": "1",
                       "PREFECT_LOGGING_LEVEL": "INFO"}

@@ -16,7 +16,7 @@ from pydantic import SecretBytes, SecretStr
 from airavata_prefect import blocks
 from airavata_prefect.blocks import BareMetalHost, CredentialRef, SlurmCluster
 
-ALL = [getattr(blocks, n) for n in blocks.__all__]
+ALL = [b for n in blocks.__all__ if isinstance(b := getattr(blocks, n), type)]
 SECRET_NAMES = {"password", "private_key", "token", "secret", "secret_key", "access_key",
                 "kubeconfig", "passphrase", "api_key"}
 
@@ -49,8 +49,8 @@ def test_blocks_map_to_placement_resources() -> None:
 @pytest.mark.prefect
 def test_registered_and_round_tripped_without_secrets(prefect_api: str) -> None:
     r = subprocess.run([str(Path(sys.executable).parent / "prefect"), "block", "register",
-                        "-m", "blocks"], capture_output=True, text=True, env=os.environ.copy(),
-                       timeout=120)
+                        "-m", "airavata_prefect.blocks"], capture_output=True, text=True,
+                       env=os.environ.copy(), timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
     for slug in ("airavata-slurm-cluster", "airavata-credential-ref", "airavata-s3-storage"):
         assert httpx.get(f"{prefect_api}/block_types/slug/{slug}").status_code == 200

@@ -10,25 +10,28 @@ from pathlib import Path
 
 import pytest
 
-from airavata_prefect.adapters.bundle_store import BundleStatus
-from airavata_prefect.adapters.db import NewTask, Store
+from airavata_prefect.adapters.detached import BareMetalLauncher
 from airavata_prefect.adapters.hosts import LocalHost, upload
-from airavata_prefect.agent.baremetal import BareMetalLauncher
-from airavata_prefect.agent.bundle import (
+from airavata_prefect.adapters.launcher import read_markers
+from airavata_prefect.adapters.store import Store
+from airavata_prefect.domain.bundle_layout import (
     EXECUTABLE,
     Link,
     Marker,
     Member,
     bundle_dir,
     bundle_files,
+    parse_end,
     parse_markers,
-    read_markers,
     task_file,
 )
-from airavata_prefect.agent.bundle_run import BundleJob, BundleRunner, verdict
-from airavata_prefect.flows.dag import TaskGraph, compile_graph
-from airavata_prefect.flows.spec import parse_spec_text
-from airavata_prefect.flows.states import TaskState
+from airavata_prefect.domain.compile import compile_graph
+from airavata_prefect.domain.dag import TaskGraph
+from airavata_prefect.domain.endings import Exit, judge
+from airavata_prefect.domain.records import NewTask
+from airavata_prefect.domain.spec import parse_spec_text
+from airavata_prefect.domain.states import BundleStatus, TaskState
+from airavata_prefect.usecases.bundles.runner import BundleJob, BundleRunner
 
 SPEC = textwrap.dedent("""\
     scripts:
@@ -42,12 +45,15 @@ SPEC = textwrap.dedent("""\
           4) sleep 30 ;;
           5) exit 255 ;;
           6) kill -TERM $$ ;;
+          7) kill -KILL $$ ;;
+          8) exit 137 ;;
+          9) kill -INT $$ ;;  # SIGINT must reach it, however its runner was started
         esac
         exit 0
     tasks:
       sim:
         script: S
-        task_inputs: {SEED: 1..6, GREETING: "it's \\"quoted\\" $HOME `x` $(y)"}
+        task_inputs: {SEED: 1..9, GREETING: "it's \\"quoted\\" $HOME `x` $(y)"}
         task_outputs: {OUT: out.txt}
     resources:
       environment: ["EXTRA=/opt/x:$PATH"]
@@ -66,8 +72,8 @@ def test_task_file_line_by_line() -> None:
     assert text.splitlines() == [
         "AV_STEP=sim",
         "AV_WORKDIR=/r/exp1/sim/2",
-        "AV_ATTEMPT=1",
         "AV_WALLTIME=60",
+        "AV_KEEP_LOGS=('stdout.log|stdout.attempt0.log' 'stderr.log|stderr.attempt0.log')",
         "AV_LINKS=('mounts/0|./data' 'mounts/1/x.csv|in/x.csv')",
         "export GREETING='it'\"'\"'s \"quoted\" $HOME `x` $(y)'",
         "export SEED=3",
@@ -89,28 +95,35 @@ def test_bundle_files_and_markers() -> None:
     assert files["steps/sim.sh"].splitlines()[:2] == ["#!/bin/bash",
                                                        'export EXTRA="/opt/x:$PATH"']
     assert bundle_dir("/r/exp1", "b1") == "/r/exp1/.bundles/b1"
-    assert parse_markers("./0.start:17\n./0.exit:0\n./1.start:18\n./2.exit:124 timeout\n"
-                         "./3.exit:\n./x.exit:1\n./.keep:\n") == {
-        0: Marker(True, 0, None), 1: Marker(True, None, None),
-        2: Marker(True, 124, "timeout")}
+    assert parse_markers("./0.start:17\n./0.exit:exit 0\n./1.start:18\n./2.exit:timeout\n"
+                         "./3.exit:\n./4.exit:exi\n./x.exit:exit 1\n./5.exit:signal 9\n"
+                         "./.keep:\n./6.said:x: line 3: Killed\n") == {
+        0: Marker(True, Exit(code=0)), 1: Marker(True, None), 2: Marker(True, Exit(timed_out=True)),
+        5: Marker(True, Exit(signal=9))}
 
 
-@pytest.mark.parametrize(("marker", "missing", "canceled", "want"), [
-    (Marker(True, 0), [], False, (TaskState.COMPLETED, 0, None)),
-    (Marker(True, 0), ["OUT=/x"], False,
+# Every ending run_one.sh can record, through the one mapping every resource uses.
+@pytest.mark.parametrize(("line", "missing", "canceled", "want"), [
+    ("exit 0", [], False, (TaskState.COMPLETED, 0, None)),
+    ("exit 0", ["OUT=/x"], False,
      (TaskState.FAILED, 0, "declared outputs not produced: OUT=/x")),
-    (Marker(True, 3), [], False, (TaskState.FAILED, 3, "exit code 3")),
-    (Marker(True, 124, "timeout"), [], False,
-     (TaskState.FAILED, 124, "timeout: exceeded its walltime")),
-    (Marker(True, 143), [], False, (TaskState.CANCELED, 143, "killed by signal 15")),
-    (Marker(True, 137), [], False, (TaskState.CANCELED, 137, "killed by signal 9")),
-    (Marker(True, 139), [], False, (TaskState.FAILED, 139, "killed by signal 11")),
-    (Marker(True, 1), [], True, (TaskState.CANCELED, 1, "canceled")),
-    (Marker(True, 71, "cannot create /x"), [], False,
-     (TaskState.FAILED, 71, "exit code 71: cannot create /x")),
+    ("exit 3", [], False, (TaskState.FAILED, 3, "exit code 3")),
+    ("exit 255", [], False, (TaskState.FAILED, 255, "exit code 255")),
+    ("exit 137", [], False, (TaskState.FAILED, 137, "exit code 137")),
+    ("timeout", [], False, (TaskState.FAILED, None, "timeout: exceeded its walltime")),
+    ("signal 15", [], False, (TaskState.FAILED, -15, "killed by signal 15 (SIGTERM)")),
+    ("signal 9", [], False, (TaskState.FAILED, -9, "killed by signal 9 (SIGKILL)")),
+    ("signal 11", [], False, (TaskState.FAILED, -11, "killed by signal 11 (SIGSEGV)")),
+    ("exit 1", [], True, (TaskState.CANCELED, 1, "canceled")),
+    ("signal 15", [], True, (TaskState.CANCELED, -15, "canceled")),
+    ("exit 0", [], True, (TaskState.COMPLETED, 0, None)),  # finished before the cancel
+    ("error 71 cannot create /x", [], False,
+     (TaskState.FAILED, 71, "could not start: cannot create /x")),
 ])
-def test_verdicts(marker: Marker, missing: list[str], canceled: bool, want: tuple) -> None:
-    assert verdict(marker, missing, canceled=canceled) == want
+def test_endings(line: str, missing: list[str], canceled: bool, want: tuple) -> None:
+    end = parse_end(line)
+    assert end is not None
+    assert judge(end, missing=missing, cancel_requested=canceled) == want
 
 
 def _run_all(tmp_path: Path, walltime: int = 2, attempt: int = 0) -> tuple[str, TaskGraph]:
@@ -118,12 +131,14 @@ def _run_all(tmp_path: Path, walltime: int = 2, attempt: int = 0) -> tuple[str, 
     g = graph(root)
     b = bundle_dir(root, f"B{attempt}")  # a retry goes out in a bundle of its own
     host = LocalHost()
-    files = bundle_files(g, "sim", [Member(g.instance("sim", i), attempt) for i in range(6)],
+    files = bundle_files(g, "sim", [Member(g.instance("sim", i), attempt) for i in range(9)],
                          experiment_id="exp1", walltime=walltime,
                          links=[Link("mounts/0", "./data")])
     files["mounts/0/in.txt"] = "mounted"
     upload(host, b, files, executable=EXECUTABLE)
-    host.run(f"setsid bash {b}/run_all.sh {b} 6 6 >{b}/run_all.log 2>&1 </dev/null &")
+    # Started as a shell's background job, as a careless launcher would: SIGINT and SIGQUIT
+    # arrive ignored, and run_one.sh must still give each script the default dispositions.
+    host.run(f"setsid bash {b}/run_all.sh {b} 9 9 >{b}/run_all.log 2>&1 </dev/null &")
     deadline = time.monotonic() + 30
     while not Path(b, "all.done").exists():
         assert time.monotonic() < deadline, Path(b, "run_all.log").read_text()
@@ -135,9 +150,10 @@ def test_the_runner_on_this_machine(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("AIRAVATA_OPENBAO_TOKEN", "s.must-not-leak")  # the worker's secret
     b, g = _run_all(tmp_path)
     markers = read_markers(LocalHost(), b)
-    assert {k: (m.exit_code, m.note) for k, m in markers.items()} == {
-        0: (0, None), 1: (0, None), 2: (3, None), 3: (124, "timeout"), 4: (255, None),
-        5: (143, None)}  # exit 255 did not stop the others (xargs would have)
+    assert {k: m.end for k, m in markers.items()} == {
+        0: Exit(code=0), 1: Exit(code=0), 2: Exit(code=3), 3: Exit(timed_out=True),
+        4: Exit(code=255),  # and it did not stop the others (xargs would have)
+        5: Exit(signal=15), 6: Exit(signal=9), 7: Exit(code=137), 8: Exit(signal=2)}
     wd = Path(g.workdir("sim", 0))
     assert (wd / "out.txt").read_text() == "seed=1 it's \"quoted\" $HOME `x` $(y)\n"
     assert (wd / "stderr.log").read_text() == "to stderr\n"
@@ -173,34 +189,38 @@ def test_a_bundle_run_reports_every_instance_in_order(tmp_path: Path, store: Sto
     remote_root = str(tmp_path / "remote" / "exp1")
     loaded = parse_spec_text(SPEC, "b.yml")
     home, remote = (compile_graph(loaded, {}, root=r) for r in (home_root, remote_root))
-    exp_id = store.create_experiment(
+    exp_id = store.experiments.create(
         experiment_id="exp1", name="b", source="b.yml", spec_text=SPEC, params={},
-        workdir_root=tmp_path / "home", total=6,
+        workdir_root=tmp_path / "home", total=9,
         tasks_iter=(NewTask(i.id, i.step, i.index, home.workdir(i.step, i.index))
                     for i in home.iter_instances()))
-    bundle_id = store.bundles.create(exp_id, "here", "sim", [(i, 0) for i in range(6)])
+    bundle_id = store.bundles.create(exp_id, "here", "sim", [(i, 0) for i in range(9)])
     host = LocalHost()
-    job = BundleJob(store, store.bundles.get(bundle_id), store.get_experiment(exp_id), remote,
-                    home, [Member(remote.instance("sim", i), 0) for i in range(6)], host,
-                    BareMetalLauncher(host, 6), walltime=2)
+    job = BundleJob(store, store.bundles.get(bundle_id), store.experiments.get(exp_id), remote,
+                    home, [Member(remote.instance("sim", i), 0) for i in range(9)], host,
+                    BareMetalLauncher(host, 9), walltime=2)
     submitted: list[list[str]] = []
     counts = asyncio.run(BundleRunner(job, poll_seconds=0.2,
                                       on_submitted=submitted.append).run())
-    assert counts == {"COMPLETED": 2, "FAILED": 3, "CANCELED": 1}
+    assert counts == {"COMPLETED": 2, "FAILED": 7}  # nobody canceled anything
     assert len(submitted) == 1 and submitted[0][0].isdigit()  # the session id
     row = store.bundles.get(bundle_id)
-    assert row["status"] == BundleStatus.COMPLETED and row["infrastructure"] == submitted[0]
-    events = store.bundles.events_of(bundle_id)
+    assert row.status == BundleStatus.COMPLETED and list(row.infrastructure) == submitted[0]
+    events = store.bundles.events_after(exp_id, 0, bundle_id=bundle_id)
     by_pos: dict[int, list[str]] = {}
     for e in events:
-        by_pos.setdefault(e["position"], []).append(e["state"])
+        by_pos.setdefault(e.position, []).append(e.state)
     assert by_pos[0] == ["DATA_STAGING", "ENV_SETUP", "RUNNING", "OUTPUT_STAGING", "COMPLETED"]
     assert by_pos[2][-1] == "FAILED" and by_pos[3][-1] == "FAILED"
-    final = {e["position"]: (e["exit_code"], e["message"]) for e in events
-             if e["state"] in ("COMPLETED", "FAILED", "CANCELED")}
+    final = {e.position: (e.exit_code, e.message) for e in events
+             if e.state in ("COMPLETED", "FAILED", "CANCELED")}
     assert final[2] == (3, "exit code 3")
-    assert final[3] == (124, "timeout: exceeded its walltime")
-    assert final[5] == (143, "killed by signal 15")
+    assert final[3] == (None, "timeout: exceeded walltime 00:00:02")
+    assert final[4] == (255, "exit code 255")
+    assert final[5] == (-15, "killed by signal 15 (SIGTERM)")
+    assert final[6] == (-9, "killed by signal 9 (SIGKILL)")
+    assert final[7] == (137, "exit code 137")
+    assert final[8] == (-2, "killed by signal 2 (SIGINT)")
     # Outputs and logs came home; the home copy is what later steps and `logs` read.
     assert Path(home.output_path("sim", 0, "OUT")).read_text().startswith("seed=1 ")
     assert Path(home.workdir("sim", 2), "stderr.log").read_text() == "to stderr\n"

@@ -173,10 +173,10 @@ def test_cancel_a_running_experiment(prefect_api: str, home: Path, tmp_path: Pat
         assert not Path(f"/proc/{pid}").exists()
     again = cli("experiment", "cancel", exp_id)
     assert again.returncode == 1 and "already ended (CANCELED)" in again.stdout
-    from airavata_prefect.adapters.db import Store
-    from airavata_prefect.flows.settings import get_settings
-    trail = Store(get_settings().db_url).audit_trail()
-    assert [(r["action"], r["object"], r["outcome"]) for r in trail] == [
+    from airavata_prefect.adapters.store import Store
+    from airavata_prefect.usecases.settings import get_settings
+    trail = Store(get_settings().db_url).audit.trail()
+    assert [(r.action, r.object, r.outcome) for r in trail] == [
         ("project.create", "project:default", "ok"),  # first use of the default project
         ("scheduler.queue.submit", f"experiment:{exp_id}", "ok"),
         ("scheduler.queue.cancel", f"experiment:{exp_id}", "ok"),
@@ -195,18 +195,18 @@ def test_bad_setting_is_one_line(home: Path, monkeypatch: pytest.MonkeyPatch) ->
 @pytest.mark.prefect
 def test_a_killed_runner_is_noticed_and_nothing_stays_running(prefect_api: str, home: Path,
                                                               tmp_path: Path) -> None:
-    from airavata_prefect.adapters.db import Store
-    from airavata_prefect.flows.settings import get_settings
+    from airavata_prefect.adapters.store import Store
+    from airavata_prefect.usecases.settings import get_settings
 
     spec = write(tmp_path, "tasks:\n  slow: {command: 'echo $$ > pid; sleep 60', "
                            "task_inputs: {X: 1..3}}\n")
     exp_id = cli("experiment", "run", spec).stdout.split("experiment ", 1)[1].split()[0]
     store = Store(get_settings().db_url)
     deadline = time.monotonic() + 60
-    while not store.state_counts(exp_id).get("slow", {}).get("RUNNING"):
-        assert time.monotonic() < deadline, store.state_counts(exp_id)
+    while not store.tasks.state_counts(exp_id).get("slow", {}).get("RUNNING"):
+        assert time.monotonic() < deadline, store.tasks.state_counts(exp_id)
         time.sleep(0.3)
-    runner = store.get_experiment(exp_id)["runner_pid"]
+    runner = store.experiments.get(exp_id).runner_pid
     os.kill(runner, 9)
     time.sleep(0.5)
     try:
@@ -227,9 +227,9 @@ def test_run_without_a_placement_exits_3(home: Path, tmp_path: Path) -> None:
     assert r.returncode == 3
     assert r.stderr.strip() == ("error: no placement: step train needs gpu=2: no eligible "
                                 "resource (local: no GPUs)")
-    from airavata_prefect.adapters.db import Store
-    from airavata_prefect.flows.settings import get_settings
-    assert Store(get_settings().db_url).list_experiments() == []  # nothing was stored
+    from airavata_prefect.adapters.store import Store
+    from airavata_prefect.usecases.settings import get_settings
+    assert Store(get_settings().db_url).experiments.list() == []  # nothing was stored
 
 
 @pytest.mark.prefect
@@ -264,10 +264,10 @@ def test_permissions_decide_who_may_submit_read_and_cancel(
     assert cli("experiment", "cancel", other).returncode == 0
     assert cli("experiment", "cancel", exp_id).returncode == 0
 
-    from airavata_prefect.adapters.db import Store
-    from airavata_prefect.flows.settings import get_settings
-    denials = [r for r in Store(get_settings().db_url).audit_trail() if r["outcome"] == "denied"]
-    assert [(r["actor"], r["action"]) for r in denials] == [
+    from airavata_prefect.adapters.store import Store
+    from airavata_prefect.usecases.settings import get_settings
+    denials = [r for r in Store(get_settings().db_url).audit.trail() if r.outcome == "denied"]
+    assert [(r.actor, r.action) for r in denials] == [
         ("mallory", "scheduler.queue.submit"), ("mallory", "scheduler.queue.read"),
         ("mallory", "scheduler.queue.read"), ("mallory", "scheduler.queue.cancel"),
         ("mallory", "project.manage"), ("mallory", "scheduler.queue.read")]

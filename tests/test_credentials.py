@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from airavata_prefect.adapters.db import Store
 from airavata_prefect.adapters.openbao import OpenBao, SecretDenied, SecretRef
 from airavata_prefect.adapters.spicedb import Authz, Subject
-from airavata_prefect.api.correlation import correlated
-from airavata_prefect.api.credentials import Binding, CredentialError, CredentialService
+from airavata_prefect.adapters.store import Store
+from airavata_prefect.usecases.correlation import correlated
+from airavata_prefect.usecases.credentials import Binding, CredentialError, CredentialService
 from tests.conftest import _free_port
 
 SSH_KEY = "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA\n-----END"
@@ -52,8 +52,8 @@ def test_lifecycle_is_checked_and_audited_without_secrets(svc: CredentialService
         svc.bind("alice", "cred-ssh", "compute_resource", "cluster-a")
         assert svc.rotate("alice", "cred-ssh", ssh, {"private_key": SSH_KEY + "2"}) == 2
         svc.unbind("alice", "cred-ssh", "compute_resource", "cluster-a")
-    trail = svc.store.audit_trail(correlation_id="corr-lifecycle")
-    assert [(r["actor"], r["action"], r["outcome"]) for r in trail] == [
+    trail = svc.store.audit.trail(correlation_id="corr-lifecycle")
+    assert [(r.actor, r.action, r.outcome) for r in trail] == [
         ("alice", "credential.create", "ok"), ("alice", "credential.share", "ok"),
         ("dave", "credential.read", "ok"), ("carol", "credential.read", "denied"),
         ("dave", "credential.bind", "denied"), ("alice", "credential.bind", "ok"),
@@ -95,7 +95,7 @@ def test_a_missing_permission_stops_before_anything_is_issued(svc: CredentialSer
                                "credential.read on credential cred-b (correlation id "
                                "corr-denied)")
     assert set(svc.bao._client.sys.list_policies()["data"]["policies"]) == before
-    assert [r["outcome"] for r in svc.store.audit_trail(correlation_id="corr-denied")] == \
+    assert [r.outcome for r in svc.store.audit.trail(correlation_id="corr-denied")] == \
         ["denied"]
 
 

@@ -8,8 +8,9 @@ import textwrap
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from airavata_prefect.flows.dag import TaskGraph, compile_graph
-from airavata_prefect.flows.spec import load_spec, parse_spec_text
+from airavata_prefect.domain.compile import compile_graph
+from airavata_prefect.domain.dag import TaskGraph
+from airavata_prefect.domain.spec import load_spec, parse_spec_text
 from tests.conftest import SAMPLE
 
 

@@ -16,13 +16,14 @@ import pytest
 from prefect.client.schemas.objects import FlowRun
 from prefect.settings import PREFECT_API_KEY, PREFECT_LOGGING_LEVEL, temporary_settings
 
-from airavata_prefect.adapters.db import NewTask, Store
-from airavata_prefect.agent.kubernetes import AiravataKubernetesJobConfiguration
-from airavata_prefect.api.resources import pool_template
+from airavata_prefect.adapters.store import Store
 from airavata_prefect.blocks import KubernetesCluster
-from airavata_prefect.flows.dag import compile_graph
-from airavata_prefect.flows.dispatch import job_variables
-from airavata_prefect.flows.spec import parse_spec_text
+from airavata_prefect.blocks.kubernetes import AiravataKubernetesJobConfiguration
+from airavata_prefect.domain.compile import compile_graph
+from airavata_prefect.domain.records import NewTask
+from airavata_prefect.domain.spec import parse_spec_text
+from airavata_prefect.usecases.dispatch import job_variables
+from airavata_prefect.usecases.registration import pool_template
 
 K8S_VERSION = "1.30"
 SECRET = "pnu_an-api-key-only-the-worker-may-hold"
@@ -31,7 +32,7 @@ SECRET = "pnu_an-api-key-only-the-worker-may-hold"
 def render(values: dict, cls: type = AiravataKubernetesJobConfiguration) -> dict:
     block = KubernetesCluster(work_pool_name="k8s", namespace="science",
                               image="registry.example.org/airavata:1.0", service_account="runner")
-    template = pool_template("kubernetes", "k8s", block)
+    template = pool_template("k8s", block)
     config = asyncio.run(cls.from_template_and_values(template, values))
     flow_run = FlowRun(id=uuid.uuid4(), name="sim@k8s b1", flow_id=uuid.uuid4(),
                        parameters={"experiment_id": "e", "bundle_id": "b"})
@@ -106,7 +107,7 @@ def test_the_workers_own_prefect_settings_stay_out_of_the_job(prefect_api: str) 
 def test_the_pod_runs_its_bundle_in_place(prefect_api: str, home: Path) -> None:
     """What a pod runs: the execute_bundle flow, on the machine (and volume) it runs on."""
     from airavata_prefect.flows.bundle_flow import execute_bundle
-    from airavata_prefect.flows.settings import get_settings
+    from airavata_prefect.usecases.settings import get_settings
 
     name = f"k8s-{uuid.uuid4().hex[:6]}"
     KubernetesCluster(work_pool_name=name, cores_per_node=8).save(name)
@@ -121,7 +122,7 @@ def test_the_pod_runs_its_bundle_in_place(prefect_api: str, home: Path) -> None:
     root = get_settings().runs_dir.resolve()
     exp_id = str(uuid.uuid4())
     graph = compile_graph(parse_spec_text(text, "x.yml"), {}, root=str(root / exp_id))
-    store.create_experiment(experiment_id=exp_id, name="x", source="x.yml", spec_text=text,
+    store.experiments.create(experiment_id=exp_id, name="x", source="x.yml", spec_text=text,
                             params={}, workdir_root=root, total=3, owner="alice",
                             tasks_iter=(NewTask(i.id, i.step, i.index,
                                                 graph.workdir(i.step, i.index), name)
@@ -129,9 +130,9 @@ def test_the_pod_runs_its_bundle_in_place(prefect_api: str, home: Path) -> None:
     bundle_id = store.bundles.create(exp_id, name, "sim", [(0, 0), (1, 0), (2, 0)])
     state = asyncio.run(execute_bundle(exp_id, bundle_id, return_state=True))
     assert state.is_failed() and state.message == "2 completed, 1 failed"
-    final = {e["position"]: (e["state"], e["exit_code"])
-             for e in store.bundles.events_of(bundle_id)
-             if e["state"] in ("COMPLETED", "FAILED")}
+    final = {e.position: (e.state, e.exit_code)
+             for e in store.bundles.events_after(exp_id, 0, bundle_id=bundle_id)
+             if e.state in ("COMPLETED", "FAILED")}
     assert final == {0: ("COMPLETED", 0), 1: ("FAILED", 5), 2: ("COMPLETED", 0)}
     out = Path(graph.output_path("sim", 0, "OUT")).read_text()
     assert out == f"1 in {graph.workdir('sim', 0)}\n"  # ran in the experiment's own directory
@@ -144,4 +145,4 @@ def test_the_templates_in_deployments_are_current() -> None:
 
     for name, text in rendered().items():
         assert (DEPLOYMENTS / name).read_text() == text, \
-            f"deployments/{name} is stale: run .venv/bin/python -m agent.templates"
+            f"deployments/{name} is stale: run .venv/bin/python -m airavata_prefect.agent.templates"

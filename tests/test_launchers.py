@@ -12,16 +12,18 @@ from pathlib import Path
 
 import pytest
 
-from airavata_prefect.adapters.db import NewTask, Store
+from airavata_prefect.adapters.detached import BareMetalLauncher
 from airavata_prefect.adapters.hosts import Host, LocalHost
+from airavata_prefect.adapters.launcher import Launcher
 from airavata_prefect.adapters.slurm import JobRequest, SlurmCli
+from airavata_prefect.adapters.slurm_array import SlurmLauncher
 from airavata_prefect.adapters.ssh import SSHEndpoint, SSHHost
-from airavata_prefect.agent.baremetal import BareMetalLauncher
-from airavata_prefect.agent.bundle import Member
-from airavata_prefect.agent.bundle_run import BundleJob, BundleRunner, Launcher
-from airavata_prefect.agent.slurm import SlurmLauncher
-from airavata_prefect.flows.dag import compile_graph
-from airavata_prefect.flows.spec import parse_spec_text
+from airavata_prefect.adapters.store import Store
+from airavata_prefect.domain.bundle_layout import Member
+from airavata_prefect.domain.compile import compile_graph
+from airavata_prefect.domain.records import NewTask
+from airavata_prefect.domain.spec import parse_spec_text
+from airavata_prefect.usecases.bundles.runner import BundleJob, BundleRunner
 from tests.services import Slurm, Sshd
 
 
@@ -33,13 +35,13 @@ def make_job(store: Store, tmp: Path, spec: str, host: Host, launcher: Launcher,
     home = compile_graph(loaded, {}, root=str(tmp / "home" / exp_id))
     remote = compile_graph(loaded, {}, root=f"{remote_root}/{exp_id}")
     step = home.steps[0]
-    store.create_experiment(
+    store.experiments.create(
         experiment_id=exp_id, name="x", source="x.yml", spec_text=text, params={},
         workdir_root=tmp / "home", total=home.total,
         tasks_iter=(NewTask(i.id, i.step, i.index, home.workdir(i.step, i.index))
                     for i in home.iter_instances()))
     bundle_id = store.bundles.create(exp_id, "r", step.name, [(i, 0) for i in range(step.count)])
-    return BundleJob(store, store.bundles.get(bundle_id), store.get_experiment(exp_id), remote,
+    return BundleJob(store, store.bundles.get(bundle_id), store.experiments.get(exp_id), remote,
                      home, [Member(remote.instance(step.name, i), 0) for i in range(step.count)],
                      host, launcher, walltime=walltime)
 
@@ -52,8 +54,9 @@ def store(tmp_path: Path):
 
 
 def _final(store: Store, job: BundleJob) -> dict[int, tuple[str, str | None]]:
-    return {e["position"]: (e["state"], e["message"]) for e in store.bundles.events_of(job.id)
-            if e["state"] in ("COMPLETED", "FAILED", "CANCELED")}
+    return {e.position: (e.state, e.message)
+            for e in store.bundles.events_after(job.experiment.id, 0, bundle_id=job.id)
+            if e.state in ("COMPLETED", "FAILED", "CANCELED")}
 
 
 def test_a_sweep_splits_into_arrays_at_max_array_size(slurm: Slurm, store: Store,
@@ -103,7 +106,7 @@ def test_a_node_failure_is_requeued_not_failed(slurm: Slurm, store: Store,
     async def scenario() -> dict[str, int]:
         task = asyncio.ensure_future(runner.run())
         deadline = time.monotonic() + 60
-        while sum(s == "RUNNING" for s in runner.progress.state.values()) < 2:
+        while sum(s == "RUNNING" for s in runner.state.values()) < 2:
             assert time.monotonic() < deadline
             await asyncio.sleep(0.2)
         _node(slurm, "down")
@@ -116,7 +119,7 @@ def test_a_node_failure_is_requeued_not_failed(slurm: Slurm, store: Store,
         return await task
 
     assert asyncio.run(scenario()) == {"COMPLETED": 2}
-    assert runner.progress.requeues == {0: 1, 1: 1}
+    assert runner.requeues == {0: 1, 1: 1}
 
 
 @pytest.fixture()
@@ -166,7 +169,7 @@ def test_bare_metal_cancel_kills_the_whole_session(ssh: SSHHost, sshd: Sshd, sto
 
     async def scenario() -> dict[str, int]:
         task = asyncio.ensure_future(runner.run())
-        while sum(s == "RUNNING" for s in runner.progress.state.values()) < 2:
+        while sum(s == "RUNNING" for s in runner.state.values()) < 2:
             await asyncio.sleep(0.1)
         session = runner.ids[0]
         assert ssh.run(f"pgrep -s {session} | wc -l").text.strip() not in ("", "0")

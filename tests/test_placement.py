@@ -9,19 +9,18 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from airavata_prefect.flows.dag import compile_graph
-from airavata_prefect.flows.placement import (
-    Plan,
+from airavata_prefect.domain.compile import compile_graph
+from airavata_prefect.domain.placement import (
     TaskClass,
-    expand,
     ineligible,
     plan,
     slots,
     task_classes,
     unit_cost,
 )
-from airavata_prefect.flows.resources import ComputeResource, Prices
-from airavata_prefect.flows.spec import Constraints, format_duration, parse_spec_text
+from airavata_prefect.domain.plan import Plan, expand
+from airavata_prefect.domain.resources import ComputeResource, Prices
+from airavata_prefect.domain.spec import Constraints, format_duration, parse_spec_text
 from bench.placement_scenarios import classes as gen_classes
 from bench.placement_scenarios import resources as gen_resources
 
@@ -185,7 +184,7 @@ def test_large_sweep_is_fast_and_close_to_its_bound() -> None:
 
 
 def test_wave_repair_moves_a_lone_last_wave() -> None:
-    from airavata_prefect.flows.placement_model import (
+    from airavata_prefect.domain.placement_model import (
         ModelInput,
         evaluate,
         level_times,

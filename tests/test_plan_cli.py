@@ -98,7 +98,7 @@ def test_online_plan_uses_registered_blocks_and_their_credentials(
     from airavata_prefect.blocks import CredentialRef, SlurmCluster
 
     reg = subprocess.run([str(Path(sys.executable).parent / "prefect"), "block", "register",
-                          "-m", "blocks"], capture_output=True, text=True,
+                          "-m", "airavata_prefect.blocks"], capture_output=True, text=True,
                          env=os.environ.copy(), timeout=120)
     assert reg.returncode == 0, reg.stderr
     SlurmCluster(work_pool_name="slurm-online", nodes=16, cores_per_node=32,
@@ -110,17 +110,13 @@ def test_online_plan_uses_registered_blocks_and_their_credentials(
                                                                           overwrite=True)
     monkeypatch.setenv("AIRAVATA_USER", "alice")
     # What `airavata resource compute create` records: the resources' project (alice's).
-    from airavata_prefect.adapters.db import Store
     from airavata_prefect.adapters.spicedb import Subject
-    from airavata_prefect.api import service
-    from airavata_prefect.flows.settings import get_settings
-    store = Store(get_settings().db_url)
-    authz = service.authorizer(store)
-    service.ensure_project(store, authz, "default", "alice")
-    for name in ("online-a", "gpu-locked"):
-        authz.relate("compute_resource", name, "project", Subject("project", "default"))
-    authz.close()
-    store.close()
+    from airavata_prefect.usecases.authorization import ensure_project
+    from airavata_prefect.usecases.context import open_context
+    with open_context(user="alice") as ctx:
+        ensure_project(ctx, "default")
+        for name in ("online-a", "gpu-locked"):
+            ctx.authz.relate("compute_resource", name, "project", Subject("project", "default"))
     wide = write(tmp_path, """\
         tasks:
           sim:

@@ -40,7 +40,9 @@ def test_every_slurm_ending_through_the_pool(g: Grid, tmp_path: Path, prefect_ap
             command: 'echo "task $I job $SLURM_JOB_ID" ; echo oops >&2'
             task_inputs: {I: 1..50}
           fail3: {command: 'exit 3'}
+          fail255: {command: 'exit 255'}
           killed: {command: 'kill -9 $$'}
+          interrupted: {command: 'kill -INT $$'}
           slow:
             command: 'sleep 300'
             resources: {compute: {time: "0:01:00", cpu: 2, ram_gb: 1}}
@@ -49,38 +51,42 @@ def test_every_slurm_ending_through_the_pool(g: Grid, tmp_path: Path, prefect_ap
     state = g.run(exp_id)
     assert state.is_failed()
     t = g.tasks(exp_id)
-    assert all(t[f"sweep[{i}]"]["state"] == "COMPLETED" for i in range(50))
-    assert (t["fail3[0]"]["state"], t["fail3[0]"]["exit_code"], t["fail3[0]"]["reason"]) == \
-        ("FAILED", 3, "exit code 3")
-    assert (t["killed[0]"]["state"], t["killed[0]"]["reason"]) == ("CANCELED",
-                                                                   "killed by signal 9")
-    assert (t["slow[0]"]["state"], t["slow[0]"]["reason"]) == (
-        "FAILED", "timeout: exceeded its time limit")
-    assert all(r["resource"] == g.names["slurm"] for r in t.values())
+    assert all(t[f"sweep[{i}]"].state == "COMPLETED" for i in range(50))
+    # The same endings as on `local` (domain/endings.py): a signal is a failure, not a cancel.
+    ended = {s: (t[f"{s}[0]"].state, t[f"{s}[0]"].exit_code, t[f"{s}[0]"].reason)
+             for s in ("fail3", "fail255", "killed", "interrupted")}
+    assert ended == {"fail3": ("FAILED", 3, "exit code 3"),
+                     "fail255": ("FAILED", 255, "exit code 255"),
+                     "killed": ("FAILED", -9, "killed by signal 9 (SIGKILL)"),
+                     "interrupted": ("FAILED", -2, "killed by signal 2 (SIGINT)")}
+    assert (t["slow[0]"].state, t["slow[0]"].reason) == (
+        "FAILED", "timeout: exceeded walltime 00:01:00")
+    assert t["slow[0]"].exit_code != 0  # the signal SLURM stopped it with, not a clean exit
+    assert all(r.resource == g.names["slurm"] for r in t.values())
     # One bundle, one array, one sbatch call per step: 50 instances went as one array.
-    bundles = {b["step"]: b for b in g.bundles(exp_id)}
-    assert set(bundles) == {"sweep", "fail3", "killed", "slow"}
-    assert all(len(b["infrastructure"]) == 1 for b in bundles.values())
+    bundles = {b.step: b for b in g.bundles(exp_id)}
+    assert set(bundles) == {"sweep", "fail3", "fail255", "killed", "interrupted", "slow"}
+    assert all(len(b.infrastructure) == 1 for b in bundles.values())
     # The job scripts on the cluster, as generated for this resource and step.
     exp_root = g.home.parent / "cluster" / exp_id
-    sweep_job = (exp_root / ".bundles" / bundles["sweep"]["id"] / "job_0.sh").read_text()
+    sweep_job = (exp_root / ".bundles" / bundles["sweep"].id / "job_0.sh").read_text()
     assert "#SBATCH --array=0-49" in sweep_job.splitlines()
-    slow_job = (exp_root / ".bundles" / bundles["slow"]["id"] / "job_0.sh").read_text()
+    slow_job = (exp_root / ".bundles" / bundles["slow"].id / "job_0.sh").read_text()
     assert {"#SBATCH --time=00:01:00", "#SBATCH --cpus-per-task=2", "#SBATCH --mem=1024M"} \
         <= set(slow_job.splitlines())
     # stdout/stderr came home into each task's logs.
-    home = Path(g.store.get_experiment(exp_id)["workdir"])
+    home = Path(g.store.experiments.get(exp_id).workdir)
     assert (home / "sweep" / "7" / "stdout.log").read_text().startswith("task 8 job ")
     assert (home / "sweep" / "7" / "stderr.log").read_text() == "oops\n"
     # Prefect shows each bundle as a flow run under the experiment's, in its final state.
     runs = httpx.post(f"{prefect_api}/flow_runs/filter", json={"flow_runs": {"id": {
-        "any_": [b["flow_run_id"] for b in bundles.values()]}}}).json()
+        "any_": [b.flow_run_id for b in bundles.values()]}}}).json()
     by_id = {r["id"]: r for r in runs}
-    assert by_id[bundles["sweep"]["flow_run_id"]]["state"]["type"] == "COMPLETED"
-    assert by_id[bundles["fail3"]["flow_run_id"]]["state"]["type"] == "FAILED"
+    assert by_id[bundles["sweep"].flow_run_id]["state"]["type"] == "COMPLETED"
+    assert by_id[bundles["fail3"].flow_run_id]["state"]["type"] == "FAILED"
     assert all(r["parent_task_run_id"] for r in runs)
-    assert all(r["parameters"] == {"experiment_id": exp_id, "bundle_id": b["id"]}
-               for b in bundles.values() for r in runs if r["id"] == b["flow_run_id"])
+    assert all(r["parameters"] == {"experiment_id": exp_id, "bundle_id": b.id}
+               for b in bundles.values() for r in runs if r["id"] == b.flow_run_id)
 
 
 def _run_in_thread(g: Grid, exp_id: str) -> tuple[threading.Thread, list]:
@@ -92,7 +98,7 @@ def _run_in_thread(g: Grid, exp_id: str) -> tuple[threading.Thread, list]:
 
 def _wait_running(g: Grid, exp_id: str, n: int, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
-    while sum(t["state"] == "RUNNING" for t in g.tasks(exp_id).values()) < n:
+    while sum(t.state == "RUNNING" for t in g.tasks(exp_id).values()) < n:
         assert time.monotonic() < deadline, g.tasks(exp_id)
         time.sleep(0.3)
 
@@ -104,14 +110,14 @@ def test_cancelling_the_experiment_scancels_its_jobs(g: Grid, tmp_path: Path) ->
         """, on="slurm"))
     thread, result = _run_in_thread(g, exp_id)
     _wait_running(g, exp_id, 3)
-    jobs = [j for b in g.bundles(exp_id) for j in b["infrastructure"]]
+    jobs = [j for b in g.bundles(exp_id) for j in b.infrastructure]
     assert _squeue(g.slurm, jobs)
-    g.store.request_cancel(exp_id)  # what `airavata experiment cancel` does
+    g.store.experiments.request_cancel(exp_id)  # what `airavata experiment cancel` does
     thread.join(90)
     assert result and result[0].is_cancelled()
-    assert {t["state"] for t in g.tasks(exp_id).values()} == {"CANCELED"}
+    assert {t.state for t in g.tasks(exp_id).values()} == {"CANCELED"}
     assert _squeue(g.slurm, jobs) == []
-    assert g.bundles(exp_id)[0]["status"] == "CANCELED"
+    assert g.bundles(exp_id)[0].status == "CANCELED"
 
 
 def test_cancelling_a_bundle_flow_run_in_prefect_scancels_it(g: Grid, tmp_path: Path,
@@ -124,14 +130,14 @@ def test_cancelling_a_bundle_flow_run_in_prefect_scancels_it(g: Grid, tmp_path: 
     _wait_running(g, exp_id, 2)
     bundle = g.bundles(exp_id)[0]
     # What Cancel on the bundle's flow run in the Prefect UI does.
-    r = httpx.post(f"{prefect_api}/flow_runs/{bundle['flow_run_id']}/set_state",
+    r = httpx.post(f"{prefect_api}/flow_runs/{bundle.flow_run_id}/set_state",
                    json={"state": {"type": "CANCELLING"}, "force": True})
     assert r.status_code in (200, 201), r.text
     thread.join(90)
     assert result
-    assert {t["state"] for t in g.tasks(exp_id).values()} == {"CANCELED"}
-    assert _squeue(g.slurm, bundle["infrastructure"]) == []
-    fr = httpx.get(f"{prefect_api}/flow_runs/{bundle['flow_run_id']}").json()
+    assert {t.state for t in g.tasks(exp_id).values()} == {"CANCELED"}
+    assert _squeue(g.slurm, bundle.infrastructure) == []
+    fr = httpx.get(f"{prefect_api}/flow_runs/{bundle.flow_run_id}").json()
     assert fr["state"]["type"] == "CANCELLED"
 
 
@@ -145,7 +151,7 @@ def test_slurm_over_ssh_and_slurmrestd(g: Grid, tmp_path: Path, route: str) -> N
             task_outputs: {OUT: who.txt}
         """, on=route))
     assert g.run(exp_id).is_completed()
-    home = Path(g.store.get_experiment(exp_id)["workdir"])
+    home = Path(g.store.experiments.get(exp_id).workdir)
     expected = g.sshd.user if route == "slurm-ssh" else "root"  # the JWT is root's
     assert (home / "who" / "3" / "who.txt").read_text().strip() == expected
 
@@ -155,18 +161,23 @@ def test_bare_metal_exit_codes_walltime_and_outputs(g: Grid, tmp_path: Path) -> 
         tasks:
           sim:
             command: 'echo "$I on $(hostname)" > "$OUT"; [ "$I" = 2 ] && exit 3;
-                      [ "$I" = 3 ] && sleep 60; true'
-            task_inputs: {I: 1..4}
+                      [ "$I" = 3 ] && sleep 60; [ "$I" = 5 ] && exit 255;
+                      [ "$I" = 6 ] && kill -INT $$; [ "$I" = 7 ] && kill -KILL $$; true'
+            task_inputs: {I: 1..7}
             task_outputs: {OUT: out.txt}
             resources: {compute: {time: "0:00:03"}}
         """, on="baremetal"))
     assert g.run(exp_id).is_failed()
     t = g.tasks(exp_id)
-    assert [t[f"sim[{i}]"]["state"] for i in range(4)] == ["COMPLETED", "FAILED", "FAILED",
-                                                          "COMPLETED"]
-    assert t["sim[1]"]["reason"] == "exit code 3"
-    assert t["sim[2]"]["reason"] == "timeout: exceeded its walltime"
-    home = Path(g.store.get_experiment(exp_id)["workdir"])
+    assert [t[f"sim[{i}]"].state for i in range(4)] == ["COMPLETED", "FAILED", "FAILED",
+                                                       "COMPLETED"]
+    assert t["sim[1]"].reason == "exit code 3"
+    assert t["sim[2]"].reason == "timeout: exceeded walltime 00:00:03"
+    # SIGINT reaches the script however the session was started over SSH.
+    assert [(t[f"sim[{i}]"].exit_code, t[f"sim[{i}]"].reason) for i in (4, 5, 6)] == [
+        (255, "exit code 255"), (-2, "killed by signal 2 (SIGINT)"),
+        (-9, "killed by signal 9 (SIGKILL)")]
+    home = Path(g.store.experiments.get(exp_id).workdir)
     assert (home / "sim" / "0" / "out.txt").read_text().startswith("1 on ")
 
 
@@ -194,18 +205,18 @@ def test_inputs_follow_their_upstream_across_resources(g: Grid, tmp_path: Path) 
         """, on=["local", "slurm"], preferred="local"))
     assert g.run(exp_id).is_completed()
     t = g.tasks(exp_id)
-    assert [t[f"{s}[0]"]["resource"] for s in "abc"] == ["local", g.names["slurm"], "local"]
-    home = Path(g.store.get_experiment(exp_id)["workdir"])
+    assert [t[f"{s}[0]"].resource for s in "abc"] == ["local", g.names["slurm"], "local"]
+    home = Path(g.store.experiments.get(exp_id).workdir)
     lines = (home / "c" / "1" / "c.txt").read_text().splitlines()
     assert lines[0] == "from a" and lines[1].startswith("b in job ") and lines[1][9:].isdigit()
 
 
 def test_a_credential_unshared_after_submit_stops_the_bundle(g: Grid, tmp_path: Path) -> None:
     from airavata_prefect.adapters.spicedb import Subject
-    from airavata_prefect.api.credentials import CredentialService
+    from airavata_prefect.usecases.credentials import CredentialService
 
     svc = CredentialService(g.store, g.authz, g.bao)
-    cred = g.store.credential_at("secret", f"users/alice/ssh-{g.names['slurm'][3:]}")
+    cred = g.store.credentials.at("secret", f"users/alice/ssh-{g.names['slurm'][3:]}")
     assert cred is not None
     g.authz.relate("project", "lab", "member", Subject.user("bob"))
     svc.share("alice", cred, Subject.user("bob"))
@@ -213,27 +224,27 @@ def test_a_credential_unshared_after_submit_stops_the_bundle(g: Grid, tmp_path: 
                       user="bob")
     g.authz.unrelate("credential", cred, "reader", Subject.user("bob"))  # access revoked
     assert g.run(exp_id).is_failed()
-    reason = g.tasks(exp_id)["x[0]"]["reason"]
+    reason = g.tasks(exp_id)["x[0]"].reason
     assert f"on compute:{g.names['baremetal']}" in reason
     assert f"user bob lacks credential.read on credential {cred}" in reason
-    denied = [a for a in g.store.audit_trail(actor="bob") if a["outcome"] == "denied"]
-    assert denied and denied[-1]["action"] == "credential.read"
+    denied = [a for a in g.store.audit.trail(actor="bob") if a.outcome == "denied"]
+    assert denied and denied[-1].action == "credential.read"
     # One id ties the submit, the worker's refusal and what the user reads.
-    cid = g.store.submit_correlation(exp_id)
-    assert cid and denied[-1]["correlation_id"] == cid and f"(correlation id {cid})" in reason
+    cid = g.store.audit.submit_correlation(exp_id)
+    assert cid and denied[-1].correlation_id == cid and f"(correlation id {cid})" in reason
 
 
 def test_openbao_down_stops_a_submit_before_anything_is_stored(
         g: Grid, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from airavata_prefect.api.service import Unavailable
+    from airavata_prefect.usecases.errors import Unavailable
     from tests.services import free_port
 
-    before = len(g.store.list_experiments(1000))
+    before = len(g.store.experiments.list(1000))
     monkeypatch.setenv("AIRAVATA_OPENBAO_URL", f"http://127.0.0.1:{free_port()}")
     with pytest.raises(Unavailable, match=r"cannot run: OpenBao at http://127\.0\.0\.1:\d+ "
                                           "is unreachable"):
         g.submit(g.spec(tmp_path, "tasks:\n  x: {command: 'true'}\n", on="baremetal"))
-    assert len(g.store.list_experiments(1000)) == before
+    assert len(g.store.experiments.list(1000)) == before
 
 
 def _needles(g: Grid, s3_secret: str) -> dict[str, bytes]:
@@ -307,9 +318,11 @@ def test_s3_mounts_on_bare_metal_and_no_secret_anywhere(g: Grid, tmp_path: Path,
     import boto3
 
     from airavata_prefect.adapters.openbao import SecretRef
-    from airavata_prefect.api import resources
-    from airavata_prefect.api.credentials import CredentialService
     from airavata_prefect.blocks import S3Storage
+    from airavata_prefect.usecases import registration
+    from airavata_prefect.usecases.context import Context
+    from airavata_prefect.usecases.credentials import CredentialService
+    from airavata_prefect.usecases.settings import get_settings
 
     bucket = f"inputs-{g.names['slurm'][3:]}"
     client = boto3.client("s3", endpoint_url=s3.url, aws_access_key_id=s3.access_key,
@@ -321,12 +334,13 @@ def test_s3_mounts_on_bare_metal_and_no_secret_anywhere(g: Grid, tmp_path: Path,
     ref = SecretRef(f"users/alice/{cid}")
     CredentialService(g.store, g.authz, g.bao).create(
         "alice", cid, ref, {"access_key": s3.access_key, "secret_key": s3.secret_key})
-    g.store.add_credential(cid, owner="alice", mount=ref.mount, path=ref.path)
+    g.store.credentials.add(cid, owner="alice", mount=ref.mount, path=ref.path)
     storage = f"s3d-{g.names['slurm'][3:]}"
-    resources.register_storage(g.store, g.authz, actor="alice", project="lab", name=storage,
-                               block=S3Storage(bucket=bucket, endpoint_url=s3.url,
-                                               credential=resources.credential_ref(
-                                                   g.store, g.authz, "alice", cid)))
+    ctx = Context(get_settings(), g.store, "alice", _authz=g.authz)
+    registration.register_storage(ctx, project="lab", name=storage,
+                                  block=S3Storage(bucket=bucket, endpoint_url=s3.url,
+                                                  credential=registration.credential_ref(
+                                                      ctx, cid)))
     body = f"""\
         tasks:
           use:
@@ -338,7 +352,7 @@ def test_s3_mounts_on_bare_metal_and_no_secret_anywhere(g: Grid, tmp_path: Path,
         """
     exp_id = g.submit(g.spec(tmp_path, body, on="baremetal"))
     assert g.run(exp_id).is_completed(), g.tasks(exp_id)
-    home = Path(g.store.get_experiment(exp_id)["workdir"])
+    home = Path(g.store.experiments.get(exp_id).workdir)
     assert (home / "use" / "1" / "out.txt").read_text() == "alpha=0.5\n1,2\n"
     ssh_exp = g.submit(g.spec(tmp_path, "tasks:\n  e: {command: 'env > env.txt'}\n",
                               on="slurm-ssh", name="ssh.yml"))

@@ -10,12 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from airavata_prefect.agent.local import LocalExecutor, render_script
-from airavata_prefect.flows.dag import TaskGraph, compile_graph
-from airavata_prefect.flows.scheduler import Recorder, Scheduler, Summary
-from airavata_prefect.flows.spec import parse_spec_text
-from airavata_prefect.flows.states import TaskState as S
-from airavata_prefect.flows.states import Transition
+from airavata_prefect.domain.compile import compile_graph
+from airavata_prefect.domain.dag import TaskGraph
+from airavata_prefect.domain.instance import render_script
+from airavata_prefect.domain.scheduler import Recorder, Scheduler, Summary
+from airavata_prefect.domain.spec import parse_spec_text
+from airavata_prefect.domain.states import TaskState as S
+from airavata_prefect.domain.states import Transition
+from airavata_prefect.usecases.local import LocalExecutor
 
 
 def run(text: str, root: Path, *, concurrency: int = 2, cancel_after: float | None = None,

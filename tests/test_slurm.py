@@ -13,7 +13,6 @@ import pytest
 
 from airavata_prefect.adapters.hosts import LocalHost, upload
 from airavata_prefect.adapters.slurm import (
-    Ending,
     JobRequest,
     SlurmCli,
     SlurmError,
@@ -27,6 +26,8 @@ from airavata_prefect.adapters.slurm import (
 )
 from airavata_prefect.adapters.slurm_rest import SlurmRest, job_properties
 from airavata_prefect.adapters.ssh import SSHEndpoint, SSHHost
+from airavata_prefect.domain.endings import Exit, Outcome, Requeue, judge
+from airavata_prefect.domain.states import TaskState
 from tests.services import Slurm, Sshd
 
 
@@ -86,25 +87,38 @@ def test_times_chunks_and_array_specs() -> None:
     assert array_spec(50, None) == "0-49" and array_spec(1, 5) == "0%5"
 
 
+C, F, X = TaskState.COMPLETED, TaskState.FAILED, TaskState.CANCELED
+
+
+# SLURM's states as facts, then the one mapping every resource uses: a signal is a failure,
+# only scancel (someone) cancels, a timeout keeps the signal that stopped it, never exit 0.
 @pytest.mark.parametrize(("state", "code", "sig", "want"), [
-    ("COMPLETED", 0, None, (Ending.COMPLETED, 0, None)),
-    ("FAILED", 3, None, (Ending.FAILED, 3, "exit code 3")),
-    ("FAILED", 0, 9, (Ending.CANCELED, -9, "killed by signal 9")),
-    ("FAILED", 0, 15, (Ending.CANCELED, -15, "killed by signal 15")),
-    ("FAILED", 0, 11, (Ending.FAILED, -11, "killed by signal 11")),
-    ("CANCELLED", 0, 15, (Ending.CANCELED, 0, "canceled (scancel)")),
-    ("CANCELLED by 0", 0, 9, (Ending.CANCELED, 0, "canceled (scancel)")),
-    ("TIMEOUT", 0, None, (Ending.FAILED, 0, "timeout: exceeded its time limit")),
-    ("TIMEOUT", 0, 15, (Ending.FAILED, 0, "timeout: exceeded its time limit")),
-    ("OUT_OF_MEMORY", 0, None, (Ending.FAILED, 0, "out of memory")),
-    ("NODE_FAIL", 0, None, (Ending.REQUEUE, None, "node fail: re-queued")),
-    ("PREEMPTED", 0, None, (Ending.REQUEUE, None, "preempted: re-queued")),
-    ("PENDING", 0, None, (Ending.ACTIVE, None, None)),
-    ("RUNNING", 0, None, (Ending.ACTIVE, None, None)),
-    ("COMPLETING", 0, None, (Ending.ACTIVE, None, None)),
+    ("COMPLETED", 0, None, (C, 0, None)),
+    ("FAILED", 3, None, (F, 3, "exit code 3")),
+    ("FAILED", 255, None, (F, 255, "exit code 255")),
+    ("FAILED", 0, 9, (F, -9, "killed by signal 9 (SIGKILL)")),
+    ("FAILED", 0, 15, (F, -15, "killed by signal 15 (SIGTERM)")),
+    ("FAILED", 0, 11, (F, -11, "killed by signal 11 (SIGSEGV)")),
+    ("CANCELLED", 0, 15, (X, -15, "canceled (scancel)")),
+    ("CANCELLED by 0", 0, 9, (X, -9, "canceled (scancel)")),
+    ("TIMEOUT", 0, None, (F, None, "timeout: exceeded its walltime")),
+    ("TIMEOUT", 0, 15, (F, -15, "timeout: exceeded its walltime")),
+    ("OUT_OF_MEMORY", 0, None, (F, None, "out of memory")),
+    ("OUT_OF_MEMORY", 0, 9, (F, -9, "out of memory")),
 ])
 def test_states_are_mapped_exactly(state: str, code: int, sig: int | None, want: tuple) -> None:
-    assert classify(SlurmTask("1", 0, state, code, sig)) == want
+    end = classify(SlurmTask("1", 0, state, code, sig))
+    assert isinstance(end, Exit) and judge(end) == Outcome(*want)
+
+
+@pytest.mark.parametrize(("state", "want"), [
+    ("NODE_FAIL", Requeue("node failure: re-queued")),
+    ("BOOT_FAIL", Requeue("node boot failure: re-queued")),
+    ("PREEMPTED", Requeue("preempted: re-queued", preempted=True)),
+    ("PENDING", None), ("RUNNING", None), ("COMPLETING", None), ("CONFIGURING", None),
+])
+def test_requeued_and_active_states(state: str, want: Requeue | None) -> None:
+    assert classify(SlurmTask("1", 0, state, 0, None)) == want
 
 
 def test_scontrol_lines_and_a_pending_array_remainder() -> None:
@@ -165,40 +179,46 @@ def submitted(slurm: Slurm, sshd: Sshd) -> dict[str, tuple[object, dict[str, str
     return out
 
 
-def _wait(client, job: str, task: int | None, until: set[Ending],
+def _wait(client, job: str, task: int | None, *, done: bool = True,
           timeout: float = 150) -> SlurmTask:
+    """The task once it ended (or, with done=False, while it is still pending or running)."""
     deadline = time.monotonic() + timeout
     while True:
         found = [t for t in client.tasks([job]) if t.task_id == task]
-        if found and classify(found[0])[0] in until:
+        if found and (classify(found[0]) is not None) == done:
             return found[0]
         assert time.monotonic() < deadline, f"task {job}_{task} still {found}"
         time.sleep(0.5)
 
 
-DONE = {Ending.COMPLETED, Ending.FAILED, Ending.CANCELED, Ending.REQUEUE}
+def _outcome(task: SlurmTask) -> Outcome:
+    end = classify(task)
+    assert isinstance(end, Exit), task
+    return judge(end)
 
 
 @pytest.mark.parametrize("route", ["local", "ssh", "rest"])
 def test_completed_failed_killed_cancelled_and_an_array_of_50(route: str, submitted) -> None:
     client, jobs = submitted[route]
-    running = _wait(client, jobs["array"], 3, {Ending.ACTIVE})
+    running = _wait(client, jobs["array"], 3, done=False)
     while running.state != "RUNNING":
-        running = _wait(client, jobs["array"], 3, {Ending.ACTIVE})
+        running = _wait(client, jobs["array"], 3, done=False)
     client.cancel([jobs["array"] + "_3"])
-    assert classify(_wait(client, jobs["array"], 0, DONE)) == (Ending.COMPLETED, 0, None)
-    assert classify(_wait(client, jobs["array"], 1, DONE)) == (Ending.FAILED, 3, "exit code 3")
-    assert classify(_wait(client, jobs["array"], 2, DONE))[:2] == (Ending.CANCELED, -9)
-    assert classify(_wait(client, jobs["array"], 3, DONE))[0] == Ending.CANCELED
+    assert _outcome(_wait(client, jobs["array"], 0)) == (C, 0, None)
+    assert _outcome(_wait(client, jobs["array"], 1)) == (F, 3, "exit code 3")
+    assert _outcome(_wait(client, jobs["array"], 2))[:2] == (F, -9)  # its own kill -9: failed
+    assert _outcome(_wait(client, jobs["array"], 3))[0] == X  # scancel: canceled
     for i in range(4, 50):
-        assert classify(_wait(client, jobs["array"], i, DONE))[0] == Ending.COMPLETED
+        assert _outcome(_wait(client, jobs["array"], i))[0] == C
 
 
 @pytest.mark.parametrize("route", ["local", "ssh", "rest"])
 def test_a_time_limit_ends_as_a_timeout(route: str, submitted) -> None:
     client, jobs = submitted[route]
-    task = _wait(client, jobs["timeout"], None, DONE, timeout=240)
-    assert classify(task) == (Ending.FAILED, 0, "timeout: exceeded its time limit")
+    task = _wait(client, jobs["timeout"], None, timeout=240)
+    state, code, reason = _outcome(task)
+    assert (state, reason) == (F, "timeout: exceeded its walltime")
+    assert code != 0  # the signal that stopped it, never a clean exit status
 
 
 def test_jobs_over_ssh_run_as_the_ssh_user(slurm: Slurm, sshd: Sshd) -> None:
@@ -209,7 +229,7 @@ def test_jobs_over_ssh_run_as_the_ssh_user(slurm: Slurm, sshd: Sshd) -> None:
                      output="out.txt")
     upload(ssh, workdir, {"job.sh": job_script(req)})
     job = cli.submit(req, f"{workdir}/job.sh")
-    assert classify(_wait(cli, job, None, DONE))[0] == Ending.COMPLETED
+    assert _outcome(_wait(cli, job, None))[0] == C
     assert ssh.run(f"cat {workdir}/who.txt").text.strip() == sshd.user
     assert cli.max_array_size() == 1001
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from airavata_prefect.flows.dag import compile_graph
-from airavata_prefect.flows.problems import SpecError
-from airavata_prefect.flows.spec import load_spec, parse_duration, parse_spec_text
+from airavata_prefect.domain.compile import compile_graph
+from airavata_prefect.domain.problems import SpecError
+from airavata_prefect.domain.spec import load_spec, parse_duration, parse_spec_text
 from tests.conftest import PEER_SAMPLE, SAMPLE
 
 

@@ -117,15 +117,15 @@ def test_a_closed_spicedb_fails_closed() -> None:
 
 
 def test_embedded_permissions_survive_a_new_process_through_the_journal(tmp_path) -> None:
-    from airavata_prefect.adapters.db import Store
+    from airavata_prefect.adapters.store import Store
 
     store = Store(f"sqlite:///{tmp_path / 'a.db'}")
-    first = Authz.embedded(journal=store)
+    first = Authz.embedded(journal=store.relationships)
     first.relate("project", "P", "member", U("bob"))
     first.relate("project", "P", "member", U("eve"))
     first.unrelate("project", "P", "member", U("eve"))
     first.close()
-    second = Authz.embedded(journal=store)  # what the next CLI invocation does
+    second = Authz.embedded(journal=store.relationships)  # what the next CLI invocation does
     assert second.check("bob", "scheduler.queue.submit", "P")
     assert not second.check("eve", "scheduler.queue.submit", "P")
     second.close()

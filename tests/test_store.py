@@ -10,9 +10,11 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-from airavata_prefect.adapters.db import Conflict, NewTask, Store, utcnow
-from airavata_prefect.adapters.schema import metadata
-from airavata_prefect.flows.states import IllegalTransition, TaskState, Transition
+from airavata_prefect.adapters.store import Store, utcnow
+from airavata_prefect.adapters.store.schema import metadata
+from airavata_prefect.domain.errors import Conflict
+from airavata_prefect.domain.records import NewTask
+from airavata_prefect.domain.states import IllegalTransition, TaskState, Transition
 
 S = TaskState
 
@@ -27,7 +29,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
 
 
 def _experiment(store: Store, n: int = 3) -> str:
-    return store.create_experiment(
+    return store.experiments.create(
         name="e", source="e.yml", spec_text="tasks: {}", params={"N": "1"},
         workdir_root=Path("/runs"), total=n,
         tasks_iter=(NewTask(f"s[{i}]", "s", i, f"/runs/x/s/{i}") for i in range(n)))
@@ -48,24 +50,24 @@ def test_full_lifecycle_and_events(store: Store) -> None:
     exp = _experiment(store)
     path = [S.CREATED, S.QUEUED, S.DATA_STAGING, S.ENV_SETUP, S.RUNNING, S.OUTPUT_STAGING,
             S.COMPLETED]
-    store.apply_transitions(exp, [T("s[0]", a, b) for a, b in itertools.pairwise(path)])
-    row = store.task(exp, "s[0]")
-    assert row["state"] == "COMPLETED"
-    assert row["started_at"] is not None and row["finished_at"] is not None
-    assert [e["to_state"] for e in store.events(exp, "s[0]")] == [str(p) for p in path[1:]]
-    assert store.state_counts(exp) == {"s": {"COMPLETED": 1, "CREATED": 2}}
+    store.tasks.apply_transitions(exp, [T("s[0]", a, b) for a, b in itertools.pairwise(path)])
+    row = store.tasks.get(exp, "s[0]")
+    assert row.state == "COMPLETED"
+    assert row.started_at is not None and row.finished_at is not None
+    assert [e.to_state for e in store.tasks.events(exp, "s[0]")] == [str(p) for p in path[1:]]
+    assert store.tasks.state_counts(exp) == {"s": {"COMPLETED": 1, "CREATED": 2}}
 
 
 def test_retry_edge_and_exit_code(store: Store) -> None:
     exp = _experiment(store)
-    store.apply_transitions(exp, [
+    store.tasks.apply_transitions(exp, [
         T("s[1]", S.CREATED, S.QUEUED), T("s[1]", S.QUEUED, S.DATA_STAGING),
         T("s[1]", S.DATA_STAGING, S.ENV_SETUP), T("s[1]", S.ENV_SETUP, S.RUNNING),
         T("s[1]", S.RUNNING, S.FAILED, exit_code=3, message="exit code 3")])
-    assert store.task(exp, "s[1]")["exit_code"] == 3
-    store.apply_transitions(exp, [T("s[1]", S.FAILED, S.QUEUED, attempt=1)])
-    row = store.task(exp, "s[1]")
-    assert (row["state"], row["attempt"]) == ("QUEUED", 1)
+    assert store.tasks.get(exp, "s[1]").exit_code == 3
+    store.tasks.apply_transitions(exp, [T("s[1]", S.FAILED, S.QUEUED, attempt=1)])
+    row = store.tasks.get(exp, "s[1]")
+    assert (row.state, row.attempt) == ("QUEUED", 1)
 
 
 @pytest.mark.parametrize(("a", "b"), [(S.CREATED, S.COMPLETED), (S.CREATED, S.RUNNING),
@@ -78,42 +80,42 @@ def test_illegal_transition_is_an_error_and_writes_nothing(store: Store, a: S, b
     else:
         batch = [T("s[0]", a, b)]
     with pytest.raises(IllegalTransition):
-        store.apply_transitions(exp, batch)
-    assert store.task(exp, "s[0]")["state"] == "CREATED"
-    assert store.events(exp) == []
+        store.tasks.apply_transitions(exp, batch)
+    assert store.tasks.get(exp, "s[0]").state == "CREATED"
+    assert store.tasks.events(exp) == []
 
 
 def test_terminal_states_stay_terminal(store: Store) -> None:
     exp = _experiment(store)
-    store.transition(exp, "s[2]", S.CANCELED, message="canceled")
+    store.tasks.transition(exp, "s[2]", S.CANCELED, message="canceled")
     for target in (S.QUEUED, S.RUNNING, S.COMPLETED):
         with pytest.raises(IllegalTransition):
-            store.transition(exp, "s[2]", target)
-    assert store.task(exp, "s[2]")["state"] == "CANCELED"
+            store.tasks.transition(exp, "s[2]", target)
+    assert store.tasks.get(exp, "s[2]").state == "CANCELED"
 
 
 def test_a_stale_writer_loses_and_the_batch_is_atomic(store: Store) -> None:
     exp = _experiment(store)
-    store.apply_transitions(exp, [T("s[0]", S.CREATED, S.QUEUED)])
+    store.tasks.apply_transitions(exp, [T("s[0]", S.CREATED, S.QUEUED)])
     # s[1] is fine on its own, s[0] is stale (it is QUEUED, not CREATED): nothing is written.
     with pytest.raises(Conflict):
-        store.apply_transitions(exp, [T("s[1]", S.CREATED, S.QUEUED),
+        store.tasks.apply_transitions(exp, [T("s[1]", S.CREATED, S.QUEUED),
                                       T("s[0]", S.CREATED, S.CANCELED)])
-    assert store.task(exp, "s[1]")["state"] == "CREATED"
-    assert store.task(exp, "s[0]")["state"] == "QUEUED"
-    assert len(store.events(exp)) == 1
+    assert store.tasks.get(exp, "s[1]").state == "CREATED"
+    assert store.tasks.get(exp, "s[0]").state == "QUEUED"
+    assert len(store.tasks.events(exp)) == 1
 
 
 def test_experiment_lookup_and_cancel_flag(store: Store) -> None:
     exp = _experiment(store)
-    assert store.get_experiment(exp[:8])["id"] == exp
-    assert store.list_experiments()[0]["params"] == {"N": "1"}
-    assert store.request_cancel(exp) and store.cancel_requested(exp)
-    store.update_experiment(exp, status="COMPLETED")
-    assert store.get_experiment(exp)["finished_at"] is not None
-    assert not store.request_cancel(exp)  # an ended experiment cannot be canceled
+    assert store.experiments.get(exp[:8]).id == exp
+    assert store.experiments.list()[0].params == {"N": "1"}
+    assert store.experiments.request_cancel(exp) and store.experiments.cancel_requested(exp)
+    store.experiments.update(exp, status="COMPLETED")
+    assert store.experiments.get(exp).finished_at is not None
+    assert not store.experiments.request_cancel(exp)  # an ended experiment cannot be canceled
 
 
 def test_many_tasks_insert_in_chunks(store: Store) -> None:
     exp = _experiment(store, n=45_000)
-    assert store.state_counts(exp) == {"s": {"CREATED": 45_000}}
+    assert store.tasks.state_counts(exp) == {"s": {"CREATED": 45_000}}

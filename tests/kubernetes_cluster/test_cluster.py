@@ -31,18 +31,21 @@ def test_a_bundle_runs_as_a_job_on_the_cluster(tmp_path: Path) -> None:
     if missing:
         pytest.fail(f"make test-kubernetes needs {', '.join(missing)} (see this file's "
                     "docstring)")
-    from airavata_prefect.adapters.db import Store
-    from airavata_prefect.api import resources, service
+    from airavata_prefect.adapters.store import Store
     from airavata_prefect.blocks import KubernetesCluster
-    from airavata_prefect.flows.settings import get_settings
+    from airavata_prefect.usecases.authorization import ensure_project
+    from airavata_prefect.usecases.context import Context
+    from airavata_prefect.usecases.lifecycle import start_runner
+    from airavata_prefect.usecases.registration import register_compute
+    from airavata_prefect.usecases.settings import get_settings
+    from airavata_prefect.usecases.submit import submit
 
     name = f"k8s-it-{os.getpid()}"
-    store = Store(get_settings().db_url)
-    authz = service.authorizer(store)
-    user = get_settings().user
-    service.ensure_project(store, authz, "default", user)
-    resources.register_compute(
-        store, authz, actor=user, project="default", name=name, kind="kubernetes",
+    ctx = Context(get_settings(), Store(get_settings().db_url), get_settings().user)
+    store = ctx.store
+    ensure_project(ctx, "default")
+    register_compute(
+        ctx, project="default", name=name,
         block=KubernetesCluster(work_pool_name=name, cores_per_node=2,
                                 namespace=os.environ.get("AIRAVATA_K8S_NAMESPACE", "default"),
                                 image=os.environ["AIRAVATA_K8S_IMAGE"]))
@@ -58,14 +61,13 @@ def test_a_bundle_runs_as_a_job_on_the_cluster(tmp_path: Path) -> None:
                 task_outputs: {OUT: out.txt}
             constraints: {excluded: [local]}
             """))
-        exp_id = service.submit(store, get_settings(), spec, [], user=user, authz=authz)
-        service.start_runner(store.get_experiment(exp_id))
+        exp_id = submit(ctx, spec, [])
+        start_runner(store, store.experiments.get(exp_id))
         deadline = time.monotonic() + 900
-        while store.get_experiment(exp_id)["status"] not in ("COMPLETED", "FAILED", "CANCELED"):
+        while store.experiments.get(exp_id).status not in ("COMPLETED", "FAILED", "CANCELED"):
             assert time.monotonic() < deadline, "the experiment did not end in 15 minutes"
             time.sleep(5)
-        assert store.get_experiment(exp_id)["status"] == "COMPLETED"
+        assert store.experiments.get(exp_id).status == "COMPLETED"
     finally:
         worker.terminate()
-        authz.close()
-        store.close()
+        ctx.close()

@@ -1,0 +1,38 @@
+"""The store (SQLAlchemy 2 Core, migrated by Alembic): SQLite by default, PostgreSQL in
+production. One engine, and one repository per concept:
+
+- `experiments` — experiments, created with all their task rows at once;
+- `tasks` — task instances, whose states change only by checked compare-and-set transitions;
+- `bundles` — bundles dispatched to registered resources, and what their workers report;
+- `credentials` — which OpenBao path each credential id names (never a secret);
+- `audit` — privileged actions and refusals, with correlation ids;
+- `relationships` — the journal of the permission graph (embedded SpiceDB keeps nothing).
+"""
+
+from __future__ import annotations
+
+from airavata_prefect.adapters.store.audit import AuditLog
+from airavata_prefect.adapters.store.bundles import BundleRepo
+from airavata_prefect.adapters.store.credentials import CredentialRepo, CredentialRow
+from airavata_prefect.adapters.store.engine import make_engine, migrate, utcnow
+from airavata_prefect.adapters.store.experiments import ExperimentRepo
+from airavata_prefect.adapters.store.relationships import RelationshipJournal
+from airavata_prefect.adapters.store.tasks import TaskRepo
+
+
+class Store:
+    def __init__(self, url: str) -> None:
+        self.engine = make_engine(url)
+        migrate(self.engine)
+        self.experiments = ExperimentRepo(self.engine)
+        self.tasks = TaskRepo(self.engine)
+        self.bundles = BundleRepo(self.engine)
+        self.credentials = CredentialRepo(self.engine)
+        self.audit = AuditLog(self.engine)
+        self.relationships = RelationshipJournal(self.engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+__all__ = ["CredentialRow", "Store", "utcnow"]

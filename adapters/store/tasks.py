@@ -1,0 +1,129 @@
+"""Task instances in the store: state changes are checked against the domain's transitions and
+written as compare-and-set on the previous state, in batches written whole or not at all; every
+change is kept as a task event."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import sqlalchemy as sa
+
+from airavata_prefect.adapters.store.engine import utcnow
+from airavata_prefect.adapters.store.schema import UtcDateTime, task_events, tasks
+from airavata_prefect.domain.errors import Conflict, NotFound
+from airavata_prefect.domain.records import Task, TaskEvent
+from airavata_prefect.domain.states import (
+    TERMINAL,
+    IllegalTransition,
+    TaskState,
+    Transition,
+    check_transition,
+)
+
+
+class TaskRepo:
+    def __init__(self, engine: sa.Engine) -> None:
+        self.engine = engine
+
+    def apply_transitions(self, exp_id: str, batch: Sequence[Transition]) -> None:
+        """Write state changes atomically: all of the batch, or none of it."""
+        if not batch:
+            return
+        for t in batch:
+            check_transition(t.instance_id, t.from_state, t.to_state)
+        # Several changes of one task in a batch collapse into one compare-and-set row update.
+        first: dict[str, Transition] = {}
+        last: dict[str, Transition] = {}
+        for t in batch:
+            first.setdefault(t.instance_id, t)
+            if t.instance_id in last and last[t.instance_id].to_state != t.from_state:
+                raise IllegalTransition(t.instance_id, last[t.instance_id].to_state, t.to_state)
+            last[t.instance_id] = t
+        started = {t.instance_id: t.at for t in batch if t.to_state == TaskState.RUNNING}
+        rows = []
+        for iid, t in last.items():
+            finished = t.at if t.to_state in TERMINAL else None
+            rows.append({"e": exp_id, "i": iid, "from_": str(first[iid].from_state),
+                         "to": str(t.to_state), "attempt": t.attempt, "exit_code": t.exit_code,
+                         "reason": t.message if t.to_state != TaskState.COMPLETED else None,
+                         "started": started.get(iid), "finished": finished})
+        upd = (tasks.update()
+               .where(tasks.c.experiment_id == sa.bindparam("e"),
+                      tasks.c.instance_id == sa.bindparam("i"),
+                      tasks.c.state == sa.bindparam("from_"))
+               .values(state=sa.bindparam("to"), attempt=sa.bindparam("attempt"),
+                       exit_code=sa.bindparam("exit_code"), reason=sa.bindparam("reason"),
+                       started_at=sa.func.coalesce(sa.bindparam("started", UtcDateTime),
+                                                   tasks.c.started_at),
+                       finished_at=sa.bindparam("finished", UtcDateTime)))
+        events = [{"experiment_id": exp_id, "instance_id": t.instance_id,
+                   "from_state": str(t.from_state), "to_state": str(t.to_state),
+                   "attempt": t.attempt, "at": t.at, "message": t.message} for t in batch]
+        with self.engine.begin() as conn:
+            changed = conn.execute(upd, rows).rowcount
+            if changed != len(rows):
+                raise Conflict(f"{len(rows) - changed} of {len(rows)} task state changes lost a "
+                               "race (stored state differs); nothing was written")
+            conn.execute(task_events.insert(), events)
+
+    def transition(self, exp_id: str, instance_id: str, to_state: TaskState, *,
+                   message: str | None = None) -> None:
+        """One state change from whatever the task's state is now (checked, compare-and-set)."""
+        current = self.get(exp_id, instance_id)
+        self.apply_transitions(exp_id, [Transition(
+            instance_id, current.state, to_state, utcnow(), current.attempt, message,
+            current.exit_code)])
+
+    def get(self, exp_id: str, instance_id: str) -> Task:
+        with self.engine.connect() as conn:
+            found = conn.execute(tasks.select().where(
+                tasks.c.experiment_id == exp_id, tasks.c.instance_id == instance_id)
+            ).mappings().first()
+        if found is None:
+            raise NotFound(f"no task {instance_id!r} in experiment {exp_id}")
+        return Task.from_row(found)
+
+    def list(self, exp_id: str, *, states: Sequence[str] | None = None,
+             step: str | None = None, limit: int | None = None) -> list[Task]:
+        q = tasks.select().where(tasks.c.experiment_id == exp_id)
+        if states:
+            q = q.where(tasks.c.state.in_(list(states)))
+        if step:
+            q = q.where(tasks.c.step == step)
+        q = q.order_by(tasks.c.step, tasks.c.idx).limit(limit)
+        with self.engine.connect() as conn:
+            return [Task.from_row(r) for r in conn.execute(q).mappings()]
+
+    def resources_of(self, exp_id: str, instance_ids: Iterable[str]) -> dict[str, str]:
+        """Where each of these instances was placed."""
+        ids = list(instance_ids)
+        out: dict[str, str] = {}
+        with self.engine.connect() as conn:
+            for i in range(0, len(ids), 1000):
+                q = sa.select(tasks.c.instance_id, tasks.c.resource).where(
+                    tasks.c.experiment_id == exp_id, tasks.c.instance_id.in_(ids[i:i + 1000]))
+                out.update({iid: res for iid, res in conn.execute(q)})
+        return out
+
+    def state_counts(self, exp_id: str) -> dict[str, dict[str, int]]:
+        """{step: {state: count}} in one grouped query."""
+        q = (sa.select(tasks.c.step, tasks.c.state, sa.func.count())
+             .where(tasks.c.experiment_id == exp_id).group_by(tasks.c.step, tasks.c.state))
+        out: dict[str, dict[str, int]] = {}
+        with self.engine.connect() as conn:
+            for step, state, n in conn.execute(q):
+                out.setdefault(step, {})[state] = n
+        return out
+
+    def events(self, exp_id: str, instance_id: str | None = None, *,
+               limit: int | None = None) -> list[TaskEvent]:
+        """State changes in the order they happened (of one instance, or all)."""
+        q = task_events.select().where(task_events.c.experiment_id == exp_id)
+        if instance_id:
+            q = q.where(task_events.c.instance_id == instance_id)
+        with self.engine.connect() as conn:
+            return [TaskEvent.from_row(r) for r in conn.execute(
+                q.order_by(task_events.c.id).limit(limit)).mappings()]
+
+
+__all__ = ["TaskRepo"]

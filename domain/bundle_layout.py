@@ -1,0 +1,147 @@
+"""What a bundle puts on a resource, and how its progress reads back.
+
+Layout under the experiment's directory on the resource (`<working_directory>/<experiment>`):
+
+    <step>/<index>/                  each instance's working directory (stdout.log, outputs)
+    .bundles/<bundle>/run_one.sh     runs one instance (bash, coreutils, util-linux only)
+    .bundles/<bundle>/run_all.sh     runs them all, P at a time (bare metal)
+    .bundles/<bundle>/steps/<step>.sh   the step's script, its `environment` exported
+    .bundles/<bundle>/tasks/<k>.sh   instance k: its variables (exported) and a few AV_ settings
+    .bundles/<bundle>/results/       k.start / k.exit markers, written by run_one.sh
+
+Nothing secret is in any of these: instance variables come from the experiment YAML, and the
+scripts' environment is rebuilt from scratch (`env -i`) so nothing of the host's leaks in.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from airavata_prefect.domain.dag import TaskGraph, TaskInstance
+from airavata_prefect.domain.endings import Exit
+from airavata_prefect.domain.instance import (
+    PASSTHROUGH,
+    PASSTHROUGH_PREFIXES,
+    earlier_logs,
+    instance_environment,
+    render_script,
+)
+
+_HERE = Path(__file__).parent
+RUN_ONE = (_HERE / "run_one.sh").read_text().replace(
+    "@PASSTHROUGH@", "|".join((*PASSTHROUGH, *(f"{p}*" for p in PASSTHROUGH_PREFIXES))))
+RUN_ALL = (_HERE / "run_all.sh").read_text()
+EXECUTABLE = frozenset({"run_one.sh", "run_all.sh"})
+
+
+@dataclass(frozen=True)
+class Link:
+    """A staged storage mount: `src` under the bundle directory, linked at `dst` (relative to
+    each instance's working directory)."""
+
+    src: str
+    dst: str
+
+
+@dataclass(frozen=True)
+class Member:
+    """One instance in a bundle, at position `k`."""
+
+    instance: TaskInstance
+    attempt: int
+
+
+def bundle_dir(experiment_root: str, bundle_id: str) -> str:
+    return f"{experiment_root}/.bundles/{bundle_id}"
+
+
+def _q(value: str) -> str:
+    return shlex.quote(value)
+
+
+def _array(items: Sequence[str]) -> str:
+    return "(" + " ".join(_q(i) for i in items) + ")"
+
+
+def task_file(member: Member, *, experiment_id: str, workdir: str,
+              walltime: int | None = None, links: Sequence[Link] = ()) -> str:
+    inst = member.instance
+    env = instance_environment(inst, experiment_id=experiment_id, attempt=member.attempt,
+                               workdir=workdir)
+    lines = [f"AV_STEP={_q(inst.step)}", f"AV_WORKDIR={_q(workdir)}",
+             f"AV_WALLTIME={walltime or ''}",
+             f"AV_KEEP_LOGS={_array([f'{a}|{b}' for a, b in earlier_logs(member.attempt)])}",
+             f"AV_LINKS={_array([f'{link.src}|{link.dst}' for link in links])}",
+             *(f"export {k}={_q(v)}" for k, v in env.items())]
+    return "\n".join(lines) + "\n"
+
+
+def bundle_files(graph: TaskGraph, step: str, members: Sequence[Member], *, experiment_id: str,
+                 walltime: int | None = None, links: Sequence[Link] = ()) -> dict[str, str]:
+    """Every file of a bundle, by path relative to its directory. `graph` is rooted at the
+    experiment's directory on the resource, so paths resolve there."""
+    plan = graph.by_name[step]
+    files = {"run_one.sh": RUN_ONE, "run_all.sh": RUN_ALL, "results/.keep": "",
+             f"steps/{step}.sh": render_script(plan.script, plan.resources.environment)}
+    for k, m in enumerate(members):
+        files[f"tasks/{k}.sh"] = task_file(
+            m, experiment_id=experiment_id, walltime=walltime, links=links,
+            workdir=graph.workdir(m.instance.step, m.instance.index))
+    return files
+
+
+@dataclass(frozen=True)
+class Marker:
+    """What run_one.sh left for one instance."""
+
+    started: bool = False
+    end: Exit | None = None  # set once the instance ended on its own
+
+    @property
+    def ended(self) -> bool:
+        return self.end is not None
+
+
+def parse_end(line: str) -> Exit | None:
+    """An `.exit` line: "exit N", "signal S", "timeout" or "error N WHY"; None if torn."""
+    kind, _, rest = line.strip().partition(" ")
+    try:
+        if kind == "exit":
+            return Exit(code=int(rest))
+        if kind == "signal":
+            return Exit(signal=int(rest))
+        if kind == "timeout":
+            return Exit(timed_out=True)
+        if kind == "error":
+            code, _, why = rest.partition(" ")
+            return Exit(code=int(code), failure=f"could not start: {why or 'unknown'}")
+    except ValueError:
+        return None
+    return None
+
+
+def parse_markers(text: str) -> dict[int, Marker]:
+    """`grep -r ''` over results/: lines like `./12.start:1700000000` or `./12.exit:exit 3`."""
+    out: dict[int, Marker] = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(":")
+        base = name.rsplit("/", 1)[-1]
+        stem, _, kind = base.partition(".")
+        if not stem.isdigit() or kind not in ("start", "exit"):
+            continue
+        k = int(stem)
+        current = out.get(k, Marker())
+        if kind == "start":
+            out[k] = Marker(True, current.end)
+            continue
+        end = parse_end(value)
+        if end is not None:  # else a half-written file: read it next time
+            out[k] = Marker(True, end)
+    return out
+
+
+__all__ = ["EXECUTABLE", "Link", "Marker", "Member", "bundle_dir", "bundle_files",
+           "parse_end", "parse_markers", "task_file"]

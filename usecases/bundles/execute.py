@@ -1,0 +1,242 @@
+"""Running one bundle, wherever it is asked for: by a `slurm` or `baremetal` worker (the resource
+is reached over SSH, sbatch or slurmrestd), or by the `execute_bundle` flow itself in place (a
+Kubernetes pod, a process worker: the resource is the machine it runs on).
+
+Load the bundle and its experiment from the store, open the resource with short-lived secrets,
+stage, then run and follow it (usecases/bundles/runner.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shlex
+from collections.abc import Awaitable, Callable
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from prefect.client.schemas.objects import State
+from prefect.states import Cancelled, Completed, Failed
+
+from airavata_prefect.adapters import prefect_api
+from airavata_prefect.adapters.detached import BareMetalLauncher
+from airavata_prefect.adapters.hosts import Host, LocalHost, check
+from airavata_prefect.adapters.launcher import Session
+from airavata_prefect.adapters.openbao import SecretRef
+from airavata_prefect.adapters.store import Store
+from airavata_prefect.blocks import ComputeBlock, StorageBlock
+from airavata_prefect.domain.bundle_layout import Member, bundle_dir
+from airavata_prefect.domain.dag import TaskGraph
+from airavata_prefect.domain.records import Bundle, BundleEvent, Experiment, load_graph
+from airavata_prefect.domain.states import BUNDLE_ENDED, BundleStatus, TaskState, summarize
+from airavata_prefect.usecases.bundles.runner import BundleJob, BundleRunner
+from airavata_prefect.usecases.bundles.secrets import BundleSecrets
+from airavata_prefect.usecases.bundles.staging import (
+    dependency_inputs,
+    mount_names,
+    scratch_dir,
+    stage_mounts,
+)
+from airavata_prefect.usecases.catalog import load_compute, load_storage
+from airavata_prefect.usecases.correlation import correlated
+from airavata_prefect.usecases.settings import Settings
+
+TOKEN_MARGIN_SECONDS = 3600  # a bundle's queue wait is unknown: its token outlives the walltime
+
+
+class Opener(Protocol):
+    """How the resource a bundle runs on is opened."""
+
+    compute_secret: bool  # whether opening it needs the resource's credential
+    enforce_walltime: bool  # run_one.sh stops instances at their walltime (no scheduler does)
+
+    def open(self, block: ComputeBlock, secret: dict[str, str] | None, home: TaskGraph,
+             step: str) -> Session: ...
+
+
+@dataclass
+class ThroughWorker:
+    """A resource the worker reaches itself: its kind opens the session (SSH, sbatch, REST)."""
+
+    configuration: Any  # the pool's job configuration for this flow run
+    enforce_walltime: bool = False
+    compute_secret: bool = True
+
+    def open(self, block: ComputeBlock, secret: dict[str, str] | None, home: TaskGraph,
+             step: str) -> Session:
+        return block.open_session(self.configuration, secret)
+
+
+@dataclass
+class InPlace:
+    """This machine is the resource (a pod, a process worker): the experiment's directory is
+    here at the same path (a shared volume), instances run as many at once as cores allow."""
+
+    enforce_walltime: bool = True
+    compute_secret: bool = False
+
+    def open(self, block: ComputeBlock, secret: dict[str, str] | None, home: TaskGraph,
+             step: str) -> Session:
+        compute = home.by_name[step].resources.compute
+        host = LocalHost()
+        parallel = max(1, (os.cpu_count() or 1) // (compute.cpu if compute else 1))
+        return Session(host, BareMetalLauncher(host, parallel), str(Path(home.root).parent))
+
+
+@dataclass
+class BundleResult:
+    counts: dict[str, int]
+    message: str
+    canceled: bool = False
+
+
+def resolve_directory(host: Host, directory: str) -> str:
+    """An absolute path on the host (`~` expanded there), created if needed."""
+    if directory == "~" or directory.startswith("~/"):
+        target = '"$HOME"' + shlex.quote(directory[1:]) if directory != "~" else '"$HOME"'
+    else:
+        target = shlex.quote(directory)
+    out = check(host, f"mkdir -p {target} && cd {target} && pwd -P", what="mkdir").text
+    return out.strip().splitlines()[-1]
+
+
+async def open_resource(stack: ExitStack, store: Store, settings: Settings, bundle: Bundle,
+                        exp: Experiment, home: TaskGraph, opener: Opener, *,
+                        walltime: int | None, mounts: list[str]
+                        ) -> tuple[Session, dict[str, StorageBlock], dict[str, Any]]:
+    """The resource opened with the bundle's short-lived secrets (closed by `stack`), and the
+    storage blocks and secret values its mounts need."""
+    secrets = BundleSecrets(store, settings)
+    stack.callback(secrets.close)
+    block = await load_compute(bundle.resource)
+    storage = {name: await load_storage(name) for name in mounts}
+    refs: dict[str, SecretRef] = {}
+    if opener.compute_secret and block.credential is not None:
+        refs[f"compute:{bundle.resource}"] = block.credential.secret_ref()
+    refs |= {f"storage:{n}": b.credential_ref.secret_ref() for n, b in storage.items()
+             if b.credential_ref is not None}
+    values = await asyncio.to_thread(
+        secrets.open, exp.owner or "", refs,
+        walltime_seconds=(walltime or 0) + TOKEN_MARGIN_SECONDS,
+        task=f"bundle {bundle.id} of experiment {exp.id}")
+    session = await asyncio.to_thread(opener.open, block,
+                                      values.get(f"compute:{bundle.resource}"), home,
+                                      bundle.step)
+    stack.callback(session.host.close)
+    return session, storage, values
+
+
+async def run_bundle(settings: Settings, experiment_id: str, bundle_id: str, opener: Opener,
+                     *, flow_run_id: Any, poll_seconds: float, logger: Any,
+                     submitted: Callable[[list[str]], None] | None = None) -> BundleResult:
+    """Run a bundle to its end; every instance's state reaches the store. It is canceled when
+    its experiment's flow asks (the store) or someone cancels its flow run in Prefect."""
+    store = Store(settings.db_url)
+
+    async def cancelled() -> bool:
+        return (store.bundles.cancel_requested(bundle_id)
+                or await prefect_api.flow_run_cancelling(flow_run_id))
+
+    try:
+        with correlated(store.audit.submit_correlation(experiment_id)) as cid:
+            logger.info("bundle %s of experiment %s (correlation id %s)", bundle_id,
+                        experiment_id, cid)
+            return await _run(store, settings, experiment_id, bundle_id, opener,
+                              poll_seconds=poll_seconds, logger=logger, submitted=submitted,
+                              cancelled=cancelled)
+    finally:
+        store.close()
+
+
+def flow_state(result: BundleResult) -> State:
+    """The state a bundle's flow run ends in."""
+    if result.canceled:
+        return Cancelled(message=result.message)
+    if set(result.counts) == {str(TaskState.COMPLETED)}:
+        return Completed(message=result.message)
+    return Failed(message=result.message)
+
+
+async def _run(store: Store, settings: Settings, experiment_id: str, bundle_id: str,
+               opener: Opener, *, poll_seconds: float, logger: Any,
+               submitted: Callable[[list[str]], None] | None,
+               cancelled: Callable[[], Awaitable[bool]] | None) -> BundleResult:
+    bundle = store.bundles.get(bundle_id)
+    exp = store.experiments.get(experiment_id)
+    home = load_graph(exp)
+    step = home.by_name[bundle.step]
+    walltime = step.resources.compute.walltime_seconds if step.resources.compute else None
+    with ExitStack() as stack:
+        try:
+            session, storage, values = await open_resource(
+                stack, store, settings, bundle, exp, home, opener, walltime=walltime,
+                mounts=mount_names(home, bundle.step))
+            base = await asyncio.to_thread(resolve_directory, session.host,
+                                           session.working_directory)
+            remote = home.at(f"{base}/{exp.id}")
+            members = [Member(remote.instance(bundle.step, idx), attempt)
+                       for idx, attempt in bundle.instances]
+            scratch = Path(stack.enter_context(scratch_dir()))
+            prefix = bundle_dir(remote.root, bundle.id).removeprefix(remote.root + "/")
+            staged = await asyncio.to_thread(
+                stage_mounts, remote, bundle.step, prefix,
+                lambda n: storage[n].reader(n, values.get(f"storage:{n}")), scratch)
+            staged.files |= dependency_inputs(store, exp.id, bundle.resource, members,
+                                              remote, home)
+        except Exception as exc:  # nothing was submitted: the bundle fails as a whole
+            reason = f"could not prepare bundle on {bundle.resource}: {exc}"
+            logger.error(reason)
+            fail_all(store, bundle, reason)
+            return BundleResult({str(TaskState.FAILED): len(bundle.instances)}, reason)
+        job = BundleJob(store, bundle, exp, remote, home, members, session.host,
+                        session.launcher, staged,
+                        walltime=walltime if opener.enforce_walltime else None, log=logger)
+        runner = BundleRunner(job, poll_seconds=poll_seconds, cancelled=cancelled,
+                              on_submitted=submitted)
+        counts = await runner.run()
+        return BundleResult(counts, summarize(counts), runner.cancel_sent)
+
+
+def fail_all(store: Store, bundle: Bundle, reason: str, *,
+             state: TaskState = TaskState.FAILED,
+             status: BundleStatus = BundleStatus.FAILED) -> None:
+    """End every instance of a bundle nobody follows (the flow ignores what already ended)."""
+    store.bundles.add_events(bundle.experiment_id, bundle.id, [
+        BundleEvent(k, state, None, reason) for k in range(len(bundle.instances))])
+    store.bundles.update(bundle.id, status=status, message=reason)
+
+
+async def cancel_bundle(settings: Settings, bundle_id: str, ids: list[str], opener: Opener, *,
+                        wait_seconds: float) -> None:
+    """Cancel a bundle. The worker following it sees the request in the store and cancels;
+    when nobody follows it (that worker is gone), cancel its jobs here and end it."""
+    store = Store(settings.db_url)
+    try:
+        await _cancel(store, settings, bundle_id, ids, opener, wait_seconds)
+    finally:
+        store.close()
+
+
+async def _cancel(store: Store, settings: Settings, bundle_id: str, ids: list[str],
+                  opener: Opener, wait_seconds: float) -> None:
+    store.bundles.request_cancel([bundle_id])
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait_seconds
+    while loop.time() < deadline:
+        bundle = store.bundles.get(bundle_id)
+        if bundle.status in BUNDLE_ENDED:
+            return
+        await asyncio.sleep(0.5)
+    exp = store.experiments.get(bundle.experiment_id)
+    with ExitStack() as stack:
+        session, _, _ = await open_resource(stack, store, settings, bundle, exp,
+                                            load_graph(exp), opener, walltime=None, mounts=[])
+        await asyncio.to_thread(session.launcher.cancel, [i for i in ids if i])
+    fail_all(store, bundle, "canceled", state=TaskState.CANCELED,
+             status=BundleStatus.CANCELED)
+
+
+__all__ = ["BundleResult", "InPlace", "Opener", "ThroughWorker", "cancel_bundle", "fail_all",
+           "flow_state", "open_resource", "resolve_directory", "run_bundle"]

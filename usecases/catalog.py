@@ -1,0 +1,73 @@
+"""The registered resources: compute and storage blocks in the Prefect API, by name, and the
+compute resources a user may plan on. Every kind is a block class (blocks/)."""
+
+from __future__ import annotations
+
+from airavata_prefect.adapters import prefect_api
+from airavata_prefect.blocks import (
+    COMPUTE_KINDS,
+    STORAGE_KINDS,
+    ComputeBlock,
+    CredentialRef,
+    StorageBlock,
+)
+from airavata_prefect.domain.resources import LOCAL, ComputeResource, local_resource
+from airavata_prefect.usecases.authorization import allowed
+from airavata_prefect.usecases.context import Context
+from airavata_prefect.usecases.errors import BadInput, Unavailable
+
+_COMPUTE_SLUGS = [k.get_block_type_slug() for k in COMPUTE_KINDS.values()]
+_STORAGE_SLUGS = [k.get_block_type_slug() for k in STORAGE_KINDS.values()]
+
+
+def registered_compute() -> list[tuple[str, ComputeBlock]]:
+    """(name, block) of every registered compute resource; empty without a Prefect API."""
+    try:
+        found = prefect_api.read_blocks(_COMPUTE_SLUGS)
+    except prefect_api.PrefectUnavailable as exc:
+        raise Unavailable(str(exc)) from None
+    return [(n, b) for n, b in found if isinstance(b, ComputeBlock) and n != LOCAL]
+
+
+async def load_compute(name: str) -> ComputeBlock:
+    found = [b for _, b in await prefect_api.aread_blocks(_COMPUTE_SLUGS, name)
+             if isinstance(b, ComputeBlock)]
+    if not found:
+        raise BadInput(f"no compute resource {name!r} is registered "
+                       "(airavata resource compute create)")
+    return found[0]
+
+
+async def load_storage(name: str) -> StorageBlock:
+    found = [b for _, b in await prefect_api.aread_blocks(_STORAGE_SLUGS, name)
+             if isinstance(b, StorageBlock)]
+    if not found:
+        raise BadInput(f"no storage resource {name!r} is registered "
+                       "(airavata resource storage create)")
+    return found[0]
+
+
+def credential_id(ctx: Context, ref: CredentialRef | None) -> str | None:
+    """The id of the credential a block refers to, if we know it."""
+    return ctx.store.credentials.at(ref.mount, ref.path) if ref is not None else None
+
+
+def planning_resources(ctx: Context) -> list[ComputeResource]:
+    """This machine and every registered compute resource the acting user may use
+    (`resource.use`: a member of its project). One whose credential they may not read stays
+    in the list, ineligible, so plans say why."""
+    pool = [local_resource()]
+    for name, block in registered_compute():
+        if not allowed(ctx, "resource.use", name):
+            continue  # another project's: not the user's to see
+        resource = block.to_compute_resource(name)
+        if block.credential is not None:
+            cid = credential_id(ctx, block.credential)
+            ok = cid is not None and allowed(ctx, "credential.read", cid)
+            resource = resource.model_copy(update={"users": [ctx.user] if ok else []})
+        pool.append(resource)
+    return pool
+
+
+__all__ = ["credential_id", "load_compute", "load_storage", "planning_resources",
+           "registered_compute"]

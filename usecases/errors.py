@@ -1,0 +1,42 @@
+"""Why a use case refused or could not act. Each door turns these into its own answer (the CLI:
+one line and an exit status; the REST API: an error envelope), without a traceback."""
+
+from __future__ import annotations
+
+from airavata_prefect.usecases.correlation import correlation_id
+
+
+class BadInput(ValueError):
+    """Bad input that is not a spec problem (an argument, a field, an unknown name)."""
+
+
+class NoPlacement(Exception):
+    """No placement satisfies the experiment's needs and constraints."""
+
+
+class Unavailable(Exception):
+    """An outside service this action needs does not answer."""
+
+
+class Forbidden(Exception):
+    """A permission check refused the action; audited under the correlation id it names."""
+
+    def __init__(self, message: str) -> None:
+        self.correlation_id = correlation_id()
+        super().__init__(f"{message} (correlation id {self.correlation_id})")
+
+
+def describe(exc: Exception) -> str:
+    """One line for an unexpected failure, naming the outside system where it is one (the
+    database's URL without its password)."""
+    from sqlalchemy.exc import SQLAlchemyError
+    if isinstance(exc, SQLAlchemyError):
+        from sqlalchemy.engine import make_url
+
+        from airavata_prefect.usecases.settings import get_settings
+        safe = make_url(get_settings().db_url).render_as_string(hide_password=True)
+        return f"database {safe}: {type(exc).__name__}: {str(exc).splitlines()[0]}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+__all__ = ["BadInput", "Forbidden", "NoPlacement", "Unavailable", "describe"]

@@ -1,0 +1,43 @@
+"""Configuration from `AIRAVATA_*` environment variables (pydantic-settings)."""
+
+from __future__ import annotations
+
+import getpass
+import os
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="AIRAVATA_", extra="ignore")
+
+    home: Path = Field(default_factory=lambda: Path.home() / ".airavata")
+    database_url: str | None = None  # default: SQLite under `home`
+    max_instances: int = Field(1_000_000, ge=1)
+    task_run_threshold: int = Field(500, ge=0)  # above it: one Prefect task run per step
+    concurrency: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
+    cancel_poll_seconds: float = Field(1.0, gt=0)
+    user: str = Field(default_factory=getpass.getuser, min_length=1)  # who acts (AIRAVATA_USER)
+    openbao_url: str = "http://127.0.0.1:8200"
+    # A secret: read from the environment only, never printed, logged or stored.
+    openbao_token: SecretStr | None = None
+    project: str = Field("default", min_length=1)  # where experiments go (AIRAVATA_PROJECT)
+    # A SpiceDB server (production, docker-compose); unset: an embedded one rebuilt from the
+    # store's journal in each process.
+    spicedb_endpoint: str | None = None
+    spicedb_token: SecretStr | None = None
+    spicedb_insecure: bool = False  # plaintext gRPC, for a server on loopback
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.home / 'airavata.db'}"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.home / "runs"
+
+
+def get_settings() -> Settings:
+    return Settings()
