@@ -32,7 +32,7 @@ bench: install
 	$(BIN)/python -m bench
 
 lint: install
-	$(BIN)/ruff check .
+	@bash scripts/lint.sh
 
 prefect-up: install
 	@bash scripts/prefect_server.sh start

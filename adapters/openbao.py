@@ -2,14 +2,12 @@
 
 - KV v2 holds SSH keys, passwords, tokens and S3 keys, versioned: writing a new version (a
   rotation) never disturbs a task that was handed the old one.
-- Transit encrypts values the database must keep (the key never leaves OpenBao).
 - A task gets a short-lived child token whose policy reads exactly its bound credentials' paths,
   with TTL = walltime + margin, revoked when the task ends.
 """
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import uuid
 from dataclasses import dataclass
@@ -59,10 +57,8 @@ class TaskToken:
 
 
 class OpenBao:
-    def __init__(self, url: str, token: str, *, transit_mount: str = "transit",
-                 timeout: float = 10.0) -> None:
+    def __init__(self, url: str, token: str, *, timeout: float = 10.0) -> None:
         self.url = url
-        self.transit_mount = transit_mount
         self._client = hvac.Client(url=url, token=token, timeout=timeout)
 
     # -- health ------------------------------------------------------------------------------
@@ -113,32 +109,6 @@ class OpenBao:
                           raise_on_deleted_version=True)
         return dict(resp["data"]["data"])
 
-    def latest_version(self, ref: SecretRef) -> int:
-        resp = self._call(f"{ref.mount}/{ref.path}", self._client.secrets.kv.v2.read_secret_version,
-                          path=ref.path, mount_point=ref.mount, raise_on_deleted_version=True)
-        return int(resp["data"]["metadata"]["version"])
-
-    # -- transit -----------------------------------------------------------------------------
-
-    def ensure_transit(self, key: str) -> None:
-        mounts = self._call("list secret engines", self._client.sys.list_mounted_secrets_engines)
-        if f"{self.transit_mount}/" not in mounts.get("data", mounts):
-            self._call("enable transit", self._client.sys.enable_secrets_engine,
-                       backend_type="transit", path=self.transit_mount)
-        self._call(f"create transit key {key}", self._client.secrets.transit.create_key,
-                   name=key, mount_point=self.transit_mount)
-
-    def encrypt(self, key: str, plaintext: bytes) -> str:
-        resp = self._call(f"encrypt with {key}", self._client.secrets.transit.encrypt_data,
-                          name=key, plaintext=base64.b64encode(plaintext).decode(),
-                          mount_point=self.transit_mount)
-        return str(resp["data"]["ciphertext"])
-
-    def decrypt(self, key: str, ciphertext: str) -> bytes:
-        resp = self._call(f"decrypt with {key}", self._client.secrets.transit.decrypt_data,
-                          name=key, ciphertext=ciphertext, mount_point=self.transit_mount)
-        return base64.b64decode(resp["data"]["plaintext"])
-
     # -- task tokens -------------------------------------------------------------------------
 
     def issue_task_token(self, refs: list[SecretRef], walltime_seconds: int, *, task: str,
@@ -168,4 +138,4 @@ class OpenBao:
 
     def as_token(self, token: str) -> OpenBao:
         """The same server, acting with another token (what a task would do)."""
-        return OpenBao(self.url, token, transit_mount=self.transit_mount)
+        return OpenBao(self.url, token)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from typing import Any
+from uuid import UUID
 
 import httpx
 from prefect.blocks.core import Block
@@ -92,7 +93,7 @@ class FlowRuns:
         """None while the flow run may still report; else why it ended."""
         async with get_client() as client:
             try:
-                state = (await client.read_flow_run(flow_run_id)).state
+                state = (await client.read_flow_run(UUID(flow_run_id))).state
             except Exception:  # the API being briefly away says nothing about the run
                 return None
         if state is None or not state.is_final():

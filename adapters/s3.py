@@ -66,29 +66,5 @@ class S3:
             raise StorageError(f"{self.name} has nothing at {remote!r}")
         return len(under)
 
-    def put(self, local: Path, remote: str) -> None:
-        try:
-            self._client.upload_file(str(local), self.bucket, self._key(remote))
-        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
-            raise self._fail(f"writing {remote}", exc) from None
-
-    def put_bytes(self, data: bytes, remote: str) -> None:
-        try:
-            self._client.put_object(Bucket=self.bucket, Key=self._key(remote), Body=data)
-        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
-            raise self._fail(f"writing {remote}", exc) from None
-
-    def ensure_bucket(self) -> None:
-        try:
-            self._client.head_bucket(Bucket=self.bucket)
-        except botocore.exceptions.ClientError:
-            try:
-                self._client.create_bucket(Bucket=self.bucket)
-            except (botocore.exceptions.BotoCoreError,
-                    botocore.exceptions.ClientError) as exc:
-                raise self._fail("creating the bucket", exc) from None
-        except botocore.exceptions.BotoCoreError as exc:
-            raise self._fail("reaching the bucket", exc) from None
-
 
 __all__ = ["S3"]

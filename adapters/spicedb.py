@@ -167,8 +167,8 @@ class Authz:
 
     # -- relationships ---------------------------------------------------------------------
 
-    def _update(self, op: int, object_type: str, object_id: str, relation: str,
-                subject: Subject) -> None:
+    def _update(self, op: RelationshipUpdate.Operation.ValueType, object_type: str,
+                object_id: str, relation: str, subject: Subject) -> None:
         row = (object_type, object_id, relation, subject.type, subject.id, subject.relation)
         self._call(f"write {object_type}:{object_id}#{relation}",
                    self._permissions.WriteRelationships,

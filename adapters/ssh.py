@@ -115,7 +115,7 @@ class SSHHost:
     def client(self) -> paramiko.SSHClient:
         with self._lock:
             transport = self._client.get_transport() if self._client else None
-            if transport is None or not transport.is_active():
+            if self._client is None or transport is None or not transport.is_active():
                 if self._client is not None:
                     self._client.close()
                 self._client = self._connect()

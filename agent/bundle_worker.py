@@ -32,7 +32,7 @@ class BundleWorkerResult(BaseWorkerResult):
     pass
 
 
-class BundleWorker(BaseWorker, abc.ABC):  # type: ignore[type-arg]  # ABC: not registered
+class BundleWorker(BaseWorker, abc.ABC):  # ABC: Prefect does not register it as a type
     """The worker of a compute kind whose bundles run from the worker's process. Subclasses
     (agent/workers.py, one per kind) set `kind` and Prefect's `type` and job configuration."""
 

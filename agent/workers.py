@@ -15,7 +15,7 @@ from airavata_prefect.usecases.kinds import ComputeBlock, compute_kinds
 DOCUMENTATION = "https://github.com/apache/airavata"
 
 
-def worker_type(kind: type[ComputeBlock]) -> type[BaseWorker]:  # type: ignore[type-arg]
+def worker_type(kind: type[ComputeBlock]) -> type[BaseWorker]:
     """The Prefect worker type of a compute kind: ours, which runs bundles from its own
     process, or the kind's own base (prefect-kubernetes) whose Job runs the bundle flow."""
     base: type[Any] = kind.worker_base or BundleWorker

@@ -251,6 +251,27 @@ def events_cmd(
     out.print(table)
 
 
+@experiment_app.command("bundles")
+def bundles_cmd(experiment: str = ExperimentArg,
+                as_json: bool = typer.Option(False, "--json")) -> None:
+    """The bundles sent to registered resources: where, how many, their jobs and flow runs."""
+    with open_context() as ctx:
+        rows = queries.bundles(ctx, experiment)
+    if as_json:
+        print(json.dumps([{"id": b.id, "resource": b.resource, "step": b.step,
+                           "instances": len(b.instances), "status": b.status,
+                           "jobs": list(b.infrastructure), "flow_run_id": b.flow_run_id,
+                           "message": b.message} for b in rows], indent=2))
+        return
+    table = Table()
+    for col in ("bundle", "resource", "step", "instances", "status", "jobs", "message"):
+        table.add_column(col, overflow="fold")
+    for b in rows:
+        table.add_row(b.id[:8], b.resource, b.step, str(len(b.instances)), b.status,
+                      ", ".join(b.infrastructure), b.message or "")
+    out.print(table)
+
+
 @experiment_app.command("list")
 def list_cmd(limit: int = typer.Option(20, min=1, help="How many, newest first")) -> None:
     """List the experiments you may read, newest first."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import click
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -63,13 +62,17 @@ def _register(what: str, name: str, kind: str, fields: list[str], credential: st
 
 
 class _KindsHelp(TyperCommand):
-    """Each kind's fields in `--help`, read from the kinds when help is asked for (they load
+    """Each kind's fields in `--help`, read from the kinds when help is shown (they load
     Prefect, which other commands need not wait for)."""
 
-    def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+    @property  # click's plain attribute, computed here
+    def epilog(self) -> str:
         from airavata_prefect.usecases.registration import compute_help
-        self.epilog = compute_help()
-        super().format_help(ctx, formatter)
+        return compute_help()
+
+    @epilog.setter
+    def epilog(self, value: str | None) -> None:
+        return None
 
 
 @compute_app.command("create", cls=_KindsHelp)

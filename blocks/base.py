@@ -10,5 +10,5 @@ class AiravataBlock(Block):
     for each load; our own audit trail records what matters (who used which credential), and
     a command line that waits at exit to deliver load events is a slower one."""
 
-    def _event_method_called_resources(self) -> None:  # type: ignore[override]
+    def _event_method_called_resources(self) -> None:
         return None

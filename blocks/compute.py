@@ -61,7 +61,7 @@ class ComputeBlock(AiravataBlock):
     job_variables_schema: ClassVar[type[BaseVariables] | None] = BundleVariables
     # None: our bundle worker runs each bundle from its own process. Else this Prefect worker
     # type's infrastructure (a Kubernetes Job) runs the `execute_bundle` flow, in place there.
-    worker_base: ClassVar[type[BaseWorker] | None] = None  # type: ignore[type-arg]
+    worker_base: ClassVar[type[BaseWorker] | None] = None
     enforce_walltime: ClassVar[bool] = False  # no scheduler stops an instance at its walltime
 
     work_pool_name: str = Field(..., description="The Prefect work pool that runs its tasks")
@@ -85,7 +85,7 @@ class ComputeBlock(AiravataBlock):
 
     def to_compute_resource(self, name: str) -> ComputeResource:
         return ComputeResource(
-            name=name, type=self.kind,  # type: ignore[arg-type]
+            name=name, type=self.kind,
             nodes=self.nodes, cores_per_node=self.cores_per_node,
             gpus_per_node=self.gpus_per_node, mem_gb_per_node=self.mem_gb_per_node,
             max_walltime=self.max_walltime, queue_wait=self.queue_wait, cost=self.cost,

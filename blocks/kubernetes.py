@@ -42,12 +42,13 @@ def _allowed(name: str, chosen: set[str]) -> bool:
 
 class AiravataKubernetesJobConfiguration(KubernetesWorkerJobConfiguration):
     def prepare_for_flow_run(self, flow_run: Any, *args: Any, **kwargs: Any) -> None:
-        chosen = _explicit_names(self.env)
+        me: Any = self  # its env is a mapping, or a list of Kubernetes env entries
+        chosen = _explicit_names(me.env)
         super().prepare_for_flow_run(flow_run, *args, **kwargs)
-        if isinstance(self.env, dict):
-            self.env = {k: v for k, v in self.env.items() if _allowed(k, chosen)}
+        if isinstance(me.env, dict):
+            me.env = {k: v for k, v in me.env.items() if _allowed(k, chosen)}
         else:
-            self.env = [e for e in self.env if _allowed(e.get("name", ""), chosen)]
+            me.env = [e for e in me.env if _allowed(e.get("name", ""), chosen)]
         pod = self.job_manifest["spec"]["template"]["spec"]
         # prefect-kubernetes' own check wants these in the pod spec; Kubernetes defines them on
         # the Job (a strict API server refuses them where they were).

@@ -126,7 +126,8 @@ def base_request(configuration: SlurmJobConfiguration, block: SlurmCluster,
         mem_mb=configuration.mem_mb, gpus=configuration.gpus, gres=configuration.gres,
         time_seconds=parse_duration(configuration.time_limit) if configuration.time_limit
         else None, extra=tuple(configuration.extra_sbatch),
-        setup=tuple(configuration.setup_commands), environment=dict(configuration.env))
+        setup=tuple(configuration.setup_commands),
+        environment={k: v for k, v in configuration.env.items() if v is not None})
 
 
 def open_slurm(block: SlurmCluster, secret: dict[str, str] | None) -> tuple[SlurmClient, Host]:

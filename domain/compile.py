@@ -146,14 +146,14 @@ def _plan_step(name: str, task: TaskSpec, loaded: LoadedSpec, params: dict[str, 
                                        f"unknown script {task.script!r} (scripts: {known})"))
     script = task.command if task.command is not None else spec.scripts.get(task.script or "", "")
     for field_name in ("foreach", "depends_on"):
-        refs = getattr(task, field_name)
-        for i, ref in enumerate(refs):
+        listed = getattr(task, field_name)
+        for i, ref in enumerate(listed):
             where = (*base, field_name, i)
             if ref == name:
                 problems.append(loaded.problem(where, f"task {name!r} cannot depend on itself"))
             elif ref not in spec.tasks:
                 problems.append(loaded.problem(where, f"unknown task {ref!r}"))
-            elif refs.index(ref) != i:
+            elif listed.index(ref) != i:
                 problems.append(loaded.problem(where, f"task {ref!r} is listed twice"))
     _check_names(task.task_inputs, loaded, (*base, "task_inputs"), "input", problems)
     _check_names(task.task_outputs, loaded, (*base, "task_outputs"), "output", problems)
@@ -183,7 +183,7 @@ def _plan_step(name: str, task: TaskSpec, loaded: LoadedSpec, params: dict[str, 
             continue
         plan.const_env.pop(key, None)
         if isinstance(values, range):
-            plan.axes.append((key, values))  # type: ignore[arg-type]  # rendered lazily below
+            plan.axes.append((key, values))  # rendered lazily below (a range, not a list)
             continue
         tpls = [_parse_template(render(v), loaded, (*path, i), params, problems)
                 for i, v in enumerate(values)]
@@ -203,7 +203,8 @@ def _plan_step(name: str, task: TaskSpec, loaded: LoadedSpec, params: dict[str, 
 def _check_refs(plan: StepPlan, task: TaskSpec, loaded: LoadedSpec,
                 problems: list[Problem]) -> None:
     spec = loaded.spec
-    tpls = [(("tasks", plan.name, "task_inputs", k), t) for k, t in plan.templated.items()]
+    tpls: list[tuple[Path, Template]] = [
+        (("tasks", plan.name, "task_inputs", k), t) for k, t in plan.templated.items()]
     for k, vals in plan.axes:
         tpls += [(("tasks", plan.name, "task_inputs", k, i), t) for i, t in enumerate(vals)
                  if isinstance(t, tuple)]

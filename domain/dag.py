@@ -18,7 +18,7 @@ import json
 import math
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 from airavata_prefect.domain.spec import Resources
 
@@ -29,7 +29,7 @@ Template = tuple[str | tuple[str, str], ...]
 class TaskInstance(NamedTuple):  # a NamedTuple: ~3x cheaper to build than a frozen dataclass
     id: str
     step: str
-    index: int
+    index: int  # type: ignore[assignment]  # shadows tuple.index, which nothing here calls
     env: dict[str, str]
     depends_on: tuple[str, ...]
     outputs: dict[str, str]
@@ -120,8 +120,8 @@ class TaskGraph:
         env = dict(step.const_env)
         for key, tpl in step.templated.items():
             env[key] = self._render(tpl, ups)
-        for key, tpl in self._sweep_values(step, index):
-            env[key] = self._render(tpl, ups)
+        for key, value in self._sweep_values(step, index):
+            env[key] = self._render(value, ups)
         outputs = {k: self.output_path(step.name, index, k) for k in step.outputs}
         env.update(outputs)
         deps = tuple(f"{s}[{i}]" for s, i in ups.items()) + tuple(f"{b}[*]" for b in step.barriers)
@@ -176,8 +176,8 @@ class TaskGraph:
                 if has_tpl:
                     env.update((k, v(up_map) if callable(v) else v)
                                for k, v in zip(keys, combo, strict=False))
-                elif keys:
-                    env.update(zip(keys, combo, strict=False))
+                elif keys:  # no templates in this step: every value is a string
+                    env.update(zip(keys, cast("tuple[str, ...]", combo), strict=False))
                 wd = prefix + str(index)
                 if one_output:
                     outputs = {one_output[0]: wd + one_output[1]}

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import pulp
 
@@ -69,21 +70,60 @@ def level_times(finish: dict[tuple[int, int], float]) -> dict[int, float]:
     return out
 
 
-def _build(inp: ModelInput, objective: str, deadline: float | None, max_cost: float | None,
-           refs: tuple[float, float]) -> tuple[pulp.LpProblem, dict, dict]:
-    """The exact mixed-integer model (the LP path is `_lp`)."""
-    cat = pulp.LpInteger
-    prob = pulp.LpProblem("placement", pulp.LpMinimize)
-    x = {p: pulp.LpVariable(f"x_{p[0]}_{p[1]}", 0, inp.n[p[0]], cat=cat) for p in inp.pairs}
-    levels = sorted(set(inp.level))
-    used = {(r, lv) for (k, r) in inp.pairs for lv in [inp.level[k]]}
-    y = {u: pulp.LpVariable(f"y_{u[0]}_{u[1]}", 0, 1, cat=pulp.LpBinary) for u in used}
-    m = {lv: pulp.LpVariable(f"m_{lv}", 0) for lv in levels}
+def goal(objective: str, cost: Any, makespan: Any, refs: tuple[float, float]) -> Any:
+    """The objective, the one owner of its formula: of numbers (a plan's value) or of PuLP
+    expressions (a model's objective). `balanced` normalises both by their lower bounds."""
+    if objective == "cost":
+        return cost
+    if objective == "time":
+        return makespan
+    return cost * (1 / max(refs[0], 1e-9)) + makespan * (1 / max(refs[1], 1e-9))
+
+
+def _placed(prob: pulp.LpProblem, inp: ModelInput, x: dict[Pair, Any]) -> dict[int, list[Pair]]:
+    """Every instance of every class placed exactly once: sum_r x_kr = n_k."""
     by_class: dict[int, list[Pair]] = {}
-    for p in inp.pairs:
+    for p in x:
         by_class.setdefault(p[0], []).append(p)
     for k, ps in by_class.items():
         prob += pulp.lpSum(x[p] for p in ps) == inp.n[k], f"place_{k}"
+    return by_class
+
+
+def _loads(prob: pulp.LpProblem, inp: ModelInput, m: dict[int, Any], x: dict[Pair, Any],
+           r: int, lv: int, wait: Any, here: list[Pair]) -> None:
+    """A level lasts at least its resource's queue wait plus its core (and GPU) load."""
+    prob += m[lv] >= wait + pulp.lpSum(inp.core_load[p] * x[p] for p in here), f"cores_{r}_{lv}"
+    gpu = [p for p in here if inp.gpu_load.get(p)]
+    if gpu:
+        prob += (m[lv] >= wait + pulp.lpSum(inp.gpu_load[p] * x[p] for p in gpu),
+                 f"gpus_{r}_{lv}")
+
+
+def _limits_and_goal(prob: pulp.LpProblem, inp: ModelInput, x: dict[Pair, Any],
+                     m: dict[int, Any], objective: str, deadline: float | None,
+                     max_cost: float | None, refs: tuple[float, float]) -> Any:
+    """Floor cuts, the hard deadline and budget, and the objective's expression."""
+    _floor_cuts(prob, inp, m, list(x))
+    cost = pulp.lpSum(inp.cost[p] * x[p] for p in x)
+    makespan = pulp.lpSum(m.values())
+    if deadline is not None:
+        prob += makespan <= deadline, "deadline"
+    if max_cost is not None:
+        prob += cost <= max_cost, "max_cost"
+    return goal(objective, cost, makespan, refs)
+
+
+def _build(inp: ModelInput, objective: str, deadline: float | None, max_cost: float | None,
+           refs: tuple[float, float]) -> tuple[pulp.LpProblem, dict[Pair, Any]]:
+    """The exact mixed-integer model (its relaxation is `_lp`)."""
+    cat = pulp.LpInteger
+    prob = pulp.LpProblem("placement", pulp.LpMinimize)
+    x = {p: pulp.LpVariable(f"x_{p[0]}_{p[1]}", 0, inp.n[p[0]], cat=cat) for p in inp.pairs}
+    used = {(r, lv) for (k, r) in inp.pairs for lv in [inp.level[k]]}
+    y = {u: pulp.LpVariable(f"y_{u[0]}_{u[1]}", 0, 1, cat=pulp.LpBinary) for u in used}
+    m = {lv: pulp.LpVariable(f"m_{lv}", 0) for lv in sorted(set(inp.level))}
+    _placed(prob, inp, x)
     for (k, r), var in x.items():
         prob += var <= inp.n[k] * y[(r, inp.level[k])], f"use_{k}_{r}"
         wait = inp.q[r] * y[(r, inp.level[k])]
@@ -96,32 +136,15 @@ def _build(inp: ModelInput, objective: str, deadline: float | None, max_cost: fl
             prob += m[inp.level[k]] >= wait + inp.t[k] * waves, f"wave_{k}_{r}"
     for (r, lv) in used:
         here = [p for p in inp.pairs if p[1] == r and inp.level[p[0]] == lv]
-        prob += (m[lv] >= inp.q[r] * y[(r, lv)]
-                 + pulp.lpSum(inp.core_load[p] * x[p] for p in here)), f"cores_{r}_{lv}"
-        gpu = [p for p in here if inp.gpu_load.get(p)]
-        if gpu:
-            prob += (m[lv] >= inp.q[r] * y[(r, lv)]
-                     + pulp.lpSum(inp.gpu_load[p] * x[p] for p in gpu)), f"gpus_{r}_{lv}"
-    _floor_cuts(prob, inp, m, inp.pairs)
-    cost = pulp.lpSum(inp.cost[p] * x[p] for p in inp.pairs)
-    makespan = pulp.lpSum(m.values())
-    if deadline is not None:
-        prob += makespan <= deadline, "deadline"
-    if max_cost is not None:
-        prob += cost <= max_cost, "max_cost"
-    if objective == "cost":
-        prob += cost
-    elif objective == "time":
-        prob += makespan
-    else:
-        prob += cost * (1 / max(refs[0], 1e-9)) + makespan * (1 / max(refs[1], 1e-9))
-    return prob, x, m
+        _loads(prob, inp, m, x, r, lv, inp.q[r] * y[(r, lv)], here)
+    prob += _limits_and_goal(prob, inp, x, m, objective, deadline, max_cost, refs)
+    return prob, x
 
 
 def solve(inp: ModelInput, objective: str, *, deadline: float | None = None,
           max_cost: float | None = None, time_limit: float = 10.0,
           refs: tuple[float, float] = (1.0, 1.0)) -> Solution:
-    prob, x, _ = _build(inp, objective, deadline, max_cost, refs)
+    prob, x = _build(inp, objective, deadline, max_cost, refs)
     solver = pulp.PULP_CBC_CMD(msg=False, timeLimit=time_limit)
     prob.solve(solver)
     # "Not Solved" after a time limit means CBC found no integer solution: its values are the
@@ -141,7 +164,7 @@ def prefer(inp: ModelInput, base: Solution, objective: str, *, deadline: float |
     """Second, lexicographic solve: most instances on preferred resources, objective held."""
     if not inp.preferred:
         return base
-    prob, x, _ = _build(inp, objective, deadline, max_cost, refs)
+    prob, x = _build(inp, objective, deadline, max_cost, refs)
     slack = abs(base.objective) * 1e-6 + 1e-6
     prob += prob.objective <= base.objective + slack, "hold_objective"
     prob.setObjective(-pulp.lpSum(v for (k, r), v in x.items() if r in inp.preferred))
@@ -152,7 +175,8 @@ def prefer(inp: ModelInput, base: Solution, objective: str, *, deadline: float |
     return Solution.of(inp, base.status, sol, base.objective)
 
 
-def _floor_cuts(prob: pulp.LpProblem, inp: ModelInput, m: dict, pairs: list[Pair]) -> None:
+def _floor_cuts(prob: pulp.LpProblem, inp: ModelInput, m: dict[int, Any],
+                pairs: list[Pair]) -> None:
     """Valid cuts that keep relaxations honest: some resource runs at least one wave of every
     class, paying its queue wait, so M_l >= min_r (q_r + t_k). Without them a fractional y
     nearly erases queue waits and the LP bound says little."""
@@ -165,10 +189,12 @@ def _floor_cuts(prob: pulp.LpProblem, inp: ModelInput, m: dict, pairs: list[Pair
 
 def _lp(inp: ModelInput, objective: str, deadline: float | None, max_cost: float | None,
         refs: tuple[float, float], fixed: set[tuple[int, int]] | None,
-        hold: float | None = None) -> tuple[float, dict] | None:
-    """A linear relaxation: waves fractional (w = x/slots) and, when `fixed` is None, one
-    aggregated usage row per (resource, level); both only loosen the MIP, so its optimum is a
-    lower bound. With `fixed`, exactly those (resource, level) groups are used (y = 1)."""
+        hold: float | None = None) -> tuple[float, dict[Pair, float]] | None:
+    """The linear relaxation of `_build`: waves fractional (w = x/slots) and, when `fixed` is
+    None, one aggregated usage row per (resource, level); both only loosen the MIP, so its
+    optimum is a lower bound. With `fixed`, exactly those (resource, level) groups are used
+    (y = 1). With `hold`, the objective is held under it and most instances go to preferred
+    resources (the lexicographic second pass)."""
     prob = pulp.LpProblem("placement_lp", pulp.LpMinimize)
     pairs = [p for p in inp.pairs if fixed is None or (p[1], inp.level[p[0]]) in fixed]
     x = {p: pulp.LpVariable(f"x_{p[0]}_{p[1]}", 0, inp.n[p[0]]) for p in pairs}
@@ -178,36 +204,21 @@ def _lp(inp: ModelInput, objective: str, deadline: float | None, max_cost: float
     y = {g: 1.0 if fixed is not None else pulp.LpVariable(f"y_{g[0]}_{g[1]}", 0, 1)
          for g in groups}
     m = {lv: pulp.LpVariable(f"m_{lv}", 0) for lv in set(inp.level)}
-    by_class: dict[int, list[Pair]] = {}
-    for p in pairs:
-        by_class.setdefault(p[0], []).append(p)
-    if len(by_class) < len(inp.n):
+    if len(_placed(prob, inp, x)) < len(inp.n):
         return None  # a class lost every resource it could use
-    for k, ps in by_class.items():
-        prob += pulp.lpSum(x[p] for p in ps) == inp.n[k]
     for (r, lv), ps in groups.items():
         if fixed is None:
-            prob += pulp.lpSum(x[p] * (1.0 / inp.n[p[0]]) for p in ps) <= len(ps) * y[(r, lv)]
+            prob += (pulp.lpSum(x[p] * (1.0 / inp.n[p[0]]) for p in ps) <= len(ps) * y[(r, lv)],
+                     f"use_{r}_{lv}")
         wait = inp.q[r] * y[(r, lv)]
         for p in ps:
-            prob += m[lv] >= wait + (inp.t[p[0]] / inp.slots[p]) * x[p]
-        prob += m[lv] >= wait + pulp.lpSum(inp.core_load[p] * x[p] for p in ps)
-        gpu = [p for p in ps if inp.gpu_load.get(p)]
-        if gpu:
-            prob += m[lv] >= wait + pulp.lpSum(inp.gpu_load[p] * x[p] for p in gpu)
-    _floor_cuts(prob, inp, m, pairs)
-    cost = pulp.lpSum(inp.cost[p] * x[p] for p in pairs)
-    makespan = pulp.lpSum(m.values())
-    if deadline is not None:
-        prob += makespan <= deadline
-    if max_cost is not None:
-        prob += cost <= max_cost
-    goal = {"cost": cost, "time": makespan}.get(
-        objective, cost * (1 / max(refs[0], 1e-9)) + makespan * (1 / max(refs[1], 1e-9)))
+            prob += m[lv] >= wait + (inp.t[p[0]] / inp.slots[p]) * x[p], f"wave_{p[0]}_{r}"
+        _loads(prob, inp, m, x, r, lv, wait, ps)
+    objective_expr = _limits_and_goal(prob, inp, x, m, objective, deadline, max_cost, refs)
     if hold is None:
-        prob += goal
-    else:  # lexicographic second pass: objective held, most instances on preferred resources
-        prob += goal <= hold
+        prob += objective_expr
+    else:
+        prob += objective_expr <= hold, "hold_objective"
         prob += -pulp.lpSum(v for (k, r), v in x.items() if r in inp.preferred)
     prob.solve(pulp.PULP_CBC_CMD(msg=False))
     if pulp.LpStatus[prob.status] != "Optimal":
@@ -238,15 +249,6 @@ def _round(inp: ModelInput, x: dict[Pair, float]) -> dict[Pair, float]:
             left += take
         out.update({p: float(v) for p, v in base.items()})
     return out
-
-
-def objective_value(objective: str, cost: float, makespan: float,
-                    refs: tuple[float, float]) -> float:
-    if objective == "cost":
-        return cost
-    if objective == "time":
-        return makespan
-    return cost / max(refs[0], 1e-9) + makespan / max(refs[1], 1e-9)
 
 
 def solve_relaxed_and_round(inp: ModelInput, objective: str, *, deadline: float | None,
@@ -287,7 +289,7 @@ def solve_relaxed_and_round(inp: ModelInput, objective: str, *, deadline: float 
     if (deadline is not None and sol.makespan > deadline + 1e-6) or \
             (max_cost is not None and sol.cost > max_cost + 1e-6):
         return None, bound
-    sol.objective = objective_value(objective, sol.cost, sol.makespan, refs)
+    sol.objective = goal(objective, sol.cost, sol.makespan, refs)
     return sol, bound
 
 

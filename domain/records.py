@@ -44,7 +44,7 @@ class Experiment:
     project: str | None
 
     @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> Experiment:
+    def from_row(cls, row: Mapping[Any, Any]) -> Experiment:
         return cls(
             id=row["id"], name=row["name"], source=row["source"], spec_text=row["spec_text"],
             params=dict(row["params"] or {}), status=ExperimentStatus(row["status"]),
@@ -94,7 +94,7 @@ class Task:
     finished_at: datetime | None
 
     @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> Task:
+    def from_row(cls, row: Mapping[Any, Any]) -> Task:
         return cls(
             experiment_id=row["experiment_id"], instance_id=row["instance_id"],
             step=row["step"], idx=row["idx"], state=TaskState(row["state"]),
@@ -115,7 +115,7 @@ class TaskEvent:
     message: str | None
 
     @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> TaskEvent:
+    def from_row(cls, row: Mapping[Any, Any]) -> TaskEvent:
         return cls(instance_id=row["instance_id"],
                    from_state=TaskState(row["from_state"]) if row["from_state"] else None,
                    to_state=TaskState(row["to_state"]), attempt=row["attempt"],
@@ -152,7 +152,7 @@ class Bundle:
     finished_at: datetime | None
 
     @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> Bundle:
+    def from_row(cls, row: Mapping[Any, Any]) -> Bundle:
         return cls(
             id=row["id"], experiment_id=row["experiment_id"], resource=row["resource"],
             step=row["step"], instances=tuple((int(i), int(a)) for i, a in row["instances"]),
@@ -175,7 +175,7 @@ class BundleEvent:
     bundle_id: str = ""
 
     @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> BundleEvent:
+    def from_row(cls, row: Mapping[Any, Any]) -> BundleEvent:
         return cls(position=row["position"], state=TaskState(row["state"]),
                    exit_code=row["exit_code"], message=row["message"], id=row["id"],
                    bundle_id=row["bundle_id"])
@@ -189,13 +189,13 @@ class AuditEntry:
     at: datetime
     actor: str
     action: str  # a permission key or an action name, e.g. credential.read
-    object: str  # type:id
+    object: str  # "kind:id", e.g. experiment:1a2b...
     correlation_id: str
     outcome: str  # ok | allowed | denied | refused | error
     detail: str | None
 
     @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> AuditEntry:
+    def from_row(cls, row: Mapping[Any, Any]) -> AuditEntry:
         return cls(id=row["id"], at=utc(row["at"]) or row["at"], actor=row["actor"],
                    action=row["action"], object=row["object"],
                    correlation_id=row["correlation_id"], outcome=row["outcome"],

@@ -28,6 +28,8 @@ class ComputeResource(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = Field(min_length=1)
+    # The compute kinds (blocks/), checked here so that a resources file with a typo fails
+    # without loading Prefect; tests/test_blocks.py keeps the two lists equal.
     type: Literal["slurm", "kubernetes", "baremetal", "local"]
     nodes: int = Field(1, ge=1)
     cores_per_node: int = Field(1, ge=1)

@@ -14,7 +14,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from airavata_prefect.domain.dag import StepPlan, TaskGraph, TaskInstance
 from airavata_prefect.domain.endings import Outcome
@@ -142,7 +142,7 @@ class Scheduler:
             for b in s.barriers:
                 self._barrier_children[b].append(s)
         self._ready: dict[str, deque[tuple[StepPlan, int]]] = {}
-        self._running: set[asyncio.Task] = set()
+        self._running: set[asyncio.Future[Any]] = set()
         self._free: dict[str, int] = {LOCAL: concurrency}
         self._wake = asyncio.Event()
         self.summary = Summary({s.name: {} for s in steps})
@@ -170,7 +170,7 @@ class Scheduler:
         if len(counts) == 1:
             return range(j * n, (j + 1) * n)
         ranges = [range(j, j + 1) if k == pos else range(c) for k, c in enumerate(counts)]
-        out = []
+        out: list[int] = []
         for combo in itertools.product(*ranges):
             fe = 0
             for c, v in zip(counts, combo, strict=True):
@@ -220,11 +220,11 @@ class Scheduler:
     def _schedule_hook(self, coro: Awaitable[None]) -> None:
         self._track(asyncio.ensure_future(coro))
 
-    def _track(self, task: asyncio.Future) -> None:
+    def _track(self, task: asyncio.Future[Any]) -> None:
         self._running.add(task)
         task.add_done_callback(self._untrack)
 
-    def _untrack(self, task: asyncio.Future) -> None:
+    def _untrack(self, task: asyncio.Future[Any]) -> None:
         self._running.discard(task)
         self._wake.set()  # the main loop may be waiting for the last task to leave
 

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import asdict
-from typing import Any
+from typing import Any, cast
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import (
@@ -76,6 +76,12 @@ async def run_step(step: str, count: int, tracker: StepTracker) -> State:
     return Failed(message=f"{step}: {text}")
 
 
+def _task_run(call: object) -> Coroutine[Any, Any, State]:
+    """An async task called with return_state=True: Prefect's stubs type the call as its
+    State, but the call is a coroutine that gives the State."""
+    return cast("Coroutine[Any, Any, State]", call)
+
+
 class StepTracker:
     def __init__(self, graph: TaskGraph) -> None:
         self.totals = {s.name: s.count for s in graph.steps}
@@ -119,8 +125,8 @@ class PerInstanceHooks(Hooks):
             result.append(await body())
             return result[0]
 
-        self.states[inst.id] = await run_instance(
-            inst.id, capture, wait_for=self._upstream_states(inst.depends_on), return_state=True)
+        self.states[inst.id] = await _task_run(run_instance(
+            inst.id, capture, wait_for=self._upstream_states(inst.depends_on), return_state=True))
         return result[0] if result else Outcome(TaskState.FAILED, None, "did not start")
 
     async def skipped(self, step: str, index: int, state: TaskState) -> None:
@@ -131,8 +137,8 @@ class PerInstanceHooks(Hooks):
         async def never() -> Outcome:  # runs only when no failed upstream is known to Prefect yet
             return Outcome(state, None, reason)
 
-        self.states[inst.id] = await run_instance(inst.id, never, wait_for=ups,
-                                                  return_state=True)
+        self.states[inst.id] = await _task_run(run_instance(inst.id, never, wait_for=ups,
+                                                            return_state=True))
 
 
 class PerStepHooks(Hooks):
@@ -144,8 +150,8 @@ class PerStepHooks(Hooks):
 
     def _touch(self, step: str) -> None:
         if step not in self.step_runs:
-            self.step_runs[step] = asyncio.ensure_future(run_step(
-                step, self.tracker.totals[step], self.tracker, return_state=True))
+            self.step_runs[step] = asyncio.ensure_future(_task_run(run_step(
+                step, self.tracker.totals[step], self.tracker, return_state=True)))
 
     async def run(self, inst: TaskInstance, body: Callable[[], Awaitable[Outcome]]) -> Outcome:
         self._touch(inst.step)

@@ -10,8 +10,13 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any, cast
 
 from airavata_prefect.usecases.lifecycle import run_detached
+
+if TYPE_CHECKING:
+    from prefect.client.schemas.objects import State
 
 
 def main(argv: list[str]) -> int:
@@ -24,7 +29,9 @@ def main(argv: list[str]) -> int:
     from airavata_prefect.flows.experiment_flow import run_experiment  # imports Prefect
 
     def run() -> bool:
-        return bool(asyncio.run(run_experiment(exp_id, return_state=True)).is_completed())
+        # Prefect types an async flow's call as an Awaitable; it is a coroutine.
+        flow_run = cast("Coroutine[Any, Any, State]", run_experiment(exp_id, return_state=True))
+        return bool(asyncio.run(flow_run).is_completed())
 
     return run_detached(exp_id, run)
 

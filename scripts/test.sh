@@ -6,5 +6,5 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
 bash scripts/system_deps.sh
-.venv/bin/ruff check .
+bash scripts/lint.sh
 exec .venv/bin/pytest "$@"

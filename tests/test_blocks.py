@@ -37,6 +37,12 @@ def test_no_field_can_hold_a_secret(block: type) -> None:
         assert "SecretDict" not in {getattr(k, "__name__", "") for k in kinds}
 
 
+def test_every_compute_kind_is_a_placement_resource_type() -> None:
+    from airavata_prefect.domain.resources import ComputeResource
+    declared = set(get_args(ComputeResource.model_fields["type"].annotation))
+    assert declared == {*blocks.COMPUTE_KINDS, "local"}
+
+
 def test_blocks_map_to_placement_resources() -> None:
     host = BareMetalHost(work_pool_name="bm", host="10.0.0.5", username="runner",
                          host_key="ssh-ed25519 AAAA...", nodes=1, cores_per_node=8,

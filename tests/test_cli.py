@@ -126,6 +126,16 @@ def test_run_watch_completes_and_status_logs_list(prefect_api: str, home: Path,
     logs = cli("experiment", "logs", exp_id[:8], "join[2]")
     assert logs.stdout == "hello alice 3\n"
     assert exp_id[:8] in cli("experiment", "list").stdout
+    events = cli("experiment", "events", exp_id[:8], "join[2]").stdout
+    walked = ["CREATED", "QUEUED", "DATA_STAGING", "ENV_SETUP", "RUNNING", "OUTPUT_STAGING",
+              "COMPLETED"]
+    assert [line.split("│")[5].strip() for line in events.splitlines()
+            if "join[2]" in line] == walked[1:]  # every change of that instance, in order
+    assert cli("experiment", "bundles", exp_id, "--json").stdout.strip() == "[]"  # all local
+    unknown = cli("experiment", "events", exp_id[:8], "nope[0]")
+    assert unknown.returncode == 2 and "no task 'nope[0]'" in unknown.stderr
+    mine = cli("audit").stdout
+    assert "scheduler.queue.submit" in mine and f"experiment:{exp_id}" in mine
 
 
 @pytest.mark.prefect

@@ -3,7 +3,9 @@ SSH, slurmrestd) and a bare-metal host, each served by a `prefect worker start` 
 
 from __future__ import annotations
 
+import json
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -66,6 +68,12 @@ def test_every_slurm_ending_through_the_pool(g: Grid, tmp_path: Path, prefect_ap
     # One bundle, one array, one sbatch call per step: 50 instances went as one array.
     bundles = {b.step: b for b in g.bundles(exp_id)}
     assert set(bundles) == {"sweep", "fail3", "fail255", "killed", "interrupted", "slow"}
+    shown = json.loads(subprocess.run(
+        [str(Path(sys.executable).parent / "airavata"), "experiment", "bundles", exp_id, "--json"],
+        capture_output=True, text=True, check=True).stdout)  # what a user sees of them
+    assert {(b["step"], b["instances"], b["status"]) for b in shown} >= {
+        ("sweep", 50, "COMPLETED"), ("slow", 1, "COMPLETED")}
+    assert {tuple(b["jobs"]) for b in shown} == {b.infrastructure for b in bundles.values()}
     assert all(len(b.infrastructure) == 1 for b in bundles.values())
     # The job scripts on the cluster, as generated for this resource and step.
     exp_root = g.home.parent / "cluster" / exp_id

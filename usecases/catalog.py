@@ -3,6 +3,8 @@ compute resources a user may plan on. Every kind is a block class (blocks/)."""
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 from airavata_prefect.adapters import prefect_api
 from airavata_prefect.blocks import (
     COMPUTE_KINDS,
@@ -16,6 +18,7 @@ from airavata_prefect.usecases.authorization import allowed
 from airavata_prefect.usecases.context import Context
 from airavata_prefect.usecases.errors import BadInput, Unavailable
 
+B = TypeVar("B", ComputeBlock, StorageBlock)
 _COMPUTE_SLUGS = [k.get_block_type_slug() for k in COMPUTE_KINDS.values()]
 _STORAGE_SLUGS = [k.get_block_type_slug() for k in STORAGE_KINDS.values()]
 
@@ -29,22 +32,20 @@ def registered_compute() -> list[tuple[str, ComputeBlock]]:
     return [(n, b) for n, b in found if isinstance(b, ComputeBlock) and n != LOCAL]
 
 
+async def _load(name: str, kind: type[B], slugs: list[str], what: str) -> B:
+    for _, block in await prefect_api.aread_blocks(slugs, name):
+        if isinstance(block, kind):
+            return block
+    raise BadInput(f"no {what} resource {name!r} is registered "
+                   f"(airavata resource {what} create)")
+
+
 async def load_compute(name: str) -> ComputeBlock:
-    found = [b for _, b in await prefect_api.aread_blocks(_COMPUTE_SLUGS, name)
-             if isinstance(b, ComputeBlock)]
-    if not found:
-        raise BadInput(f"no compute resource {name!r} is registered "
-                       "(airavata resource compute create)")
-    return found[0]
+    return await _load(name, ComputeBlock, _COMPUTE_SLUGS, "compute")
 
 
 async def load_storage(name: str) -> StorageBlock:
-    found = [b for _, b in await prefect_api.aread_blocks(_STORAGE_SLUGS, name)
-             if isinstance(b, StorageBlock)]
-    if not found:
-        raise BadInput(f"no storage resource {name!r} is registered "
-                       "(airavata resource storage create)")
-    return found[0]
+    return await _load(name, StorageBlock, _STORAGE_SLUGS, "storage")
 
 
 def credential_id(ctx: Context, ref: CredentialRef | None) -> str | None:

@@ -118,8 +118,9 @@ class RemoteExecutor:
         elif key not in self._timers:
             self._timers[key] = self._spawn(self._flush_later(key))
         canceller = asyncio.ensure_future(cancel.wait())
+        either: set[asyncio.Future[Any]] = {waiter.future, canceller}
         try:
-            await asyncio.wait({waiter.future, canceller}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
             if not waiter.future.done():  # the experiment is being canceled
                 await self._cancel_all()
                 with contextlib.suppress(TimeoutError):
@@ -137,6 +138,12 @@ class RemoteExecutor:
         task.add_done_callback(self._tasks.discard)
         return task
 
+    @staticmethod
+    def _end(waiters: list[_Waiter], state: TaskState, reason: str) -> None:
+        for w in waiters:
+            if not w.future.done():
+                w.future.set_result(Outcome(state, None, reason))
+
     async def _flush_later(self, key: tuple[str, str]) -> None:
         await asyncio.sleep(self.window)
         await self._flush(key)
@@ -148,14 +155,22 @@ class RemoteExecutor:
         waiters = self._pending.pop(key, [])
         if not waiters:
             return
+        if len(waiters) > self.max_bundle:  # arrived together: the rest go in bundles of their own
+            self._pending[key] = waiters[self.max_bundle:]
+            waiters = waiters[:self.max_bundle]
+            self._spawn(self._flush(key))
         resource, step = key
         if self._canceled:
-            for w in waiters:
-                w.future.set_result(Outcome(TaskState.CANCELED, None, "canceled"))
+            self._end(waiters, TaskState.CANCELED, "canceled")
             return
         bundle_id = await asyncio.to_thread(
             self.store.bundles.create, self.experiment_id, resource, step,
             [(w.inst.index, w.attempt) for w in waiters])
+        if self._canceled:  # canceled while it was being stored: it never goes out
+            await asyncio.to_thread(self.store.bundles.update, bundle_id,
+                                    status=BundleStatus.CANCELED, message="canceled")
+            self._end(waiters, TaskState.CANCELED, "canceled")
+            return
         bundle = self._bundles[bundle_id] = _Bundle(bundle_id, resource, waiters)
         try:
             if resource not in self._pool_types:
@@ -167,11 +182,13 @@ class RemoteExecutor:
             log.error("bundle %s: %s", bundle_id, reason)
             await asyncio.to_thread(self.store.bundles.update, bundle_id,
                                     status=BundleStatus.FAILED, message=reason)
-            for w in waiters:
-                w.future.set_result(Outcome(TaskState.FAILED, None, reason))
+            self._end(waiters, TaskState.FAILED, reason)
             return
         await asyncio.to_thread(self.store.bundles.update, bundle_id,
                                 flow_run_id=bundle.flow_run_id)
+        if self._canceled:  # canceled while its flow run was being created: the store flag
+            with contextlib.suppress(Exception):  # reaches the worker; Prefect hears it too
+                await self.launch.cancel([bundle.flow_run_id])
         log.info("bundle %s: %d instance(s) of %s to %s (flow run %s)", bundle_id, len(waiters),
                  step, resource, bundle.flow_run_id)
         if self._follower is None or self._follower.done():
@@ -234,8 +251,7 @@ class RemoteExecutor:
             return
         self._canceled = True
         for key in list(self._pending):
-            for w in self._pending.pop(key):
-                w.future.set_result(Outcome(TaskState.CANCELED, None, "canceled"))
+            self._end(self._pending.pop(key), TaskState.CANCELED, "canceled")
         active = [b for b in self._bundles.values() if b.open()]
         await asyncio.to_thread(self.store.bundles.request_cancel, [b.id for b in active])
         with contextlib.suppress(Exception):  # the store flag alone reaches the worker

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from airavata_prefect.domain.records import AuditEntry, Experiment, Task, TaskEvent
+from airavata_prefect.domain.records import AuditEntry, Bundle, Experiment, Task, TaskEvent
 from airavata_prefect.domain.states import TaskState
 from airavata_prefect.usecases.authorization import allowed, require
 from airavata_prefect.usecases.context import Context
@@ -67,6 +67,11 @@ def events(ctx: Context, ref: str, instance_id: str | None = None,
     return ctx.store.tasks.events(exp.id, instance_id, limit=limit)
 
 
+def bundles(ctx: Context, ref: str) -> list[Bundle]:
+    """The bundles an experiment sent to registered resources, oldest first."""
+    return ctx.store.bundles.of_experiment(experiment(ctx, ref).id)
+
+
 def my_audit(ctx: Context, correlation_id: str | None = None, limit: int = 200
              ) -> list[AuditEntry]:
     """The audit rows of the acting user's own actions (and refusals)."""
@@ -79,5 +84,5 @@ def ui_url() -> str | None:
     return api.rstrip("/").removesuffix("/api") if api else None
 
 
-__all__ = ["events", "experiment", "experiments", "failed_tasks", "log_file", "my_audit",
+__all__ = ["bundles", "events", "experiment", "experiments", "failed_tasks", "log_file", "my_audit",
            "snapshot", "tasks", "ui_url"]

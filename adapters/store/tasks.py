@@ -4,6 +4,7 @@ change is kept as a task event."""
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Iterable, Sequence
 
 import sqlalchemy as sa
@@ -116,7 +117,7 @@ class TaskRepo:
         return out
 
     def events(self, exp_id: str, instance_id: str | None = None, *,
-               limit: int | None = None) -> list[TaskEvent]:
+               limit: int | None = None) -> builtins.list[TaskEvent]:
         """State changes in the order they happened (of one instance, or all)."""
         q = task_events.select().where(task_events.c.experiment_id == exp_id)
         if instance_id:
