@@ -8,6 +8,7 @@ placement; 4 permission denied.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 
@@ -60,10 +61,16 @@ def audit_cmd(
     correlation_id: str | None = typer.Option(None, "--correlation-id", "-c",
                                               help="Only the rows of this correlation id"),
     limit: int = typer.Option(50, min=1, help="At most this many rows, oldest first"),
+    as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Your own privileged actions and refusals, with their correlation ids."""
     with open_context() as ctx:
         rows = queries.my_audit(ctx, correlation_id, limit)
+    if as_json:
+        print(json.dumps([{"at": r.at.isoformat(), "action": r.action, "object": r.object,
+                           "outcome": r.outcome, "correlation_id": r.correlation_id,
+                           "detail": r.detail} for r in rows], indent=2))
+        return
     table = Table(title=f"audit trail of {ctx.user}")
     for col in ("at", "action", "object", "outcome", "correlation id", "detail"):
         table.add_column(col, overflow="fold")

@@ -134,8 +134,9 @@ def test_run_watch_completes_and_status_logs_list(prefect_api: str, home: Path,
     assert cli("experiment", "bundles", exp_id, "--json").stdout.strip() == "[]"  # all local
     unknown = cli("experiment", "events", exp_id[:8], "nope[0]")
     assert unknown.returncode == 2 and "no task 'nope[0]'" in unknown.stderr
-    mine = cli("audit").stdout
-    assert "scheduler.queue.submit" in mine and f"experiment:{exp_id}" in mine
+    mine = json.loads(cli("audit", "--json").stdout)
+    assert ("scheduler.queue.submit", f"experiment:{exp_id}", "ok") in {
+        (r["action"], r["object"], r["outcome"]) for r in mine}
 
 
 @pytest.mark.prefect
