@@ -193,28 +193,151 @@ def ensure_pool(pool: str, type_: str, template: dict[str, Any], description: st
 
 
 def ensure_deployment(flow_name: str, name: str, *, pool: str, entrypoint: str,
-                      job_variables: dict[str, Any], description: str) -> str:
-    """Create or update the deployment `flow_name/name`; its id."""
+                      job_variables: dict[str, Any], description: str,
+                      parameter_schema: dict[str, Any] | None = None,
+                      tags: list[str] | None = None) -> str:
+    """Create or update the deployment `flow_name/name`; its id. With a parameter schema,
+    the UI's Custom run shows a form and Prefect checks each run's parameters against it."""
+    extra: dict[str, Any] = {}
+    if parameter_schema is not None:
+        extra = {"parameter_openapi_schema": parameter_schema, "enforce_parameter_schema": True}
     with get_client(sync_client=True) as client:
         flow_id = client.create_flow_from_name(flow_name)
         return str(client.create_deployment(
             flow_id=flow_id, name=name, work_pool_name=pool, entrypoint=entrypoint,
-            job_variables=job_variables, description=description,
-            enforce_parameter_schema=False))
+            job_variables=job_variables, description=description, tags=tags or [],
+            **({"enforce_parameter_schema": False} | extra)))
+
+
+# -- the experiment flow's deployments, runs, schedules and automations ----------------------
+
+
+def deployment_id(name: str) -> str | None:
+    """The id of deployment `flow/name`, or None when there is none."""
+    try:
+        with get_client(sync_client=True) as client:
+            return str(client.read_deployment_by_name(name).id)
+    except ObjectNotFound:
+        return None
+    except (httpx.HTTPError, OSError) as exc:
+        raise _unavailable(exc, f"cannot read deployment {name}") from None
+
+
+def deployment_pool(name: str) -> str:
+    with get_client(sync_client=True) as client:
+        return str(client.read_deployment_by_name(name).work_pool_name or "")
+
+
+def create_run(deployment: str, parameters: dict[str, Any], *, idempotency_key: str,
+               name: str | None = None, tags: list[str] | None = None) -> str:
+    """A flow run of the deployment (Prefect returns the same run for the same key)."""
+    try:
+        with get_client(sync_client=True) as client:
+            dep = client.read_deployment_by_name(deployment)
+            run = client.create_flow_run_from_deployment(
+                dep.id, parameters=parameters, idempotency_key=idempotency_key, name=name,
+                tags=tags)
+            return str(run.id)
+    except ObjectNotFound:
+        raise PrefectUnavailable(f"there is no deployment {deployment}: start the embedded "
+                                 "default with `airavata server start`") from None
+    except (httpx.HTTPError, OSError) as exc:
+        raise _unavailable(exc, f"cannot start a run of {deployment}") from None
+
+
+async def label_run(flow_run_id: str, name: str, tags: list[str]) -> None:
+    """Name and tag a running flow run (its tags are kept, ours added)."""
+    async with get_client() as client:
+        run = await client.read_flow_run(UUID(flow_run_id))
+        await client.update_flow_run(UUID(flow_run_id), name=name,
+                                     tags=sorted({*run.tags, *tags}))
+
+
+def flow_run_ended(flow_run_id: str) -> bool:
+    """Whether the flow run is in a final state (Crashed, Failed, ...); False when unknown."""
+    try:
+        with get_client(sync_client=True) as client:
+            state = client.read_flow_run(UUID(flow_run_id)).state
+    except Exception:
+        return False
+    return state is not None and state.is_final()
+
+
+def flow_run_parameters(flow_run_id: str) -> dict[str, Any]:
+    with get_client(sync_client=True) as client:
+        return dict(client.read_flow_run(UUID(flow_run_id)).parameters)
+
+
+def online_workers(pool: str) -> list[str]:
+    """Names of the workers polling this pool now (heartbeat within Prefect's window)."""
+    try:
+        with get_client(sync_client=True) as client:
+            workers = client.read_workers_for_work_pool(pool)
+    except ObjectNotFound:
+        return []
+    except (httpx.HTTPError, OSError) as exc:
+        raise _unavailable(exc, f"cannot read the workers of pool {pool}") from None
+    return [w.name for w in workers if str(w.status).upper().endswith("ONLINE")]
+
+
+def ensure_automation(automation: Any) -> str:
+    """Create the automation, or replace the one of the same name (idempotent)."""
+    with get_client(sync_client=True) as client:
+        for old in client.read_automations_by_name(automation.name):
+            client.delete_automation(old.id)
+        return str(client.create_automation(automation))
+
+
+def add_schedule(deployment: str, schedule: Any, parameters: dict[str, Any], slug: str,
+                 active: bool = True) -> str:
+    with get_client(sync_client=True) as client:
+        dep = client.read_deployment_by_name(deployment)
+        for old in dep.schedules:
+            if old.slug == slug:
+                client.delete_deployment_schedule(dep.id, old.id)
+        made = client.create_deployment_schedules(dep.id, [(schedule, active)],
+                                                  parameters=parameters, slug=slug)
+        return str(made[0].id)
+
+
+def schedules(deployment: str) -> list[Any]:
+    with get_client(sync_client=True) as client:
+        return list(client.read_deployment_by_name(deployment).schedules)
+
+
+def set_schedule_active(deployment: str, slug: str, active: bool) -> bool:
+    with get_client(sync_client=True) as client:
+        dep = client.read_deployment_by_name(deployment)
+        for sch in dep.schedules:
+            if sch.slug == slug:
+                client.update_deployment_schedule(dep.id, sch.id, active=active)
+                return True
+    return False
 
 
 __all__ = [
     "FlowRuns",
     "PrefectUnavailable",
+    "add_schedule",
     "api_url",
     "aread_blocks",
+    "create_run",
     "deployment_exists",
+    "deployment_id",
+    "deployment_pool",
+    "ensure_automation",
     "ensure_deployment",
     "ensure_pool",
     "flow_run_cancelling",
     "flow_run_cancelling_sync",
+    "flow_run_ended",
+    "flow_run_parameters",
     "is_cancelling",
+    "label_run",
+    "online_workers",
     "pool_type",
     "read_blocks",
     "save_block",
+    "schedules",
+    "set_schedule_active",
 ]

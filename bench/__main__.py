@@ -56,7 +56,7 @@ def bench_local_run(home: Path) -> tuple[float, float]:
     store = Store(settings.db_url)
     exp_id = submit(Context(settings, store, "bench"), spec, [], authorize=False)
     start = time.perf_counter()
-    state = asyncio.run(run_experiment(exp_id, return_state=True))
+    state = asyncio.run(run_experiment(experiment_id=exp_id, return_state=True))
     flow_s = time.perf_counter() - start
     assert state.is_completed(), state
     assert store.tasks.state_counts(exp_id) == {"t": {"COMPLETED": N_TRUE}}

@@ -81,7 +81,7 @@ def pool_run(home: Path, slurm_env: dict[str, str]) -> tuple[float, int]:
                         "constraints: {excluded: [local]}\n")
         start = time.perf_counter()
         exp_id = submit(ctx, spec, [], project="bench")
-        state = asyncio.run(run_experiment(exp_id, return_state=True))
+        state = asyncio.run(run_experiment(experiment_id=exp_id, return_state=True))
         seconds = time.perf_counter() - start
         assert state.is_completed(), state
         assert store.tasks.state_counts(exp_id) == {"t": {"COMPLETED": N}}

@@ -111,6 +111,11 @@ class TaskGraph:
             p if isinstance(p, str) else self.output_path(p[0], ups[p[0]], p[1]) for p in tpl
         )
 
+    def parse_id(self, instance_id: str) -> tuple[StepPlan, int]:
+        """`step[3]` -> (its step, 3)."""
+        name, _, rest = instance_id.rpartition("[")
+        return self.by_name[name], int(rest.rstrip("]"))
+
     def instance(self, step_name: str, index: int) -> TaskInstance:
         step = self.by_name[step_name]
         if not 0 <= index < step.count:

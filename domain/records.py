@@ -42,6 +42,9 @@ class Experiment:
     plan: Plan | None
     owner: str | None  # who submitted it (credential checks act for them)
     project: str | None
+    paused: bool = False  # no new instance starts until it is resumed
+    resumes: int = 0  # how many times a crashed run of it was resumed
+    origin_flow_run_id: str | None = None  # the flow run that submitted it (a `spec` run)
 
     @classmethod
     def from_row(cls, row: Mapping[Any, Any]) -> Experiment:
@@ -53,7 +56,8 @@ class Experiment:
             runner_pid=row["runner_pid"], created_at=utc(row["created_at"]) or row["created_at"],
             started_at=utc(row["started_at"]), finished_at=utc(row["finished_at"]),
             plan=Plan.from_json(row["plan"]) if row["plan"] else None, owner=row["owner"],
-            project=row["project"])
+            project=row["project"], paused=bool(row["paused"]), resumes=row["resumes"] or 0,
+            origin_flow_run_id=row["origin_flow_run_id"])
 
     @property
     def short_id(self) -> str:

@@ -45,6 +45,11 @@ class Recorder:
     def state(self, iid: str) -> TaskState:
         return self._state.get(iid, TaskState.CREATED)
 
+    def seed(self, iid: str, state: TaskState, attempt: int) -> None:
+        """Where an earlier run left this instance (a resumed run starts from the store)."""
+        self._state[iid] = state
+        self._attempt[iid] = attempt
+
     def record(self, iid: str, to: TaskState, message: str | None = None,
                exit_code: int | None = None) -> None:
         current = self.state(iid)
@@ -92,6 +97,16 @@ class Hooks:
 
 
 @dataclass
+class Resume:
+    """Where an earlier run of the same experiment left its instances (from the store)."""
+
+    settled: dict[str, TaskState] = field(default_factory=dict)  # ended: never run again
+    # In flight on a registered resource (state, attempt): followed where they run, not started.
+    active: dict[str, tuple[TaskState, int]] = field(default_factory=dict)
+    attempts: dict[str, int] = field(default_factory=dict)  # waiting ones: their next attempt
+
+
+@dataclass
 class Summary:
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
     canceled: bool = False
@@ -115,7 +130,8 @@ class Scheduler:
                  concurrency: int, is_cancelled: Callable[[], bool] | None = None,
                  cancel_poll: float = 1.0, hooks: Hooks | None = None,
                  resource_of: Callable[[str, int], str] | None = None,
-                 remote_slots: int = REMOTE_SLOTS) -> None:
+                 remote_slots: int = REMOTE_SLOTS, is_paused: Callable[[], bool] | None = None,
+                 resume: Resume | None = None) -> None:
         """`concurrency` is the local resource's CPU slots; instances `resource_of` places
         elsewhere take one of that resource's `remote_slots` each (its scheduler queues them)."""
         self.graph = graph
@@ -125,6 +141,9 @@ class Scheduler:
         self.resource_of = resource_of or (lambda step, index: LOCAL)
         self.remote_slots = remote_slots
         self.is_cancelled = is_cancelled
+        self.is_paused = is_paused
+        self.paused = False  # while set, no instance starts; running ones go on
+        self.resume = resume or Resume()
         self.cancel_poll = cancel_poll
         self.hooks = hooks or Hooks()
         self.cancel = asyncio.Event()
@@ -232,11 +251,13 @@ class Scheduler:
 
     async def _attempts(self, step: StepPlan, inst: TaskInstance) -> Outcome:
         outcome = Outcome(TaskState.CANCELED, None, "canceled before it started")
-        for attempt in range(step.retries + 1):
+        first = self.resume.active.get(inst.id, (None, self.resume.attempts.get(inst.id, 0)))[1]
+        for attempt in range(first, step.retries + 1):
             if self.cancel.is_set():
                 break
-            self.recorder.record(inst.id, TaskState.QUEUED,
-                                 f"retry {attempt} of {step.retries}" if attempt else None)
+            if self.recorder.state(inst.id) in (TaskState.CREATED, TaskState.FAILED):
+                self.recorder.record(inst.id, TaskState.QUEUED,
+                                     f"retry {attempt} of {step.retries}" if attempt else None)
 
             def report(state: TaskState, message: str | None = None, _id: str = inst.id) -> None:
                 self.recorder.record(_id, state, message)
@@ -263,10 +284,16 @@ class Scheduler:
         self._settle(step, index, self.recorder.state(inst.id))
 
     async def _watch_cancel(self, done: asyncio.Event) -> None:
-        while not done.is_set() and self.is_cancelled is not None:
-            if await asyncio.to_thread(self.is_cancelled):
+        """Polls for a cancel and for pause/resume (both come from outside the run)."""
+        while not done.is_set() and (self.is_cancelled or self.is_paused):
+            if self.is_cancelled is not None and await asyncio.to_thread(self.is_cancelled):
                 self.request_cancel()
                 return
+            if self.is_paused is not None:
+                paused = await asyncio.to_thread(self.is_paused)
+                if paused != self.paused:
+                    self.paused = paused
+                    self._wake.set()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(done.wait(), self.cancel_poll)
 
@@ -295,20 +322,38 @@ class Scheduler:
         self._schedule_hook(self.hooks.skipped(step.name, i, TaskState.CANCELED))
         self._settle(step, i, TaskState.CANCELED)
 
+    def _restore(self) -> None:
+        """A resumed run: what ended stays ended (its dependants are released or failed as
+        then); instances in flight are seeded where they are."""
+        settled = []
+        for iid, state in self.resume.settled.items():
+            step, index = self.graph.parse_id(iid)
+            self._pending[step.name][index] = -1
+            self.recorder.seed(iid, state, 0)
+            settled.append((step, index, state))
+        for iid, (state, attempt) in self.resume.active.items():
+            self.recorder.seed(iid, state, attempt)
+        for iid, attempt in self.resume.attempts.items():
+            self.recorder.seed(iid, TaskState.CREATED, attempt)
+        for step, index, state in settled:
+            self._settle(step, index, state)
+
     async def run(self) -> Summary:
         done = asyncio.Event()
         flusher = asyncio.create_task(self.recorder.run_flusher(done))
         watcher = asyncio.create_task(self._watch_cancel(done))
         try:
-            for step in self.graph.steps:
-                if self._pending[step.name] and self._pending[step.name][0] == 0:
-                    for i in range(step.count):
+            roots = [s for s in self.graph.steps if not self._inst_ups(s) and not s.barriers]
+            self._restore()
+            for step in roots:
+                for i in range(step.count):
+                    if self._pending[step.name][i] == 0:
                         self._enqueue(step, i)
             while True:
                 if self.cancel.is_set():
                     self._cancel_waiting()
                 for resource, ready in self._ready.items():
-                    while ready and not self.cancel.is_set():
+                    while ready and not self.cancel.is_set() and not self.paused:
                         step, i = ready[0]
                         weight = self._weight(step, resource)
                         if weight > self._free[resource]:
@@ -318,7 +363,8 @@ class Scheduler:
                         self._track(asyncio.create_task(self._run_one(step, i, weight,
                                                                       resource)))
                 waiting = any(self._ready.values())
-                if not self._running and (not waiting or self.cancel.is_set()):
+                if not self._running and (not waiting or self.cancel.is_set()) \
+                        and not (waiting and self.paused):
                     break
                 self._wake.clear()
                 await self._wake.wait()
@@ -331,4 +377,4 @@ class Scheduler:
         return self.summary
 
 
-__all__ = ["Executor", "Hooks", "Outcome", "Recorder", "Scheduler", "Summary"]
+__all__ = ["Executor", "Hooks", "Outcome", "Recorder", "Resume", "Scheduler", "Summary"]

@@ -1,7 +1,7 @@
-"""The `run_experiment` Prefect flow: one stored experiment, run to its end (usecases/run.py).
-
-Its only parameter is the experiment id: the spec and overrides are read from the store, so
-nothing the user typed (or anything secret) lands in Prefect's flow-run parameters.
+"""The `run-experiment` Prefect flow: one experiment, run to its end (usecases/run.py), whichever
+door started it: the Prefect UI's form, `prefect deployment run`, a schedule, Prefect's API, or
+`airavata experiment run` (usecases/flow_runs.py decides what it runs, and as whom). No
+parameter is ever secret, and identity is never one.
 
 Up to `task_run_threshold` instances, every instance is a Prefect task run whose `wait_for` edges
 are its upstream instances (a failed upstream shows as NotReady). Above it, one task run per step
@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import asdict
-from typing import Any, cast
+from typing import Annotated, Any, cast
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import (
@@ -25,15 +25,20 @@ from prefect.artifacts import (
 )
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import State
-from prefect.runtime import flow_run
+from prefect.runtime import deployment, flow_run
 from prefect.states import Cancelled, Completed, Failed
+from pydantic import Field
 
 from airavata_prefect.domain.dag import TaskGraph, TaskInstance
 from airavata_prefect.domain.endings import Outcome
+from airavata_prefect.domain.errors import NotFound
+from airavata_prefect.domain.problems import SpecError
 from airavata_prefect.domain.scheduler import Hooks
 from airavata_prefect.domain.states import ExperimentStatus, TaskState, summarize
-from airavata_prefect.usecases import run
+from airavata_prefect.usecases import deployments, flow_runs, run
 from airavata_prefect.usecases.context import open_context
+from airavata_prefect.usecases.correlation import correlated
+from airavata_prefect.usecases.errors import BadInput, Forbidden, NoPlacement, Unavailable
 from airavata_prefect.usecases.settings import get_settings
 
 PROGRESS_SECONDS = 2.0
@@ -165,19 +170,52 @@ class PerStepHooks(Hooks):
         self.tracker.add(step, state)
 
 
-@flow(name="run_experiment", flow_run_name="{experiment_id}", persist_result=False,
-      validate_parameters=True)
-async def run_experiment(experiment_id: str) -> Any:
-    """Run a stored experiment; the flow run ends Completed, Failed or Cancelled like it."""
+SPEC_HELP = ("The experiment YAML itself, or a path to it that the worker can read.")
+
+
+def _failed(logger: Any, message: str) -> State:
+    logger.error("%s", message)
+    return Failed(message=message)
+
+
+@flow(name=deployments.FLOW, persist_result=False, validate_parameters=True,
+      description="Run an Airavata experiment: a parameter sweep over a graph of bash steps.")
+async def run_experiment(
+    spec: Annotated[str, Field(description=SPEC_HELP)] = "",
+    params: Annotated[dict[str, str], Field(
+        description="Parameter overrides, NAME: value")] = {},  # noqa: B006  (Prefect copies)
+    project: Annotated[str, Field(
+        description="Project to run in (default: the deployment's)")] = "",
+    name: Annotated[str, Field(description="Experiment name (default: the spec's)")] = "",
+    experiment_id: Annotated[str, Field(
+        description="Run a stored experiment instead of a spec")] = "",
+    resume_of: Annotated[str, Field(
+        description="Set by the automation that resumes a crashed run")] = "",
+) -> Any:
+    """Submit (or take over) an experiment and run it; the flow run ends Completed, Failed or
+    Cancelled like it."""
     logger = get_run_logger()
     settings = get_settings()
     flow_run_id = str(flow_run.id or "") or None
-    with open_context(settings) as ctx:
+    asked = flow_runs.Asked(spec, dict(params or {}), project, name, experiment_id, resume_of)
+    with open_context(settings) as ctx, correlated(
+            ctx.store.audit.submit_correlation(experiment_id) if experiment_id else None):
         try:
-            claimed = run.claim(ctx.store, experiment_id, flow_run_id)
-        except run.NotWaiting as exc:
-            return Failed(message=str(exc))
+            claimed = await asyncio.to_thread(flow_runs.begin, ctx, asked,
+                                              flow_run_id=flow_run_id,
+                                              deployment_id=str(deployment.id or "") or None)
+        except (SpecError, Forbidden, NoPlacement, Unavailable, BadInput,
+                run.NotWaiting) as exc:
+            return _failed(logger, str(exc))
+        except NotFound as exc:
+            return _failed(logger, str(exc))
         exp, graph = claimed.experiment, claimed.graph
+        if flow_run_id:
+            with contextlib.suppress(Exception):  # a label is not worth failing the run for
+                await deployments.label(flow_run_id, exp)
+        if claimed.resumed_from:
+            logger.warning("experiment %s: resumed from crashed flow run %s", exp.id,
+                           claimed.resumed_from)
         if exp.plan is not None:
             plan = exp.plan
             await acreate_table_artifact(
@@ -200,9 +238,9 @@ async def run_experiment(experiment_id: str) -> Any:
         table=[{"step": s, **{k.lower(): v for k, v in c.items()}}
                for s, c in summary.counts.items()],
         description=f"{exp.name}: {text}")
-    logger.info("experiment %s ended %s: %s", experiment_id, status, text)
+    logger.info("experiment %s ended %s: %s", exp.id, status, text)
     if status == ExperimentStatus.COMPLETED:
-        return {"experiment_id": experiment_id, "status": str(status), "summary": text}
+        return {"experiment_id": exp.id, "status": str(status), "summary": text}
     if status == ExperimentStatus.CANCELED:
         return Cancelled(message=text)
     return Failed(message=text)

@@ -64,7 +64,7 @@ class Grid:
 
     def run(self, exp_id: str):
         from airavata_prefect.flows.experiment_flow import run_experiment
-        return asyncio.run(run_experiment(exp_id, return_state=True))
+        return asyncio.run(run_experiment(experiment_id=exp_id, return_state=True))
 
     def tasks(self, exp_id: str) -> dict[str, Task]:
         return {t.instance_id: t for t in self.store.tasks.list(exp_id)}

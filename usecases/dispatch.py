@@ -21,9 +21,16 @@ from airavata_prefect.adapters.store import Store
 from airavata_prefect.blocks import COMPUTE_KINDS
 from airavata_prefect.domain.dag import StepPlan, TaskGraph, TaskInstance
 from airavata_prefect.domain.endings import Outcome
+from airavata_prefect.domain.records import Bundle
 from airavata_prefect.domain.resources import LOCAL
 from airavata_prefect.domain.scheduler import Executor, Report
-from airavata_prefect.domain.states import BUNDLE_ENDED, TERMINAL, BundleStatus, TaskState
+from airavata_prefect.domain.states import (
+    ACTIVE,
+    BUNDLE_ENDED,
+    TERMINAL,
+    BundleStatus,
+    TaskState,
+)
 
 # Every bundle is a flow run of the deployment `execute_bundle/<resource>` in its pool.
 BUNDLE_FLOW = "execute_bundle"
@@ -63,6 +70,9 @@ class _Bundle:
 
     def open(self) -> bool:
         return any(not w.future.done() for w in self.waiters)
+
+
+_RANK = {s: n for n, s in enumerate(ACTIVE, 1)}  # a bundle's instance only moves forward
 
 
 def job_variables(step: StepPlan, pool_type: str) -> dict[str, Any]:
@@ -105,18 +115,44 @@ class RemoteExecutor:
         self._last_event = 0
         self._canceled = False
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._adopted: dict[str, _Waiter] = {}
+
+    def adopt(self, bundles: list[Bundle], states: dict[str, TaskState]) -> set[str]:
+        """A resumed run follows the bundles an earlier run sent out and that have not ended:
+        never sent twice. Their instances (returned) are followed when the scheduler asks for
+        them; `states` is where the store says each one is."""
+        adopted: set[str] = set()
+        loop = asyncio.get_running_loop()
+        for b in bundles:
+            if b.status in BUNDLE_ENDED or not b.flow_run_id:
+                continue
+            waiters = []
+            for index, attempt in b.instances:
+                inst = self.graph.instance(b.step, index)
+                waiters.append(_Waiter(inst, attempt, lambda *_: None, loop.create_future(),
+                                       states.get(inst.id, TaskState.QUEUED)))
+                adopted.add(inst.id)
+            self._bundles[b.id] = _Bundle(b.id, b.resource, waiters, b.flow_run_id)
+            self._adopted.update({w.inst.id: w for w in waiters})
+        if self._bundles and (self._follower is None or self._follower.done()):
+            self._follower = self._spawn(self._follow())
+        return adopted
 
     async def __call__(self, inst: TaskInstance, attempt: int, report: Report,
                        cancel: asyncio.Event) -> Outcome:
         if cancel.is_set():
             return Outcome(TaskState.CANCELED, None, "canceled before it was dispatched")
-        waiter = _Waiter(inst, attempt, report, asyncio.get_running_loop().create_future())
-        key = (self.resource_of(inst.step, inst.index), inst.step)
-        self._pending.setdefault(key, []).append(waiter)
-        if len(self._pending[key]) >= self.max_bundle:
-            self._spawn(self._flush(key))
-        elif key not in self._timers:
-            self._timers[key] = self._spawn(self._flush_later(key))
+        waiter = self._adopted.pop(inst.id, None)
+        if waiter is not None:  # sent out by an earlier run: followed, not sent again
+            waiter.report = report
+        else:
+            waiter = _Waiter(inst, attempt, report, asyncio.get_running_loop().create_future())
+            key = (self.resource_of(inst.step, inst.index), inst.step)
+            self._pending.setdefault(key, []).append(waiter)
+            if len(self._pending[key]) >= self.max_bundle:
+                self._spawn(self._flush(key))
+            elif key not in self._timers:
+                self._timers[key] = self._spawn(self._flush_later(key))
         canceller = asyncio.ensure_future(cancel.wait())
         either: set[asyncio.Future[Any]] = {waiter.future, canceller}
         try:
@@ -218,7 +254,7 @@ class RemoteExecutor:
                 continue
             if e.state in TERMINAL:
                 w.future.set_result(Outcome(e.state, e.exit_code, e.message))
-            elif e.state != w.state:
+            elif _RANK.get(e.state, 0) > _RANK.get(w.state, 0):  # (seen by an earlier run)
                 w.state = e.state
                 w.report(e.state, e.message)
 

@@ -15,12 +15,13 @@ from airavata_prefect.domain.resources import ComputeResource
 from airavata_prefect.domain.spec import LoadedSpec, load_spec
 
 
-def compile_file(path: str | Path, params: list[str], *, root: str,
+def compile_file(path: str | Path | LoadedSpec, params: list[str], *, root: str,
                  max_instances: int) -> tuple[LoadedSpec, dict[str, str], TaskGraph]:
-    """Load, validate and expand; every problem (spec and --param) in one SpecError."""
+    """Load (unless already loaded), validate and expand; every problem (spec and --param) in
+    one SpecError."""
     overrides, param_problems = parse_overrides(params)
     try:
-        loaded = load_spec(path)
+        loaded = path if isinstance(path, LoadedSpec) else load_spec(path)
         graph = compile_graph(loaded, overrides, root=root, max_instances=max_instances)
     except SpecError as exc:
         raise SpecError([*param_problems, *exc.problems]) from None

@@ -13,9 +13,24 @@ from airavata_prefect.adapters import prefect_api
 from airavata_prefect.adapters.store import Store, utcnow
 from airavata_prefect.domain.dag import TaskGraph
 from airavata_prefect.domain.plan import placed_resources
-from airavata_prefect.domain.records import Experiment, load_graph
-from airavata_prefect.domain.scheduler import Executor, Hooks, Recorder, Scheduler, Summary
-from airavata_prefect.domain.states import ExperimentStatus, Transition, summarize
+from airavata_prefect.domain.records import Bundle, Experiment, load_graph
+from airavata_prefect.domain.scheduler import (
+    Executor,
+    Hooks,
+    Recorder,
+    Resume,
+    Scheduler,
+    Summary,
+)
+from airavata_prefect.domain.states import (
+    BUNDLE_ENDED,
+    TERMINAL,
+    BundleStatus,
+    ExperimentStatus,
+    TaskState,
+    Transition,
+    summarize,
+)
 from airavata_prefect.usecases.dispatch import BUNDLE_FLOW, RemoteExecutor, Routing
 from airavata_prefect.usecases.local import LocalExecutor
 from airavata_prefect.usecases.settings import Settings
@@ -25,22 +40,65 @@ class NotWaiting(RuntimeError):
     """The experiment is not waiting to run (another flow run took it, or it ended)."""
 
 
+MAX_RESUMES = 5  # a run that crashes every time is not resumed for ever
+CRASHED = "its orchestrator stopped while it ran; it runs again (no retry used)"
+
+
 @dataclass
 class Claimed:
     experiment: Experiment
     graph: TaskGraph
+    resumed_from: str | None = None  # the dead flow run this one took the experiment from
 
 
-def claim(store: Store, experiment_id: str, flow_run_id: str | None) -> Claimed:
-    """Mark the experiment RUNNING under this flow run, once: a second claim is refused."""
+def claim(store: Store, experiment_id: str, flow_run_id: str | None,
+          is_dead: Callable[[str], bool] = lambda _: False) -> Claimed:
+    """Mark the experiment RUNNING under this flow run, once: a second claim is refused. A
+    running experiment whose flow run `is_dead` (Crashed) is taken over and resumed."""
     exp = store.experiments.get(experiment_id)
     graph = load_graph(exp)
-    if not store.experiments.update(
+    if store.experiments.update(
             experiment_id, status=ExperimentStatus.RUNNING, flow_run_id=flow_run_id or "",
             runner_pid=os.getpid(), started_at=utcnow(), expect=[ExperimentStatus.CREATED]):
-        raise NotWaiting(f"experiment {experiment_id} is not waiting to run (status "
-                         f"{store.experiments.get(experiment_id).status})")
-    return Claimed(store.experiments.get(experiment_id), graph)
+        return Claimed(store.experiments.get(experiment_id), graph)
+    exp = store.experiments.get(experiment_id)
+    old = exp.flow_run_id
+    if (exp.status in (ExperimentStatus.RUNNING, ExperimentStatus.CANCELING) and old
+            and flow_run_id and old != flow_run_id and is_dead(old)):
+        if store.experiments.take_over(exp.id, old, flow_run_id, MAX_RESUMES):
+            return Claimed(store.experiments.get(experiment_id), graph, resumed_from=old)
+        if exp.resumes >= MAX_RESUMES:
+            message = f"its orchestrator crashed {exp.resumes + 1} times; not resumed again"
+            store.experiments.update(exp.id, status=ExperimentStatus.FAILED, message=message,
+                                     expect=[exp.status])
+            raise NotWaiting(f"experiment {experiment_id}: {message}")
+    raise NotWaiting(f"experiment {experiment_id} is not waiting to run (status "
+                     f"{exp.status})")
+
+
+def resume_point(store: Store, exp: Experiment) -> tuple[Resume, list[Bundle]]:
+    """Where the dead run left the experiment: ended instances stay ended; instances in a
+    bundle still out on a registered resource are followed there (never sent twice); the rest,
+    and anything that was running on this machine, run again without using up a retry."""
+    bundles = [b for b in store.bundles.of_experiment(exp.id)
+               if b.status not in BUNDLE_ENDED and b.flow_run_id]
+    out = {f"{b.step}[{index}]" for b in bundles for index, _ in b.instances}
+    for b in store.bundles.of_experiment(exp.id, active_only=True):
+        if not b.flow_run_id:  # stored, never sent: its instances go out again
+            store.bundles.update(b.id, status=BundleStatus.FAILED, message=CRASHED)
+    resume = Resume()
+    again = []
+    for t in store.tasks.list(exp.id):
+        if t.state in TERMINAL:
+            resume.settled[t.instance_id] = t.state
+        elif t.instance_id in out and t.state != TaskState.CREATED:
+            resume.active[t.instance_id] = (t.state, t.attempt)
+        else:
+            resume.attempts[t.instance_id] = t.attempt
+            if t.state != TaskState.CREATED:
+                again.append(t.instance_id)
+    store.tasks.reset(exp.id, again, message=CRASHED)
+    return resume, bundles
 
 
 def final_status(summary: Summary) -> tuple[ExperimentStatus, str]:
@@ -54,10 +112,14 @@ async def execute(store: Store, claimed: Claimed, settings: Settings, hooks: Hoo
                   flow_run_id: str | None) -> tuple[ExperimentStatus, str, Summary]:
     """Run every instance to its end and store the experiment's status."""
     exp, graph = claimed.experiment, claimed.graph
+    resume, adopt = (resume_point(store, exp) if claimed.resumed_from else (Resume(), []))
 
     def is_cancelled() -> bool:  # `airavata experiment cancel`, or Cancel in the Prefect UI
         return (store.experiments.cancel_requested(exp.id)
                 or prefect_api.flow_run_cancelling_sync(flow_run_id))
+
+    def is_paused() -> bool:  # `airavata experiment pause`
+        return store.experiments.get(exp.id).paused
 
     local = LocalExecutor(graph, exp.id)
     placed = placed_resources(exp.plan, graph)
@@ -73,6 +135,8 @@ async def execute(store: Store, claimed: Claimed, settings: Settings, hooks: Hoo
         launch = prefect_api.FlowRuns(BUNDLE_FLOW, {"experiment_id": exp.id})
         remote = RemoteExecutor(store, exp.id, graph, launch, resource_of)
         executor = Routing(local, remote, placed)
+        if adopt:
+            remote.adopt(adopt, {iid: st for iid, (st, _) in resume.active.items()})
 
     def sink(batch: list[Transition]) -> None:
         store.tasks.apply_transitions(exp.id, batch)
@@ -80,7 +144,7 @@ async def execute(store: Store, claimed: Claimed, settings: Settings, hooks: Hoo
     scheduler = Scheduler(
         graph, executor, Recorder(sink), concurrency=settings.concurrency,
         cancel_poll=settings.cancel_poll_seconds, is_cancelled=is_cancelled, hooks=hooks,
-        resource_of=resource_of)
+        resource_of=resource_of, is_paused=is_paused, resume=resume)
     try:
         summary = await scheduler.run()
     finally:
@@ -91,4 +155,5 @@ async def execute(store: Store, claimed: Claimed, settings: Settings, hooks: Hoo
     return status, text, summary
 
 
-__all__ = ["Claimed", "NotWaiting", "claim", "execute", "final_status"]
+__all__ = ["MAX_RESUMES", "Claimed", "NotWaiting", "claim", "execute", "final_status",
+           "resume_point"]

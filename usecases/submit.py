@@ -77,8 +77,9 @@ def check_dispatchable(ctx: Context, loaded: LoadedSpec, placed: dict[str, list[
             raise Unavailable(f"cannot run: {exc}") from None
 
 
-def submit(ctx: Context, path: str | Path, params: list[str], *,
-           project: str | None = None, authorize: bool = True) -> str:
+def submit(ctx: Context, path: str | Path | LoadedSpec, params: list[str], *,
+           project: str | None = None, authorize: bool = True,
+           origin_flow_run_id: str | None = None) -> str:
     """Validate, authorise, place and store an experiment with all its task rows; returns its
     id. Raises SpecError (bad input), Forbidden, NoPlacement or Unavailable, and then nothing
     is stored. `authorize=False` is for benchmarks of this machine alone."""
@@ -98,9 +99,9 @@ def submit(ctx: Context, path: str | Path, params: list[str], *,
     if authorize:
         check_dispatchable(ctx, loaded, placed, pool)
     ctx.store.experiments.create(
-        experiment_id=exp_id, name=loaded.name, source=str(path), spec_text=loaded.text,
+        experiment_id=exp_id, name=loaded.name, source=loaded.source, spec_text=loaded.text,
         params=overrides, workdir_root=runs, total=graph.total, plan=plan.to_json(),
-        owner=ctx.user, project=project,
+        owner=ctx.user, project=project, origin_flow_run_id=origin_flow_run_id,
         tasks_iter=(NewTask(i.id, i.step, i.index, graph.workdir(i.step, i.index),
                             placed[i.step][i.index]) for i in graph.iter_instances()))
     if authorize:

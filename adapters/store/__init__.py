@@ -6,7 +6,8 @@ production. One engine, and one repository per concept:
 - `bundles` — bundles dispatched to registered resources, and what their workers report;
 - `credentials` — which OpenBao path each credential id names (never a secret);
 - `audit` — privileged actions and refusals, with correlation ids;
-- `relationships` — the journal of the permission graph (embedded SpiceDB keeps nothing).
+- `relationships` — the journal of the permission graph (embedded SpiceDB keeps nothing);
+- `service_accounts` — who each deployment of the experiment flow acts as, in which project.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from airavata_prefect.adapters.store.credentials import CredentialRepo, Credenti
 from airavata_prefect.adapters.store.engine import make_engine, migrate, utcnow
 from airavata_prefect.adapters.store.experiments import ExperimentRepo
 from airavata_prefect.adapters.store.relationships import RelationshipJournal
+from airavata_prefect.adapters.store.service_accounts import ServiceAccount, ServiceAccountRepo
 from airavata_prefect.adapters.store.tasks import TaskRepo
 
 
@@ -30,9 +32,10 @@ class Store:
         self.credentials = CredentialRepo(self.engine)
         self.audit = AuditLog(self.engine)
         self.relationships = RelationshipJournal(self.engine)
+        self.service_accounts = ServiceAccountRepo(self.engine)
 
     def close(self) -> None:
         self.engine.dispose()
 
 
-__all__ = ["CredentialRow", "Store", "utcnow"]
+__all__ = ["CredentialRow", "ServiceAccount", "Store", "utcnow"]

@@ -26,7 +26,8 @@ class ExperimentRepo:
     def create(self, *, name: str, source: str, spec_text: str, params: dict[str, str],
                workdir_root: Path, tasks_iter: Iterable[NewTask], total: int,
                experiment_id: str | None = None, plan: dict[str, Any] | None = None,
-               owner: str | None = None, project: str | None = None) -> str:
+               owner: str | None = None, project: str | None = None,
+               origin_flow_run_id: str | None = None) -> str:
         """Store an experiment and all its task rows in one transaction."""
         exp_id = experiment_id or str(uuid.uuid4())
         with self.engine.begin() as conn:
@@ -34,7 +35,7 @@ class ExperimentRepo:
                 id=exp_id, name=name, source=source, spec_text=spec_text, params=params,
                 status=ExperimentStatus.CREATED, workdir=str(workdir_root / exp_id),
                 total_tasks=total, created_at=utcnow(), plan=plan, owner=owner,
-                project=project))
+                project=project, origin_flow_run_id=origin_flow_run_id))
             chunk: list[dict[str, Any]] = []
             for t in tasks_iter:
                 chunk.append({"experiment_id": exp_id, "instance_id": t.instance_id,
@@ -61,6 +62,34 @@ class ExperimentRepo:
         if found is None:
             raise NotFound(f"no experiment {ref!r}")
         return Experiment.from_row(found)
+
+    def submitted_by(self, flow_run_id: str) -> Experiment | None:
+        """The experiment a flow run submitted (from its `spec`), if any."""
+        with self.engine.connect() as conn:
+            row = conn.execute(experiments.select().where(
+                experiments.c.origin_flow_run_id == flow_run_id)).mappings().first()
+        return Experiment.from_row(row) if row else None
+
+    def run_by(self, flow_run_id: str) -> Experiment | None:
+        """The experiment this flow run claimed, if any."""
+        with self.engine.connect() as conn:
+            row = conn.execute(experiments.select().where(
+                experiments.c.flow_run_id == flow_run_id)).mappings().first()
+        return Experiment.from_row(row) if row else None
+
+    def take_over(self, exp_id: str, old_flow_run_id: str, new_flow_run_id: str,
+                  max_resumes: int) -> bool:
+        """Move a running experiment from a dead flow run to this one, once (compare-and-set
+        on the old flow run id) and at most `max_resumes` times."""
+        q = (experiments.update()
+             .where(experiments.c.id == exp_id,
+                    experiments.c.flow_run_id == old_flow_run_id,
+                    experiments.c.resumes < max_resumes,
+                    experiments.c.status.in_([ExperimentStatus.RUNNING,
+                                              ExperimentStatus.CANCELING]))
+             .values(flow_run_id=new_flow_run_id, resumes=experiments.c.resumes + 1))
+        with self.engine.begin() as conn:
+            return conn.execute(q).rowcount == 1
 
     def list(self, limit: int = 50) -> list[Experiment]:
         """Newest first."""

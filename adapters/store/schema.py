@@ -28,7 +28,12 @@ experiments = sa.Table(
     sa.Column("plan", sa.JSON),
     sa.Column("owner", sa.String(200)),  # who submitted it (credential checks act for them)
     sa.Column("project", sa.String(200)),
+    sa.Column("paused", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("resumes", sa.Integer, nullable=False, server_default="0"),  # after crashes
+    # The flow run that submitted it (a `spec` run): its resumption finds it by this.
+    sa.Column("origin_flow_run_id", sa.String(36)),
     sa.Index("ix_experiments_created_at", "created_at"),
+    sa.Index("ix_experiments_origin", "origin_flow_run_id", unique=True),
 )
 
 tasks = sa.Table(
@@ -136,4 +141,16 @@ bundle_events = sa.Table(
     sa.Column("message", sa.Text),
     sa.Column("at", UtcDateTime, nullable=False),
     sa.Index("ix_bundle_events_experiment", "experiment_id", "id"),
+)
+
+# Who a deployment of the experiment flow acts as: its service account, a member of exactly one
+# project (same-project only), with the permission keys a person has there.
+service_accounts = sa.Table(
+    "service_accounts", metadata,
+    sa.Column("deployment_id", sa.String(36), primary_key=True),
+    sa.Column("deployment", sa.String(400), nullable=False),  # flow/name, for messages
+    sa.Column("account", sa.String(200), nullable=False, unique=True),
+    sa.Column("project", sa.String(200), nullable=False),
+    sa.Column("created_by", sa.String(200), nullable=False),
+    sa.Column("created_at", UtcDateTime, nullable=False),
 )

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import builtins
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -74,6 +75,32 @@ class TaskRepo:
         self.apply_transitions(exp_id, [Transition(
             instance_id, current.state, to_state, utcnow(), current.attempt, message,
             current.exit_code)])
+
+    def reset(self, exp_id: str, instance_ids: Sequence[str], *, message: str,
+              fresh: bool = False) -> int:
+        """Put instances back to CREATED outside the transition graph: an orchestrator crash
+        (their attempt is kept: a crash does not use up retries) or a retry of an ended
+        experiment (`fresh`: attempts from 0). Each reset is kept as a task event."""
+        if not instance_ids:
+            return 0
+        now = utcnow()
+        with self.engine.begin() as conn:
+            rows = conn.execute(sa.select(tasks.c.instance_id, tasks.c.state, tasks.c.attempt)
+                                .where(tasks.c.experiment_id == exp_id,
+                                       tasks.c.instance_id.in_(list(instance_ids)))).all()
+            values: dict[str, Any] = {"state": TaskState.CREATED, "exit_code": None,
+                                      "reason": message, "finished_at": None}
+            if fresh:
+                values |= {"attempt": 0, "started_at": None}
+            conn.execute(tasks.update().where(tasks.c.experiment_id == exp_id,
+                                              tasks.c.instance_id.in_([r[0] for r in rows]))
+                         .values(**values))
+            if rows:
+                conn.execute(task_events.insert(), [
+                    {"experiment_id": exp_id, "instance_id": iid, "from_state": state,
+                     "to_state": TaskState.CREATED, "attempt": 0 if fresh else attempt,
+                     "at": now, "message": message} for iid, state, attempt in rows])
+        return len(rows)
 
     def get(self, exp_id: str, instance_id: str) -> Task:
         with self.engine.connect() as conn:
