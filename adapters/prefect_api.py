@@ -272,7 +272,7 @@ def online_workers(pool: str) -> list[str]:
     """Names of the workers polling this pool now (heartbeat within Prefect's window)."""
     try:
         with get_client(sync_client=True) as client:
-            workers = client.read_workers_for_work_pool(pool)
+            workers = client.read_workers_for_work_pool(pool, offset=0, limit=200)
     except ObjectNotFound:
         return []
     except (httpx.HTTPError, OSError) as exc:

@@ -47,6 +47,7 @@ PERMISSION_KEYS: dict[str, tuple[str, str]] = {
     "credential.bind": ("credential", "bind"),
     "resource.use": ("compute_resource", "use"),
     "project.manage": ("project", "manage"),
+    "project.read": ("project", "read"),
 }
 
 

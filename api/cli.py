@@ -20,6 +20,7 @@ from rich.table import Table
 from airavata_prefect.api.cli_credentials import credential_app
 from airavata_prefect.api.cli_experiments import experiment_app
 from airavata_prefect.api.cli_resources import resource_app
+from airavata_prefect.api.cli_server import deployment_app, server_app
 from airavata_prefect.domain.errors import NotFound
 from airavata_prefect.domain.problems import SpecError
 from airavata_prefect.usecases import authorization, queries
@@ -40,6 +41,8 @@ app.add_typer(experiment_app, name="experiment")
 app.add_typer(project_app, name="project")
 app.add_typer(credential_app, name="credential")
 app.add_typer(resource_app, name="resource")
+app.add_typer(server_app, name="server")
+app.add_typer(deployment_app, name="deployment")
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
@@ -54,6 +57,17 @@ def add_member_cmd(
     with open_context() as ctx:
         authorization.add_member(ctx, project, user, admin=admin)
     out.print(f"{user} is now {'an admin' if admin else 'a member'} of project {project}")
+
+
+@project_app.command("remove-member")
+def remove_member_cmd(
+    project: str = typer.Argument(..., metavar="PROJECT"),
+    user: str = typer.Argument(..., metavar="USER"),
+) -> None:
+    """Take USER (a person or a deployment's service account) out of PROJECT."""
+    with open_context() as ctx:
+        authorization.remove_member(ctx, project, user)
+    out.print(f"{user} is no longer a member of project {project}")
 
 
 @app.command("audit")
@@ -86,6 +100,15 @@ def _fail(message: str, status: int) -> None:
 
 
 def main() -> None:
+    if not os.environ.get("PREFECT_API_URL"):  # this home's embedded stack, when it runs
+        from airavata_prefect.usecases.server import recorded_api_url
+        from airavata_prefect.usecases.settings import get_settings
+        try:
+            url = recorded_api_url(get_settings())
+        except ValidationError:
+            url = None  # reported below, by the command that reads the settings
+        if url:
+            os.environ["PREFECT_API_URL"] = url
     try:
         app(standalone_mode=True)
     except SpecError as exc:

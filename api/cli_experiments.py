@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import typer
@@ -17,7 +18,7 @@ from airavata_prefect.domain.records import Experiment
 from airavata_prefect.domain.resources import load_resources
 from airavata_prefect.domain.spec import format_duration
 from airavata_prefect.domain.states import ACTIVE, EXPERIMENT_TERMINAL, ExperimentStatus, TaskState
-from airavata_prefect.usecases import lifecycle, queries
+from airavata_prefect.usecases import deployments, lifecycle, queries
 from airavata_prefect.usecases.context import Context, open_context
 from airavata_prefect.usecases.plan import compile_file, plan_experiment
 from airavata_prefect.usecases.settings import get_settings
@@ -29,6 +30,8 @@ err = Console(stderr=True, soft_wrap=True)
 ExperimentArg = typer.Argument(..., help="Experiment id (or a unique prefix)",
                                metavar="EXPERIMENT")
 ParamOpt = typer.Option([], "--param", "-p", help="Override a parameter: KEY=VALUE (repeatable)")
+DeploymentOpt = typer.Option(deployments.DEFAULT_DEPLOYMENT,
+                             help="Deployment of run-experiment whose workers run it")
 
 
 @experiment_app.command("compile")
@@ -115,19 +118,69 @@ def run_cmd(
     param: list[str] = ParamOpt,
     watch: bool = typer.Option(False, "--watch", "-w", help="Follow progress until it ends"),
     project: str | None = typer.Option(None, help="Project to run in (AIRAVATA_PROJECT)"),
+    deployment: str = DeploymentOpt,
 ) -> None:
-    """Submit an experiment; it runs in the background (follow it with --watch or status)."""
+    """Submit an experiment; a Prefect worker runs it (follow it with --watch or status)."""
     from airavata_prefect.usecases.submit import submit
 
     with open_context() as ctx:
+        deployments.check_runnable(deployment)  # before anything is stored
         exp_id = submit(ctx, file, param, project=project)
-        exp = queries.experiment(ctx, exp_id)
-        lifecycle.start_runner(ctx.store, exp)
-        out.print(f"experiment [bold]{exp_id}[/] submitted: {exp.total_tasks:,} tasks, "
-                  f"working directory {exp.workdir}")
-        if watch:
-            raise typer.Exit(_watch(ctx, exp_id))
+        _start(ctx, exp_id, deployment, watch, "submitted")
+
+
+def _start(ctx: Context, exp_id: str, deployment: str, watch: bool, what: str,
+           key: str | None = None) -> None:
+    """A flow run of the deployment runs the stored experiment (every door's one path)."""
+    exp = queries.experiment(ctx, exp_id)
+    try:
+        flow_run_id = deployments.start_run(exp, deployment=deployment, key=key)
+    except Exception:
+        lifecycle.fail_unfinished(ctx.store, exp.id, ExperimentStatus.FAILED,
+                                  "no flow run could be started for it")
+        raise
+    out.print(f"experiment [bold]{exp_id}[/] {what}: {exp.total_tasks:,} tasks, "
+              f"working directory {exp.workdir}, flow run {flow_run_id}")
+    if watch:
+        raise typer.Exit(_watch(ctx, exp_id))
     out.print(f"follow it with: airavata experiment status {exp_id[:8]} --watch")
+
+
+@experiment_app.command("pause")
+def pause_cmd(experiment: str = ExperimentArg) -> None:
+    """Stop new tasks from starting (running ones finish); resume continues."""
+    with open_context() as ctx:
+        out.print(lifecycle.set_paused(ctx, experiment, True))
+
+
+@experiment_app.command("resume")
+def resume_cmd(experiment: str = ExperimentArg) -> None:
+    """Let a paused experiment start tasks again."""
+    with open_context() as ctx:
+        out.print(lifecycle.set_paused(ctx, experiment, False))
+
+
+@experiment_app.command("retry")
+def retry_cmd(experiment: str = ExperimentArg,
+              watch: bool = typer.Option(False, "--watch", "-w"),
+              deployment: str = DeploymentOpt) -> None:
+    """Run an ended experiment's failed, canceled and upstream-failed tasks again (same id)."""
+    with open_context() as ctx:
+        deployments.check_runnable(deployment)
+        exp, n = lifecycle.retry(ctx, experiment)
+        _start(ctx, exp.id, deployment, watch, f"retrying {n} task(s)",
+               key=f"{exp.id}/retry/{uuid.uuid4()}")
+
+
+@experiment_app.command("resubmit")
+def resubmit_cmd(experiment: str = ExperimentArg,
+                 watch: bool = typer.Option(False, "--watch", "-w"),
+                 deployment: str = DeploymentOpt) -> None:
+    """A new experiment from the same spec and parameters."""
+    with open_context() as ctx:
+        deployments.check_runnable(deployment)
+        exp_id = lifecycle.resubmit(ctx, experiment)
+        _start(ctx, exp_id, deployment, watch, "submitted")
 
 
 def _counts_table(exp: Experiment, counts: dict[str, dict[str, int]]) -> Table:
@@ -174,8 +227,10 @@ def _print_outcome(ctx: Context, exp: Experiment) -> None:
     for task in failed:
         out.print(f"  {task.instance_id} failed: {task.reason} "
                   f"(logs: {task.workdir}/stderr.log)")
-    if exp.status == ExperimentStatus.FAILED and not failed and exp.message:
-        out.print(f"  see {exp.workdir}/runner.log")
+    if exp.status == ExperimentStatus.FAILED and not failed and exp.message and exp.flow_run_id:
+        ui = queries.ui_url()
+        if ui:
+            out.print(f"  see its flow run: {ui}/runs/flow-run/{exp.flow_run_id}")
 
 
 @experiment_app.command("status")

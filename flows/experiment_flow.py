@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import asdict
-from typing import Annotated, Any, cast
+from typing import Any, cast
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import (
@@ -27,7 +27,6 @@ from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import State
 from prefect.runtime import deployment, flow_run
 from prefect.states import Cancelled, Completed, Failed
-from pydantic import Field
 
 from airavata_prefect.domain.dag import TaskGraph, TaskInstance
 from airavata_prefect.domain.endings import Outcome
@@ -170,9 +169,6 @@ class PerStepHooks(Hooks):
         self.tracker.add(step, state)
 
 
-SPEC_HELP = ("The experiment YAML itself, or a path to it that the worker can read.")
-
-
 def _failed(logger: Any, message: str) -> State:
     logger.error("%s", message)
     return Failed(message=message)
@@ -181,19 +177,24 @@ def _failed(logger: Any, message: str) -> State:
 @flow(name=deployments.FLOW, persist_result=False, validate_parameters=True,
       description="Run an Airavata experiment: a parameter sweep over a graph of bash steps.")
 async def run_experiment(
-    spec: Annotated[str, Field(description=SPEC_HELP)] = "",
-    params: Annotated[dict[str, str], Field(
-        description="Parameter overrides, NAME: value")] = {},  # noqa: B006  (Prefect copies)
-    project: Annotated[str, Field(
-        description="Project to run in (default: the deployment's)")] = "",
-    name: Annotated[str, Field(description="Experiment name (default: the spec's)")] = "",
-    experiment_id: Annotated[str, Field(
-        description="Run a stored experiment instead of a spec")] = "",
-    resume_of: Annotated[str, Field(
-        description="Set by the automation that resumes a crashed run")] = "",
+    spec: str = "",
+    params: dict[str, str] = {},  # noqa: B006  (Prefect copies parameters)
+    project: str = "",
+    name: str = "",
+    experiment_id: str = "",
+    resume_of: str = "",
 ) -> Any:
     """Submit (or take over) an experiment and run it; the flow run ends Completed, Failed or
-    Cancelled like it."""
+    Cancelled like it.
+
+    Args:
+        spec: The experiment YAML itself, or a path to it that the worker can read.
+        params: Parameter overrides, NAME: value.
+        project: Project to run in (default and only choice: the deployment's).
+        name: Experiment name (default: the spec's, else the file name).
+        experiment_id: Run a stored experiment instead (what `airavata experiment run` does).
+        resume_of: Set by the automation that resumes a crashed run; leave empty.
+    """
     logger = get_run_logger()
     settings = get_settings()
     flow_run_id = str(flow_run.id or "") or None

@@ -49,4 +49,13 @@ def add_member(ctx: Context, project: str, user: str, *, admin: bool) -> None:
           f"{'admin' if admin else 'member'}: {user}")
 
 
-__all__ = ["add_member", "allowed", "audit", "ensure_project", "require", "subject"]
+def remove_member(ctx: Context, project: str, user: str) -> None:
+    """Take `user` out of `project` (both roles); needs project.manage; audited."""
+    require(ctx, "project.manage", project)
+    for role in ("admin", "member"):
+        ctx.authz.unrelate("project", project, role, Subject.user(user))
+    audit(ctx, "project.manage", f"project:{project}", "ok", f"removed: {user}")
+
+
+__all__ = ["add_member", "allowed", "audit", "ensure_project", "remove_member", "require",
+           "subject"]

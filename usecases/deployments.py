@@ -13,6 +13,7 @@ from typing import Any
 from airavata_prefect.adapters import prefect_api
 from airavata_prefect.adapters.spicedb import Subject
 from airavata_prefect.adapters.store import ServiceAccount
+from airavata_prefect.domain.errors import NotFound
 from airavata_prefect.domain.records import Experiment
 from airavata_prefect.usecases.authorization import audit, ensure_project, require
 from airavata_prefect.usecases.context import Context
@@ -79,8 +80,17 @@ def ensure_automations() -> None:
                                             "is gone")]))
 
 
-def register(ctx: Context, name: str, *, project: str, parameter_schema: dict[str, Any],
-             pool: str = DEFAULT_POOL, description: str = "") -> ServiceAccount:
+def parameter_schema() -> dict[str, Any]:
+    """The flow's typed parameters (loaded from its entrypoint, as `prefect deploy` does), so
+    the UI's Custom run shows a form and Prefect checks each run's parameters."""
+    from prefect.flows import load_flow_from_entrypoint
+    from prefect.utilities.callables import parameter_schema as schema_of
+
+    return dict(schema_of(load_flow_from_entrypoint(ENTRYPOINT)).model_dump_for_openapi())
+
+
+def register(ctx: Context, name: str, *, project: str, pool: str = DEFAULT_POOL,
+             description: str = "") -> ServiceAccount:
     """Create or update the deployment `run-experiment/NAME` in `pool` (a process pool is
     made when missing), acting as its service account, a member of `project` only. Needs
     project.manage there; audited."""
@@ -95,7 +105,7 @@ def register(ctx: Context, name: str, *, project: str, parameter_schema: dict[st
         dep_id = prefect_api.ensure_deployment(
             FLOW, name, pool=pool, entrypoint=ENTRYPOINT, job_variables={},
             description=description or f"Run an Airavata experiment in project {project}.",
-            parameter_schema=parameter_schema, tags=[f"project:{project}"])
+            parameter_schema=parameter_schema(), tags=[f"project:{project}"])
         ensure_automations()
     except prefect_api.PrefectUnavailable as exc:
         raise Unavailable(str(exc)) from None
@@ -124,12 +134,13 @@ async def label(flow_run_id: str, exp: Experiment) -> None:
     await prefect_api.label_run(flow_run_id, run_name(exp), run_tags(exp))
 
 
-def start_run(exp: Experiment, *, deployment: str = DEFAULT_DEPLOYMENT, key: str | None = None,
-              parameters: dict[str, Any] | None = None) -> str:
-    """A flow run of `run-experiment/DEPLOYMENT` that runs the stored experiment; the same
-    `key` (default: the experiment id) never starts a second one. Refuses at once when no
-    worker polls the deployment's pool, rather than leaving a Late run behind."""
+def check_runnable(deployment: str) -> str:
+    """Raise Unavailable unless `run-experiment/DEPLOYMENT` exists and a worker polls its pool
+    now; its full name."""
     full = f"{FLOW}/{deployment}"
+    if not prefect_api.api_url():
+        raise Unavailable("PREFECT_API_URL is not set: start the embedded default with "
+                          "`airavata server start` and export the address it prints")
     try:
         if prefect_api.deployment_id(full) is None:
             raise Unavailable(f"there is no deployment {full}: start the embedded default "
@@ -138,6 +149,18 @@ def start_run(exp: Experiment, *, deployment: str = DEFAULT_DEPLOYMENT, key: str
         if not prefect_api.online_workers(pool):
             raise Unavailable(f"no worker polls work pool {pool!r}: start one with "
                               f"`airavata server start` or `prefect worker start --pool {pool}`")
+    except prefect_api.PrefectUnavailable as exc:
+        raise Unavailable(str(exc)) from None
+    return full
+
+
+def start_run(exp: Experiment, *, deployment: str = DEFAULT_DEPLOYMENT, key: str | None = None,
+              parameters: dict[str, Any] | None = None) -> str:
+    """A flow run of `run-experiment/DEPLOYMENT` that runs the stored experiment; the same
+    `key` (default: the experiment id) never starts a second one. Refuses at once when no
+    worker polls the deployment's pool, rather than leaving a Late run behind."""
+    full = check_runnable(deployment)
+    try:
         return prefect_api.create_run(full, parameters or {"experiment_id": exp.id},
                                       idempotency_key=key or exp.id, name=run_name(exp),
                                       tags=run_tags(exp))
@@ -145,6 +168,65 @@ def start_run(exp: Experiment, *, deployment: str = DEFAULT_DEPLOYMENT, key: str
         raise Unavailable(str(exc)) from None
 
 
-__all__ = ["DEFAULT_DEPLOYMENT", "DEFAULT_POOL", "ENTRYPOINT", "FLOW", "account_of",
-           "ensure_automations", "label", "process_pool_template", "register", "run_name",
-           "run_tags", "start_run"]
+def _account(ctx: Context, deployment: str) -> ServiceAccount:
+    full = f"{FLOW}/{deployment}"
+    try:
+        dep_id = prefect_api.deployment_id(full)
+    except prefect_api.PrefectUnavailable as exc:
+        raise Unavailable(str(exc)) from None
+    account = ctx.store.service_accounts.of(dep_id) if dep_id else None
+    if account is None:
+        raise NotFound(f"no deployment {full} (create it with airavata deployment create)")
+    return account
+
+
+def schedule(ctx: Context, deployment: str, slug: str, when: Any,
+             parameters: dict[str, Any]) -> str:
+    """Add or replace a schedule of the deployment; each firing is one experiment with these
+    parameters. Needs project.manage in the deployment's project (its runs act there)."""
+    account = _account(ctx, deployment)
+    require(ctx, "project.manage", account.project)
+    sid = prefect_api.add_schedule(account.deployment, when, parameters, slug)
+    audit(ctx, "deployment.schedule", f"deployment:{account.deployment}", "ok", slug)
+    return sid
+
+
+def schedules(ctx: Context, deployment: str) -> list[dict[str, Any]]:
+    account = _account(ctx, deployment)
+    require(ctx, "project.read", account.project)
+    out = []
+    for sch in prefect_api.schedules(account.deployment):
+        params = dict(sch.parameters or {})
+        out.append({"slug": sch.slug, "id": str(sch.id), "active": sch.active,
+                    "schedule": sch.schedule.model_dump_json(exclude_none=True),
+                    "params": params.get("params", {}), "has_spec": bool(params.get("spec"))})
+    return out
+
+
+def set_schedule(ctx: Context, deployment: str, slug: str, *, active: bool) -> None:
+    account = _account(ctx, deployment)
+    require(ctx, "project.manage", account.project)
+    if not prefect_api.set_schedule_active(account.deployment, slug, active):
+        raise NotFound(f"deployment {account.deployment} has no schedule {slug!r}")
+    audit(ctx, "deployment.schedule", f"deployment:{account.deployment}", "ok",
+          f"{slug} {'resumed' if active else 'paused'}")
+
+
+__all__ = [
+    "DEFAULT_DEPLOYMENT",
+    "DEFAULT_POOL",
+    "ENTRYPOINT",
+    "FLOW",
+    "account_of",
+    "check_runnable",
+    "ensure_automations",
+    "label",
+    "process_pool_template",
+    "register",
+    "run_name",
+    "run_tags",
+    "schedule",
+    "schedules",
+    "set_schedule",
+    "start_run",
+]

@@ -11,27 +11,26 @@ from airavata_prefect.domain.states import TaskState
 from airavata_prefect.usecases.authorization import allowed, require
 from airavata_prefect.usecases.context import Context
 from airavata_prefect.usecases.errors import BadInput
-from airavata_prefect.usecases.lifecycle import reconcile
 
 READ = "scheduler.queue.read"
 
 
 def experiment(ctx: Context, ref: str) -> Experiment:
-    """By id or unique prefix, if the user may read it; ended here if its runner is gone."""
+    """By id or unique prefix, if the user may read it."""
     exp = ctx.store.experiments.get(ref)
     require(ctx, READ, exp.id)
-    return reconcile(ctx.store, exp)
+    return exp
 
 
 def snapshot(ctx: Context, exp_id: str) -> tuple[Experiment, dict[str, dict[str, int]]]:
     """An experiment already checked, read again with its {step: {state: count}}."""
-    exp = reconcile(ctx.store, ctx.store.experiments.get(exp_id))
+    exp = ctx.store.experiments.get(exp_id)
     return exp, ctx.store.tasks.state_counts(exp.id)
 
 
 def experiments(ctx: Context, limit: int = 20) -> list[Experiment]:
     """The newest experiments the user may read."""
-    return [reconcile(ctx.store, e) for e in ctx.store.experiments.list(limit)
+    return [e for e in ctx.store.experiments.list(limit)
             if allowed(ctx, READ, e.id)]
 
 

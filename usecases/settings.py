@@ -29,6 +29,14 @@ class Settings(BaseSettings):
     spicedb_endpoint: str | None = None
     spicedb_token: SecretStr | None = None
     spicedb_insecure: bool = False  # plaintext gRPC, for a server on loopback
+    # The embedded default (`airavata server start`): its listeners, all on 127.0.0.1.
+    prefect_port: int = Field(4200, ge=1, le=65535)
+    api_port: int = Field(8080, ge=1, le=65535)
+    agent_port: int = Field(50051, ge=1, le=65535)
+    # The Prefect server's own database (default: SQLite under `home`); PostgreSQL for more
+    # than a few concurrent runs, e.g. postgresql+asyncpg://user@host/prefect
+    prefect_database_url: str | None = None
+    worker_limit: int | None = Field(None, ge=1)  # flow runs one worker runs at once
 
     @property
     def db_url(self) -> str:
