@@ -62,8 +62,10 @@ def ensure_automations() -> None:
         trigger=EventTrigger(expect={"prefect.flow-run.Crashed"}, match_related=ours,
                              posture=Posture.Reactive, threshold=1,
                              within=timedelta(seconds=0)),
-        actions=[RunDeployment(source="inferred",
-                               parameters={"resume_of": "{{ flow_run.id }}"})]))
+        # A plain jinja kind: rendered as text (Prefect's default wraps it in tojson, which
+        # cannot serialise the run's UUID).
+        actions=[RunDeployment(source="inferred", parameters={"resume_of": {
+            "__prefect_kind": "jinja", "template": "{{ flow_run.id }}"}})]))
     prefect_api.ensure_automation(AutomationCore(
         name=SILENT_AUTOMATION,
         description="An experiment run that stopped its heartbeat (its host or process is "
