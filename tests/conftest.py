@@ -6,8 +6,10 @@ module imports Prefect; the server itself starts only when a test asks for `pref
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -16,6 +18,8 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -53,15 +57,30 @@ def _healthy(url: str) -> bool:
         return False
 
 
+PREFECT_DATABASE: list[str] = []  # the Prefect server's own database, once it runs
+
+
 @pytest.fixture(scope="session")
-def prefect_api() -> Iterator[str]:
-    """A real Prefect API server (SQLite) for the whole session."""
+def prefect_api(pg_server: int) -> Iterator[str]:
+    """A real Prefect API server for the whole session, on PostgreSQL (as advised for
+    production: on SQLite, concurrent flow runs get 503s from a locked database)."""
+    import psycopg
     api = os.environ["PREFECT_API_URL"]
+    name = f"prefect_test_{uuid.uuid4().hex[:10]}"
+    admin = f"postgresql://postgres@127.0.0.1:{pg_server}/postgres"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    PREFECT_DATABASE.append(f"postgresql://postgres@127.0.0.1:{pg_server}/{name}")
     log = open(_PREFECT_HOME / "server.log", "wb")  # noqa: SIM115  closed at teardown
     proc = subprocess.Popen(
         [str(Path(sys.executable).parent / "prefect"), "server", "start", "--host", "127.0.0.1",
          "--port", str(_PREFECT_PORT)], stdout=log, stderr=subprocess.STDOUT,
-        env={**os.environ, "PREFECT_HOME": str(_PREFECT_HOME)})
+        env={**os.environ, "PREFECT_HOME": str(_PREFECT_HOME),
+             "PREFECT_SERVER_DATABASE_CONNECTION_URL":
+                 f"postgresql+asyncpg://postgres@127.0.0.1:{pg_server}/{name}",
+             # Schedules fire within seconds in tests (the scheduler loop's default is 60 s).
+             "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2",
+             "PREFECT_API_SERVICES_SCHEDULER_LOOP_SECONDS": "2"})
     deadline = time.monotonic() + 120
     while not _healthy(api + "/health"):
         if proc.poll() is not None or time.monotonic() > deadline:
@@ -77,6 +96,8 @@ def prefect_api() -> Iterator[str]:
         proc.kill()
     log.close()
     shutil.rmtree(_PREFECT_HOME, ignore_errors=True)
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture()
@@ -202,3 +223,75 @@ def s3() -> Iterator[services.S3Server]:
     s = services.start_s3()
     yield s
     services.stop_s3(s)
+
+
+# -- experiment deployments and their workers ----------------------------------------------------
+
+
+@dataclass
+class Stack:
+    """A deployment of the experiment flow in its own pool, and the workers polling it."""
+
+    deployment: str
+    pool: str
+    home: Path
+    env: dict[str, str]
+    workers: list[subprocess.Popen]
+
+    def airavata(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(Path(sys.executable).parent / "airavata"), *args],
+                              env=self.env, capture_output=True, text=True, timeout=timeout)
+
+    def prefect(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(Path(sys.executable).parent / "prefect"), *args],
+                              env=self.env, capture_output=True, text=True, timeout=timeout)
+
+    def start_worker(self, *extra: str) -> subprocess.Popen:
+        log = open(self.home / f"worker{len(self.workers)}.log", "ab")  # noqa: SIM115
+        proc = subprocess.Popen(
+            [str(Path(sys.executable).parent / "prefect"), "worker", "start", "--pool",
+             self.pool, "--type", "process", *extra], stdout=log, stderr=subprocess.STDOUT,
+            env=self.env, start_new_session=True)
+        self.workers.append(proc)
+        return proc
+
+    def wait_online(self, n: int = 1, timeout: float = 60) -> None:
+        import httpx
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            r = httpx.post(f"{self.env['PREFECT_API_URL']}/work_pools/{self.pool}/workers/filter",
+                           json={})
+            if sum(w["status"] == "ONLINE" for w in r.json()) >= n:
+                return
+            time.sleep(0.5)
+        raise AssertionError(f"{n} worker(s) did not come online for pool {self.pool}")
+
+
+@contextmanager
+def experiment_stack(home: Path, name: str, *, project: str = "default", workers: int = 1,
+                     db_url: str | None = None, worker_args: tuple[str, ...] = ()
+                     ) -> Iterator[Stack]:
+    """`airavata deployment create NAME --project P --pool NAME` and workers for that pool,
+    all acting under AIRAVATA_HOME=home (the store the workers' flow runs use)."""
+    env = {**os.environ, "AIRAVATA_HOME": str(home), "PREFECT_WORKER_QUERY_SECONDS": "1",
+           "AIRAVATA_USER": "alice"}
+    if db_url:
+        env["AIRAVATA_DATABASE_URL"] = db_url
+    home.mkdir(parents=True, exist_ok=True)
+    stack = Stack(name, name, home, env, [])
+    made = stack.airavata("deployment", "create", name, "--project", project, "--pool", name)
+    assert made.returncode == 0, made.stderr
+    try:
+        for _ in range(workers):
+            stack.start_worker(*worker_args)
+        stack.wait_online(workers)
+        yield stack
+    finally:
+        for w in stack.workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(w.pid, signal.SIGTERM)
+        for w in stack.workers:
+            try:
+                w.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(w.pid, signal.SIGKILL)

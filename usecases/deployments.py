@@ -23,8 +23,8 @@ FLOW = "run-experiment"
 ENTRYPOINT = "airavata_prefect.flows.experiment_flow.run_experiment"  # a module path
 DEFAULT_POOL = "default"
 DEFAULT_DEPLOYMENT = "default"
-HEARTBEAT_SECONDS = 10  # each experiment flow run beats this often (Prefect's own heartbeat)
-SILENT_AFTER = timedelta(seconds=45)  # no beat for this long: its host is gone, it crashed
+HEARTBEAT_SECONDS = 30  # each experiment flow run beats this often (Prefect allows >= 30)
+SILENT_AFTER = timedelta(seconds=90)  # no beat for this long: its host is gone: Crashed
 RESUME_AUTOMATION = "airavata: resume crashed experiments"
 SILENT_AUTOMATION = "airavata: experiment runs that stopped beating crashed"
 NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
