@@ -305,13 +305,24 @@ def schedules(deployment: str) -> list[Any]:
         return list(client.read_deployment_by_name(deployment).schedules)
 
 
-def set_schedule_active(deployment: str, slug: str, active: bool) -> bool:
+def set_schedule_active(deployment: str, slug: str, active: bool, attempts: int = 4) -> bool:
+    """Pausing deletes the schedule's future runs, which can race a worker taking one (the
+    server answers 500 then): tried again a few times."""
+    import time
+
     with get_client(sync_client=True) as client:
         dep = client.read_deployment_by_name(deployment)
         for sch in dep.schedules:
-            if sch.slug == slug:
-                client.update_deployment_schedule(dep.id, sch.id, active=active)
-                return True
+            if sch.slug != slug:
+                continue
+            for attempt in range(attempts):
+                try:
+                    client.update_deployment_schedule(dep.id, sch.id, active=active)
+                    return True
+                except httpx.HTTPStatusError as exc:
+                    if exc.response.status_code < 500 or attempt == attempts - 1:
+                        raise
+                    time.sleep(0.5 * (attempt + 1))
     return False
 
 

@@ -34,7 +34,7 @@ from airavata_prefect.domain.errors import NotFound
 from airavata_prefect.domain.problems import SpecError
 from airavata_prefect.domain.scheduler import Hooks
 from airavata_prefect.domain.states import ExperimentStatus, TaskState, summarize
-from airavata_prefect.usecases import deployments, flow_runs, run
+from airavata_prefect.usecases import deployments, flow_runs, lifecycle, run
 from airavata_prefect.usecases.context import open_context
 from airavata_prefect.usecases.correlation import correlated
 from airavata_prefect.usecases.errors import BadInput, Forbidden, NoPlacement, Unavailable
@@ -230,8 +230,14 @@ async def run_experiment(
                     "one task run per instance" if per_instance else "one task run per step")
         hooks: PerInstanceHooks | PerStepHooks = (PerInstanceHooks(graph) if per_instance
                                                   else PerStepHooks(graph))
-        status, text, summary = await run.execute(ctx.store, claimed, settings, hooks,
-                                                  flow_run_id=flow_run_id)
+        try:
+            status, text, summary = await run.execute(ctx.store, claimed, settings, hooks,
+                                                      flow_run_id=flow_run_id)
+        except Exception as exc:  # nothing else will end it: no view may show it running
+            message = f"internal error: {type(exc).__name__}: {exc}"
+            await asyncio.to_thread(lifecycle.fail_unfinished, ctx.store, exp.id,
+                                    ExperimentStatus.FAILED, message)
+            return _failed(logger, message)
         if isinstance(hooks, PerStepHooks) and hooks.step_runs:
             await asyncio.gather(*hooks.step_runs.values())
     await acreate_table_artifact(

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The system packages the real services need (SLURM, munge, sshd): installed when missing.
+# The system packages the real services need (SLURM, munge, sshd) and the browser the UI test
+# drives (chromium): installed when missing.
 # Debian/Ubuntu; as root it runs apt-get, otherwise it prints the command to run.
 set -euo pipefail
 need=()
@@ -11,6 +12,7 @@ command -v munged >/dev/null || need+=(munge)
 [ -x /usr/sbin/sshd ] || need+=(openssh-server)
 command -v ssh-keygen >/dev/null || need+=(openssh-client)
 command -v curl >/dev/null || need+=(curl)
+[ -x /usr/bin/chromium ] || need+=(chromium)  # tests/test_browser.py (Playwright)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" != 0 ]; then
   echo "missing system packages; run: sudo apt-get install -y --no-install-recommends ${need[*]}" >&2

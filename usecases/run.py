@@ -49,6 +49,7 @@ class Claimed:
     experiment: Experiment
     graph: TaskGraph
     resumed_from: str | None = None  # the dead flow run this one took the experiment from
+    rerun: bool = False  # it ran before (a retry): what completed then stays completed
 
 
 def claim(store: Store, experiment_id: str, flow_run_id: str | None,
@@ -60,7 +61,8 @@ def claim(store: Store, experiment_id: str, flow_run_id: str | None,
     if store.experiments.update(
             experiment_id, status=ExperimentStatus.RUNNING, flow_run_id=flow_run_id or "",
             runner_pid=os.getpid(), started_at=utcnow(), expect=[ExperimentStatus.CREATED]):
-        return Claimed(store.experiments.get(experiment_id), graph)
+        return Claimed(store.experiments.get(experiment_id), graph,
+                       rerun=exp.started_at is not None)
     exp = store.experiments.get(experiment_id)
     old = exp.flow_run_id
     if (exp.status in (ExperimentStatus.RUNNING, ExperimentStatus.CANCELING) and old
@@ -112,7 +114,8 @@ async def execute(store: Store, claimed: Claimed, settings: Settings, hooks: Hoo
                   flow_run_id: str | None) -> tuple[ExperimentStatus, str, Summary]:
     """Run every instance to its end and store the experiment's status."""
     exp, graph = claimed.experiment, claimed.graph
-    resume, adopt = (resume_point(store, exp) if claimed.resumed_from else (Resume(), []))
+    resume, adopt = (resume_point(store, exp) if claimed.resumed_from or claimed.rerun
+                     else (Resume(), []))
 
     def is_cancelled() -> bool:  # `airavata experiment cancel`, or Cancel in the Prefect UI
         return (store.experiments.cancel_requested(exp.id)
