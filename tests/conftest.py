@@ -274,7 +274,7 @@ def experiment_stack(home: Path, name: str, *, project: str = "default", workers
     """`airavata deployment create NAME --project P --pool NAME` and workers for that pool,
     all acting under AIRAVATA_HOME=home (the store the workers' flow runs use)."""
     env = {**os.environ, "AIRAVATA_HOME": str(home), "PREFECT_WORKER_QUERY_SECONDS": "1",
-           "AIRAVATA_USER": "alice"}
+           "AIRAVATA_USER": "alice", "PREFECT_LOGGING_LEVEL": "INFO"}
     if db_url:
         env["AIRAVATA_DATABASE_URL"] = db_url
     home.mkdir(parents=True, exist_ok=True)

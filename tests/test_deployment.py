@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -59,7 +61,8 @@ def _flow_runs(**flt: Any) -> list[dict[str, Any]]:
 def _runs_of(stack: Stack) -> list[dict[str, Any]]:
     dep = httpx.get(f"{_api()}/deployments/name/run-experiment/{stack.deployment}").json()
     runs = httpx.post(f"{_api()}/flow_runs/filter", json={
-        "deployments": {"id": {"any_": [dep["id"]]}}, "sort": "EXPECTED_START_TIME_ASC"}).json()
+        "deployments": {"id": {"any_": [dep["id"]]}}, "sort": "EXPECTED_START_TIME_ASC"},
+        timeout=60).json()
     assert isinstance(runs, list), runs
     return runs
 
@@ -314,4 +317,57 @@ def test_run_without_a_worker_says_so_and_stores_nothing(home: Path, tmp_path: P
         assert missing.returncode == 1 and "no deployment run-experiment/nope" in missing.stderr
         store = _store(stack)
         assert store.experiments.list() == []
+        store.close()
+
+
+@pytest.mark.timeout(900)
+def test_two_workers_run_twenty_experiments_each_instance_once(home: Path, tmp_path: Path,
+                                                               pg_url: str,
+                                                               prefect_api: str) -> None:
+    """Scale-out: two workers on one pool, the PostgreSQL store; half the experiments from
+    `airavata`, half through Prefect's API, all at once."""
+    log = tmp_path / "executions.log"
+    spec = tmp_path / "tagged.yml"
+    text = f"""\
+name: tagged
+parameters:
+  TAG: {{type: string, default: none}}
+tasks:
+  work:
+    command: 'echo "$TAG $I" >> {log}'
+    task_inputs: {{I: 1..3}}
+"""
+    spec.write_text(text)
+    with experiment_stack(home, "door-scale", workers=2, db_url=pg_url,
+                         worker_args=("--limit", "4")) as stack:
+        dep = httpx.get(f"{_api()}/deployments/name/run-experiment/door-scale").json()
+        clis = [subprocess.Popen(
+            [str(Path(sys.executable).parent / "airavata"), "experiment", "run", str(spec),
+             "--deployment", "door-scale", "-p", f"TAG=cli{k}"], env=stack.env,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for k in range(10)]
+        for k in range(10):
+            r = httpx.post(f"{_api()}/deployments/{dep['id']}/create_flow_run", json={
+                "parameters": {"spec": text, "params": {"TAG": f"api{k}"}}}, timeout=120)
+            assert r.status_code in (200, 201), r.text
+        for p in clis:
+            out, err = p.communicate(timeout=300)
+            assert p.returncode == 0, out + err
+        store = _store(stack)
+
+        def ended() -> bool:
+            exps = store.experiments.list(100)
+            return len(exps) == 20 and all(e.status in ("COMPLETED", "FAILED", "CANCELED")
+                                           for e in exps)
+        _wait(ended, 600, "20 experiments to end")
+        assert {e.status for e in store.experiments.list(100)} == {"COMPLETED"}
+        lines = log.read_text().splitlines()
+        expected = {f"{src}{k} {i}" for src in ("cli", "api") for k in range(10)
+                    for i in range(1, 4)}
+        assert sorted(lines) == sorted(expected)  # every instance ran, each exactly once
+        runs = _runs_of(stack)
+        assert len(runs) == 20 and {r["state"]["type"] for r in runs} == {"COMPLETED"}
+        # Both workers took runs.
+        took = [(home / f"worker{n}.log").read_text().count("submitting flow run")
+                for n in range(2)]
+        assert all(took), took
         store.close()

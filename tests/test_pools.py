@@ -380,3 +380,51 @@ def test_s3_mounts_on_bare_metal_and_no_secret_anywhere(g: Grid, tmp_path: Path,
     recorded = [p for r in remote for p in r.rglob("env.txt")]
     assert len(recorded) >= 3
     assert _scan_files(recorded, {"task id": b"AIRAVATA_TASK_ID=use[1]"}) != []
+
+
+def test_a_killed_run_readopts_its_slurm_array(g: Grid, tmp_path: Path, prefect_api: str) -> None:
+    """The process running the experiment dies while its array runs on SLURM: the resuming
+    run follows that array to its end and never submits the bundle again."""
+    import asyncio
+    import os
+    import signal
+
+    exp_id = g.submit(g.spec(tmp_path, """\
+        tasks:
+          nap: {command: 'sleep 6; echo "$I" > "$OUT"', task_inputs: {I: 1..4},
+                task_outputs: {OUT: out.txt}}
+        """, on="slurm"))
+    code = ("import asyncio; from airavata_prefect.flows.experiment_flow import run_experiment;"
+            f" asyncio.run(run_experiment(experiment_id={exp_id!r}))")
+    proc = subprocess.Popen([sys.executable, "-c", code], start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 90
+    while not (g.bundles(exp_id) and g.bundles(exp_id)[0].infrastructure):
+        assert time.monotonic() < deadline and proc.poll() is None, "the array never went out"
+        time.sleep(0.3)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(10)
+    dead = g.store.experiments.get(exp_id).flow_run_id
+    assert dead
+    # What the worker does to a flow run whose process died.
+    r = httpx.post(f"{prefect_api}/flow_runs/{dead}/set_state",
+                   json={"state": {"type": "CRASHED", "name": "Crashed"}, "force": True})
+    assert r.status_code in (200, 201), r.text
+    from airavata_prefect.flows.experiment_flow import run_experiment
+    state = asyncio.run(run_experiment(resume_of=dead, return_state=True))
+    assert state.is_completed(), state.message
+    t = g.tasks(exp_id)
+    assert {x.state for x in t.values()} == {"COMPLETED"}
+    assert {x.attempt for x in t.values()} == {0}
+    bundles = g.bundles(exp_id)
+    assert len(bundles) == 1 and bundles[0].status == "COMPLETED"
+    exp = g.store.experiments.get(exp_id)
+    assert exp.resumes == 1 and exp.flow_run_id != dead
+    # One array on the cluster for this experiment: submitted once.
+    out = subprocess.run(["squeue", "--states=all", "-h", "-o", "%F|%Z"],
+                         env={"SLURM_CONF": str(g.slurm.conf), "PATH": "/usr/bin:/bin"},
+                         capture_output=True, text=True).stdout
+    arrays = {line.split("|")[0] for line in out.splitlines() if exp_id in line}
+    assert arrays == {bundles[0].infrastructure[0].split("_")[0]}, out
+    home = Path(exp.workdir)
+    assert (home / "nap" / "3" / "out.txt").read_text() == "4\n"
