@@ -124,8 +124,8 @@ def run_cmd(
     from airavata_prefect.usecases.submit import submit
 
     with open_context() as ctx:
-        deployments.check_runnable(deployment)  # before anything is stored
-        exp_id = submit(ctx, file, param, project=project)
+        exp_id = submit(ctx, file, param, project=project,
+                        before_store=lambda: deployments.check_runnable(deployment))
         _start(ctx, exp_id, deployment, watch, "submitted")
 
 

@@ -269,12 +269,12 @@ class Stack:
 
 @contextmanager
 def experiment_stack(home: Path, name: str, *, project: str = "default", workers: int = 1,
-                     db_url: str | None = None, worker_args: tuple[str, ...] = ()
-                     ) -> Iterator[Stack]:
+                     db_url: str | None = None, worker_args: tuple[str, ...] = (),
+                     user: str | None = "alice") -> Iterator[Stack]:
     """`airavata deployment create NAME --project P --pool NAME` and workers for that pool,
     all acting under AIRAVATA_HOME=home (the store the workers' flow runs use)."""
     env = {**os.environ, "AIRAVATA_HOME": str(home), "PREFECT_WORKER_QUERY_SECONDS": "1",
-           "AIRAVATA_USER": "alice", "PREFECT_LOGGING_LEVEL": "INFO"}
+           "PREFECT_LOGGING_LEVEL": "INFO", **({"AIRAVATA_USER": user} if user else {})}
     if db_url:
         env["AIRAVATA_DATABASE_URL"] = db_url
     home.mkdir(parents=True, exist_ok=True)

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import SAMPLE
+from tests.conftest import SAMPLE, Stack, experiment_stack
 
 AIRAVATA = str(Path(sys.executable).parent / "airavata")
 
@@ -21,6 +21,14 @@ AIRAVATA = str(Path(sys.executable).parent / "airavata")
 def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run([AIRAVATA, *args], capture_output=True, text=True, timeout=timeout,
                           env=os.environ.copy())
+
+
+@pytest.fixture()
+def stack(prefect_api: str, home: Path) -> Iterator[Stack]:
+    """The default deployment and a worker polling its pool, as `airavata server start` makes
+    them, for the commands that run experiments."""
+    with experiment_stack(home, "default", user=None) as stack_:
+        yield stack_
 
 
 def write(tmp_path: Path, text: str, name: str = "exp.yml") -> str:
@@ -100,8 +108,8 @@ def test_unreachable_database_is_one_line(home: Path, monkeypatch: pytest.Monkey
 
 
 @pytest.mark.prefect
-def test_run_watch_completes_and_status_logs_list(prefect_api: str, home: Path,
-                                                  tmp_path: Path) -> None:
+def test_run_watch_completes_and_status_logs_list(stack: Stack, prefect_api: str,
+                                                  home: Path, tmp_path: Path) -> None:
     spec = write(tmp_path, """\
         parameters: {WHO: {type: string, default: world}}
         tasks:
@@ -140,7 +148,7 @@ def test_run_watch_completes_and_status_logs_list(prefect_api: str, home: Path,
 
 
 @pytest.mark.prefect
-def test_run_watch_failure_exits_1_and_names_the_failed_task(prefect_api: str, home: Path,
+def test_run_watch_failure_exits_1_and_names_the_failed_task(stack: Stack, home: Path,
                                                              tmp_path: Path) -> None:
     spec = write(tmp_path, "tasks:\n  a: {command: 'echo boom >&2; exit 4', "
                            "task_inputs: {X: [1]}}\n")
@@ -157,7 +165,7 @@ def test_run_watch_failure_exits_1_and_names_the_failed_task(prefect_api: str, h
 
 
 @pytest.mark.prefect
-def test_cancel_a_running_experiment(prefect_api: str, home: Path, tmp_path: Path) -> None:
+def test_cancel_a_running_experiment(stack: Stack, home: Path, tmp_path: Path) -> None:
     spec = write(tmp_path, """\
         tasks:
           slow: {command: 'echo $$ > pid; sleep 60', task_inputs: {X: 1..6}}
@@ -189,6 +197,7 @@ def test_cancel_a_running_experiment(prefect_api: str, home: Path, tmp_path: Pat
     trail = Store(get_settings().db_url).audit.trail()
     assert [(r.action, r.object, r.outcome) for r in trail] == [
         ("project.create", "project:default", "ok"),  # first use of the default project
+        ("deployment.create", "deployment:run-experiment/default", "ok"),
         ("scheduler.queue.submit", f"experiment:{exp_id}", "ok"),
         ("scheduler.queue.cancel", f"experiment:{exp_id}", "ok"),
         ("scheduler.queue.cancel", f"experiment:{exp_id}", "refused")]
@@ -201,35 +210,6 @@ def test_bad_setting_is_one_line(home: Path, monkeypatch: pytest.MonkeyPatch) ->
     assert r.stderr.strip().splitlines() == [
         "error: AIRAVATA_MAX_INSTANCES='abc': Input should be a valid integer, unable to parse "
         "string as an integer"]
-
-
-@pytest.mark.prefect
-def test_a_killed_runner_is_noticed_and_nothing_stays_running(prefect_api: str, home: Path,
-                                                              tmp_path: Path) -> None:
-    from airavata_prefect.adapters.store import Store
-    from airavata_prefect.usecases.settings import get_settings
-
-    spec = write(tmp_path, "tasks:\n  slow: {command: 'echo $$ > pid; sleep 60', "
-                           "task_inputs: {X: 1..3}}\n")
-    exp_id = cli("experiment", "run", spec).stdout.split("experiment ", 1)[1].split()[0]
-    store = Store(get_settings().db_url)
-    deadline = time.monotonic() + 60
-    while not store.tasks.state_counts(exp_id).get("slow", {}).get("RUNNING"):
-        assert time.monotonic() < deadline, store.tasks.state_counts(exp_id)
-        time.sleep(0.3)
-    runner = store.experiments.get(exp_id).runner_pid
-    os.kill(runner, 9)
-    time.sleep(0.5)
-    try:
-        status = json.loads(cli("experiment", "status", exp_id, "--json").stdout)
-        assert status["status"] == "FAILED"
-        assert status["message"].startswith("runner exited unexpectedly; see ")
-        counts = status["steps"]["slow"]
-        assert set(counts) <= {"CANCELED", "COMPLETED"} and counts.get("CANCELED")
-    finally:  # the killed runner could not stop its scripts
-        for pid_file in (home / "runs" / exp_id).glob("slow/*/pid"):
-            with contextlib.suppress(ProcessLookupError, ValueError):
-                os.killpg(int(pid_file.read_text()), 9)
 
 
 def test_run_without_a_placement_exits_3(home: Path, tmp_path: Path) -> None:
@@ -245,7 +225,8 @@ def test_run_without_a_placement_exits_3(home: Path, tmp_path: Path) -> None:
 
 @pytest.mark.prefect
 def test_permissions_decide_who_may_submit_read_and_cancel(
-        prefect_api: str, home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        stack: Stack, prefect_api: str, home: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     spec = write(tmp_path, "tasks:\n  a: {command: 'sleep 600'}\n")  # canceled at the end
     monkeypatch.setenv("AIRAVATA_USER", "alice")
     r = cli("experiment", "run", spec, "--project", "lab")  # first use: alice admins "lab"

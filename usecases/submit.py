@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 from airavata_prefect.domain.plan import Plan, expand
@@ -79,7 +80,8 @@ def check_dispatchable(ctx: Context, loaded: LoadedSpec, placed: dict[str, list[
 
 def submit(ctx: Context, path: str | Path | LoadedSpec, params: list[str], *,
            project: str | None = None, authorize: bool = True,
-           origin_flow_run_id: str | None = None) -> str:
+           origin_flow_run_id: str | None = None,
+           before_store: Callable[[], None] | None = None) -> str:
     """Validate, authorise, place and store an experiment with all its task rows; returns its
     id. Raises SpecError (bad input), Forbidden, NoPlacement or Unavailable, and then nothing
     is stored. `authorize=False` is for benchmarks of this machine alone."""
@@ -98,6 +100,8 @@ def submit(ctx: Context, path: str | Path | LoadedSpec, params: list[str], *,
     placed = expand(graph, plan.counts())
     if authorize:
         check_dispatchable(ctx, loaded, placed, pool)
+    if before_store is not None:  # e.g. "a worker will run it", checked after the input
+        before_store()
     ctx.store.experiments.create(
         experiment_id=exp_id, name=loaded.name, source=loaded.source, spec_text=loaded.text,
         params=overrides, workdir_root=runs, total=graph.total, plan=plan.to_json(),
