@@ -1,11 +1,12 @@
-# `make run` installs into .venv, starts a Prefect server, runs the example experiment.
+# `make run` installs into .venv, starts the embedded default (`airavata server start`: a
+# Prefect server, the default deployment, a worker) and runs the example experiment.
 # `make test` installs and runs the whole suite against real services it starts.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-kubernetes bench lint clean prefect-up prefect-down
+.PHONY: install run test test-kubernetes bench lint clean server-start server-stop
 
 install: $(STAMP)
 
@@ -34,11 +35,11 @@ bench: install
 lint: install
 	@bash scripts/lint.sh
 
-prefect-up: install
-	@bash scripts/prefect_server.sh start
+server-start: install
+	@$(BIN)/airavata server start
 
-prefect-down:
-	@bash scripts/prefect_server.sh stop
+server-stop:
+	@$(BIN)/airavata server stop
 
 clean:
 	rm -rf $(VENV) .airavata
