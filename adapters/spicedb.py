@@ -48,6 +48,7 @@ PERMISSION_KEYS: dict[str, tuple[str, str]] = {
     "resource.use": ("compute_resource", "use"),
     "project.manage": ("project", "manage"),
     "project.read": ("project", "read"),
+    "storage.read": ("storage_resource", "read"),
 }
 
 

@@ -68,7 +68,7 @@ def _submit(ctx: Context, asked: Asked, account: ServiceAccount | None, flow_run
             raise Forbidden(f"deployment {account.deployment} runs experiments in project "
                             f"{account.project} only, not {asked.project}")
     project = account.project if account else (asked.project or ctx.settings.project)
-    loaded = read_spec(asked.spec, name=asked.name)
+    loaded = read_spec(asked.spec, name=asked.name, ctx=ctx)
     params = [f"{k}={v}" for k, v in (asked.params or {}).items()]
     try:
         return submit(ctx, loaded, params, project=project, origin_flow_run_id=flow_run_id)

@@ -1,12 +1,21 @@
-"""The `spec` a flow run is given: the experiment YAML itself, or a path the worker can read.
-One clear message when it is neither, naming what was given."""
+"""The `spec` a flow run is given: the experiment YAML itself, a path the worker can read, or
+`STORAGE:/path` on a registered storage resource (read as the acting identity: `storage.read`
+on the resource, `credential.read` on its credential, audited). One clear message when it is
+none of these, naming what was given."""
 
 from __future__ import annotations
 
+import asyncio
+import re
+import tempfile
 from pathlib import Path
 
+from airavata_prefect.adapters.openbao import SecretRef
+from airavata_prefect.adapters.storage import StorageError
 from airavata_prefect.domain.problems import Problem, SpecError
 from airavata_prefect.domain.spec import LoadedSpec, parse_spec_text
+from airavata_prefect.usecases.authorization import require
+from airavata_prefect.usecases.context import Context
 
 MAX_SPEC_BYTES = 4 * 1024 * 1024  # an experiment is text a person wrote, not data
 
@@ -17,18 +26,57 @@ def is_yaml_text(spec: str) -> bool:
     return "\n" in text or (": " in text and not Path(text).exists()) or text.startswith("{")
 
 
-def read_spec(spec: str, *, name: str = "") -> LoadedSpec:
+ON_STORAGE = re.compile(r"^([a-z0-9][a-z0-9-]{0,62}):(/\S*)$")
+
+
+def _from_storage(ctx: Context, storage: str, path: str) -> str:
+    from airavata_prefect.usecases.catalog import credential_id, load_storage
+    from airavata_prefect.usecases.credentials import _service
+
+    where = f"{storage}:{path}"
+    block = asyncio.run(load_storage(storage))  # (the flow calls this from a worker thread)
+    require(ctx, "storage.read", storage)
+    secret = None
+    if block.credential_ref is not None:
+        ref = block.credential_ref
+        cid = credential_id(ctx, ref)
+        if cid is None:
+            raise SpecError([Problem(f"no credential is registered at {ref.mount}/{ref.path}",
+                                     (), where)])
+        secret = _service(ctx).read(ctx.user, cid, SecretRef(ref.path, ref.mount))
+    with tempfile.TemporaryDirectory(prefix="airavata-spec-") as tmp:
+        try:
+            count = block.reader(storage, secret).fetch(path.lstrip("/"), Path(tmp))
+        except (StorageError, OSError) as exc:
+            raise SpecError([Problem(f"cannot read: {exc}", (), where)]) from None
+        files = [f for f in Path(tmp).rglob("*") if f.is_file()]
+        if count != 1 or len(files) != 1 or files[0].name != Path(path).name:
+            raise SpecError([Problem("is a directory, not an experiment YAML", (), where)])
+        if files[0].stat().st_size > MAX_SPEC_BYTES:
+            raise SpecError([Problem(f"larger than {MAX_SPEC_BYTES // 1024 // 1024} MiB", (),
+                                     where)])
+        try:
+            return files[0].read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise SpecError([Problem(f"cannot read: {exc}", (), where)]) from None
+
+
+def read_spec(spec: str, *, name: str = "", ctx: Context | None = None) -> LoadedSpec:
     """Parse `spec`; raises SpecError (every problem located) for bad YAML, or one problem for
-    a path that cannot be read on this host."""
+    a path or storage file that cannot be read."""
     if not spec.strip():
         raise SpecError([Problem("empty: give the experiment YAML, or a path the worker can "
                                  "read", (), "spec")])
     if len(spec.encode()) > MAX_SPEC_BYTES:
         raise SpecError([Problem(f"larger than {MAX_SPEC_BYTES // 1024 // 1024} MiB", (),
                                  "spec")])
+    stored = ON_STORAGE.match(spec.strip())
     if is_yaml_text(spec):
         loaded = parse_spec_text(spec, "spec")
         source = "spec"
+    elif stored and ctx is not None and not Path(spec.strip()).exists():
+        source = spec.strip()
+        loaded = parse_spec_text(_from_storage(ctx, stored[1], stored[2]), source)
     else:
         path = Path(spec.strip()).expanduser()
         where = f"{path} (on the worker's host)"

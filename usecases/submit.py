@@ -81,7 +81,7 @@ def check_dispatchable(ctx: Context, loaded: LoadedSpec, placed: dict[str, list[
 def submit(ctx: Context, path: str | Path | LoadedSpec, params: list[str], *,
            project: str | None = None, authorize: bool = True,
            origin_flow_run_id: str | None = None,
-           before_store: Callable[[], None] | None = None) -> str:
+           before_store: Callable[[], object] | None = None) -> str:
     """Validate, authorise, place and store an experiment with all its task rows; returns its
     id. Raises SpecError (bad input), Forbidden, NoPlacement or Unavailable, and then nothing
     is stored. `authorize=False` is for benchmarks of this machine alone."""
