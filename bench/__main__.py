@@ -92,6 +92,51 @@ def start_prefect(home: Path) -> subprocess.Popen:
     raise SystemExit("Prefect server did not start")
 
 
+def add_deployment_rows(table: Table) -> None:
+    """Experiments as flow runs of run-experiment/default (a stack of its own, started and
+    stopped by bench/deployment_path.py) beside the detached runner they replaced."""
+    from bench import deployment_path as dp
+
+    r = dp.run()
+    base = r.latency["detached runner"]
+    repeat = len(base.samples)
+    for door in ("prefect deployment run", "airavata experiment run"):
+        lat = r.latency[door]
+        cmd = ("`prefect deployment run run-experiment/default --param spec=PATH`"
+               if door == "prefect deployment run" else "`airavata experiment run PATH`")
+        table.add_row(f"start latency: {cmd} to the first instance RUNNING, from the command's "
+                      f"start (median of {repeat}; {lat.spread} s; the command took "
+                      f"{lat.command_s:.2f} s)", f"{lat.from_start_s:.2f} s",
+                      f"detached runner: {base.from_start_s:.2f} s (its command "
+                      f"{base.command_s:.2f} s); target <= {dp.TARGET_LATENCY_S:.2f} s",
+                      f"{lat.from_start_s / base.from_start_s:.2f}x, "
+                      f"{lat.from_start_s / dp.TARGET_LATENCY_S:.2f}x of target")
+        table.add_row(f"start latency: {cmd}, from the command's return (median of {repeat}; "
+                      "in brackets: until its flow run was Running, until the experiment was "
+                      "claimed)", f"{lat.from_return_s:.2f} s ({lat.flow_running_s:.2f}, "
+                      f"{lat.claimed_s:.2f})",
+                      f"detached runner: {base.from_return_s:.2f} s ({base.flow_running_s:.2f}, "
+                      f"{base.claimed_s:.2f}); target <= {dp.TARGET_LATENCY_S:.2f} s",
+                      f"{lat.from_return_s / base.from_return_s:.2f}x, "
+                      f"{lat.from_return_s / dp.TARGET_LATENCY_S:.2f}x of target")
+    s, load = r.sweep_s, r.load
+    detached = s["detached runner"]
+    before, after = "detached runner (first)", "detached runner (last)"
+    for door in ("airavata experiment run", "prefect deployment run"):
+        table.add_row(f"{dp.N:,} x `true` end to end through the deployment: `{door}` (command "
+                      f"start to the flow run's end; load average after: {load[door]:.1f})",
+                      f"{s[door]:.1f} s",
+                      f"detached runner: {detached:.1f} s (before {s[before]:.1f}, load "
+                      f"{load[before]:.1f}; after {s[after]:.1f}, load {load[after]:.1f}); "
+                      f"target <= {dp.TARGET_SLOWDOWN:.2f}x; xargs -P{r.cpus}: "
+                      f"{s['xargs']:.1f} s", f"{s[door] / detached:.2f}x")
+    table.add_row(f"{dp.N:,} x `true` end to end, detached runner (baseline above)",
+                  f"{detached:.1f} s", f"xargs -P{r.cpus}: {s['xargs']:.1f} s",
+                  f"{detached / s['xargs']:.2f}x")
+    for note in r.notes:
+        table.add_row("note (deployment benchmark)", note, "", "")
+
+
 def main() -> None:
     console = Console(width=160)  # a wide table, also when piped to a file or CI log
     cpus = os.cpu_count() or 1
@@ -147,6 +192,7 @@ def main() -> None:
                   f"{sl['pool_s'] / sl['raw_s']:.2f}x")
     table.add_row("sbatch calls for that sweep", f"{sl['sbatch_calls']:.0f}",
                   "raw: 1 (one array)", f"{sl['sbatch_calls']:.0f}x")
+    add_deployment_rows(table)
     console.print(table)
     shutil.rmtree(home, ignore_errors=True)
 
