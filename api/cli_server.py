@@ -44,6 +44,8 @@ def start_cmd(
               f"{account.account}) in work pool {deployments.DEFAULT_POOL}")
     if worker:
         began = server.start_worker(settings, deployments.DEFAULT_POOL)
+        with temporary_settings({PREFECT_API_URL: url}):
+            deployments.wait_for_worker(deployments.DEFAULT_POOL)  # runs are taken from now on
         out.print(f"worker {'started' if began else 'already running'} for pool "
                   f"{deployments.DEFAULT_POOL}")
     out.print(f"export PREFECT_API_URL={url}")

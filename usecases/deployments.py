@@ -136,6 +136,18 @@ async def label(flow_run_id: str, exp: Experiment) -> None:
     await prefect_api.label_run(flow_run_id, run_name(exp), run_tags(exp))
 
 
+def wait_for_worker(pool: str, timeout: float = 60.0) -> None:
+    """Until a worker polls `pool` (a worker just started takes a few seconds)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not prefect_api.online_workers(pool):
+        if time.monotonic() > deadline:
+            raise Unavailable(f"no worker came online for work pool {pool!r} within "
+                              f"{timeout:.0f} s")
+        time.sleep(0.5)
+
+
 def check_runnable(deployment: str) -> str:
     """Raise Unavailable unless `run-experiment/DEPLOYMENT` exists and a worker polls its pool
     now; its full name."""
