@@ -316,6 +316,22 @@ def _scan_prefect(api: str, needles: dict[str, bytes]) -> list[str]:
             for n, v in needles.items() if any(v in page for page in pages)]
 
 
+def _scan_database(url: str, needles: dict[str, bytes]) -> list[str]:
+    """Every row of every table of Prefect's own (PostgreSQL) database, as text."""
+    import psycopg
+
+    found = []
+    with psycopg.connect(url) as conn:
+        tables = [r[0] for r in conn.execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")]
+        for table in tables:
+            for (row,) in conn.execute(f'SELECT t::text FROM "{table}" t'):
+                data = row.encode()
+                found += [f"{n} in Prefect's table {table}" for n, v in needles.items()
+                          if v in data]
+    return found
+
+
 def test_s3_mounts_on_bare_metal_and_no_secret_anywhere(g: Grid, tmp_path: Path, s3,
                                                          prefect_api: str) -> None:
     """A full run that used an SSH key (bare metal, SLURM over SSH) and an S3 secret: neither
@@ -366,15 +382,19 @@ def test_s3_mounts_on_bare_metal_and_no_secret_anywhere(g: Grid, tmp_path: Path,
                               on="slurm-ssh", name="ssh.yml"))
     assert g.run(ssh_exp).is_completed()
 
+    from tests.conftest import PREFECT_DATABASE
+
     needles = _needles(g, s3.secret_key)
     prefect_home = Path(os.environ["PREFECT_HOME"])
     remote = [p for p in g.sshd.home.iterdir() if p.name.startswith(("bm-", "grid-"))]
     roots = [g.home, *g.logs.values(), g.home.parent / "cluster", g.home.parent / "rest",
              prefect_home, *remote]
-    assert any((p / "prefect.db").exists() for p in [prefect_home]), "Prefect's database"
     assert (g.home / "airavata.db").exists()
-    leaks = _scan_files(roots, needles) + _scan_prefect(prefect_api, needles)
+    leaks = (_scan_files(roots, needles) + _scan_prefect(prefect_api, needles)
+             + _scan_database(PREFECT_DATABASE[0], needles))
     assert leaks == []
+    # Prefect's database is really the haystack: it holds this run.
+    assert _scan_database(PREFECT_DATABASE[0], {"experiment": exp_id.encode()}) != []
     # The haystacks hold what a leak would be in: the tasks' recorded environments were
     # among the files scanned, and the scan finds what they do hold.
     recorded = [p for r in remote for p in r.rglob("env.txt")]
