@@ -217,8 +217,13 @@ tasks:
         assert done.status == "COMPLETED" and done.resumes == 1
         lines = log.read_text().split()
         counts = {i: lines.count(str(i)) for i in range(1, 21)}
-        twice = [i for i, n in counts.items() if n == 2]
-        assert set(counts.values()) <= {1, 2} and 1 <= len(twice) <= 2, counts
+        twice = {f"nap[{i - 1}]" for i, n in counts.items() if n == 2}
+        # Run again: what the store did not know had ended when the process died (the running
+        # ones, and any whose completion was not yet written: at-least-once, never lost).
+        again = {e.instance_id for e in store.tasks.events(exp.id)
+                 if e.message and "orchestrator stopped" in e.message}
+        assert set(counts.values()) <= {1, 2} and twice and twice <= again, (counts, again)
+        assert len(again) <= 4  # two slots, plus at most one unwritten batch
         # The rerun ones used no retry: their attempt is still 0.
         assert {t.attempt for t in store.tasks.list(exp.id)} == {0}
         runs = [_final(r["id"]) for r in _runs_of(stack)]
