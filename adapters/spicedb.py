@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import os
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -49,6 +50,9 @@ PERMISSION_KEYS: dict[str, tuple[str, str]] = {
     "project.manage": ("project", "manage"),
     "project.read": ("project", "read"),
     "storage.read": ("storage_resource", "read"),
+    "platform.manage": ("platform", "manage"),
+    "group.manage": ("group", "manage"),
+    "group.read": ("group", "read"),
 }
 
 
@@ -109,8 +113,9 @@ Row = tuple[str, str, str, str, str, str]  # object type, id, relation, subject 
 class Journal(Protocol):
     """Where relationships are kept when SpiceDB itself keeps nothing (embedded)."""
 
-    def save_relationship(self, row: Row, *, present: bool) -> None: ...
+    def save_relationship(self, row: Row, *, present: bool) -> int: ...
     def load_relationships(self) -> list[Row]: ...
+    def generation(self) -> int: ...
 
 
 class Authz:
@@ -119,6 +124,9 @@ class Authz:
         self._permissions = permissions
         self._closer = closer
         self._journal = journal
+        self._schema = SCHEMA
+        self._generation = -1  # of the journal this instance was built from (embedded)
+        self._lock = threading.Lock()
 
     @classmethod
     def embedded(cls, schema: str = SCHEMA, *, journal: Journal | None = None) -> Authz:
@@ -134,13 +142,36 @@ class Authz:
         # 0.7.1 declares spicedb_free's argument wrongly and hides every error behind
         # "TypeError: wrong type"; the right declaration restores the message.
         ffi._get_lib().spicedb_free.argtypes = [ctypes.c_void_p]
+        generation = journal.generation() if journal else -1  # read before the rows
         rows = journal.load_relationships() if journal else []
         try:
             db = EmbeddedSpiceDB.start(schema, [_relationship(r) for r in rows])
         except SpiceDBError as exc:
             raise AuthzError(f"SpiceDB rejected the schema or stored relationships: {exc}"
                              ) from None
-        return cls(db.permissions(), db, journal)
+        authz = cls(db.permissions(), db, journal)
+        authz._schema, authz._generation = schema, generation
+        return authz
+
+    def sync(self) -> bool:
+        """An embedded instance in a long-lived process (the REST API): rebuild it from the
+        journal when another process wrote relationships since. True when it rebuilt."""
+        if self._journal is None or self._generation < 0:
+            return False
+        if self._journal.generation() == self._generation:
+            return False
+        with self._lock:
+            if self._journal.generation() == self._generation:
+                return False
+            fresh = Authz.embedded(self._schema, journal=self._journal)
+            old = self._closer
+            self._permissions, self._closer = fresh._permissions, fresh._closer
+            self._generation = fresh._generation
+        if old is not None:  # checks in flight on other threads finish on it first
+            timer = threading.Timer(10.0, old.close)
+            timer.daemon = True
+            timer.start()
+        return True
 
     @classmethod
     def remote(cls, endpoint: str, token: str, *, insecure: bool = False) -> Authz:
@@ -177,8 +208,11 @@ class Authz:
                    WriteRelationshipsRequest(updates=[RelationshipUpdate(
                        operation=op, relationship=_relationship(row))]))
         if self._journal is not None:
-            self._journal.save_relationship(
+            generation = self._journal.save_relationship(
                 row, present=op == RelationshipUpdate.Operation.OPERATION_TOUCH)
+            with self._lock:  # our own write: no rebuild needed, unless others wrote too
+                if self._generation >= 0 and generation == self._generation + 1:
+                    self._generation = generation
 
     def relate(self, object_type: str, object_id: str, relation: str, subject: Subject) -> None:
         self._update(RelationshipUpdate.Operation.OPERATION_TOUCH, object_type, object_id,

@@ -26,8 +26,10 @@ out = Console(soft_wrap=True)
 @server_app.command("start")
 def start_cmd(
     worker: bool = typer.Option(True, help="Also start a worker for the default pool"),
+    api: bool = typer.Option(True, help="Also start the REST API (AIRAVATA_API_PORT)"),
 ) -> None:
-    """Start the Prefect server, the default deployment and a worker (idempotent)."""
+    """Start the Prefect server, the default deployment, a worker and the REST API
+    (idempotent)."""
     settings = get_settings()
     started = server.start_prefect(settings)
     url = server.api_url(settings)
@@ -48,6 +50,10 @@ def start_cmd(
             deployments.wait_for_worker(deployments.DEFAULT_POOL)  # runs are taken from now on
         out.print(f"worker {'started' if began else 'already running'} for pool "
                   f"{deployments.DEFAULT_POOL}")
+    if api:
+        began = server.start_api(settings)
+        out.print(f"REST API {'started' if began else 'already up'}: "
+                  f"{server.rest_url(settings)}/api/v1 (docs: /api/v1/docs)")
     out.print(f"export PREFECT_API_URL={url}")
 
 

@@ -117,13 +117,14 @@ class TaskEvent:
     attempt: int
     at: datetime
     message: str | None
+    seq: int = 0  # its place in the store's event log (a watcher resumes after it)
 
     @classmethod
     def from_row(cls, row: Mapping[Any, Any]) -> TaskEvent:
         return cls(instance_id=row["instance_id"],
                    from_state=TaskState(row["from_state"]) if row["from_state"] else None,
                    to_state=TaskState(row["to_state"]), attempt=row["attempt"],
-                   at=utc(row["at"]) or row["at"], message=row["message"])
+                   at=utc(row["at"]) or row["at"], message=row["message"], seq=row["id"])
 
 
 @dataclass(frozen=True, slots=True)

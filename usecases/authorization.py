@@ -34,16 +34,27 @@ def subject(who: str) -> Subject:
 
 
 def ensure_project(ctx: Context, project: str) -> None:
-    """A project nobody holds yet is created with the acting user as its admin (first use)."""
-    if not ctx.store.relationships.has_object("project", project):
+    """In local mode, a project nobody holds yet is created with the acting user as its admin
+    (first use)."""
+    if ctx.auto_projects and not ctx.store.relationships.has_object("project", project):
         ctx.authz.relate("project", project, "admin", Subject.user(ctx.user))
         audit(ctx, "project.create", f"project:{project}", "ok")
+
+
+def check_may_join(ctx: Context, project: str, who: str) -> None:
+    """Service accounts belong to one project only."""
+    acc = ctx.store.accounts.get(who)
+    if acc is not None and acc.kind == "service" and acc.project != project:
+        audit(ctx, "project.manage", f"project:{project}", "denied",
+              f"service account {who} belongs to {acc.project}")
+        raise Forbidden(f"service account {who} belongs to project {acc.project} only")
 
 
 def add_member(ctx: Context, project: str, user: str, *, admin: bool) -> None:
     """Let `user` submit to `project` (and, as an admin, manage it and read its experiments)."""
     ensure_project(ctx, project)
     require(ctx, "project.manage", project)
+    check_may_join(ctx, project, user)
     ctx.authz.relate("project", project, "admin" if admin else "member", Subject.user(user))
     audit(ctx, "project.manage", f"project:{project}", "ok",
           f"{'admin' if admin else 'member'}: {user}")
@@ -57,5 +68,5 @@ def remove_member(ctx: Context, project: str, user: str) -> None:
     audit(ctx, "project.manage", f"project:{project}", "ok", f"removed: {user}")
 
 
-__all__ = ["add_member", "allowed", "audit", "ensure_project", "remove_member", "require",
-           "subject"]
+__all__ = ["add_member", "allowed", "audit", "check_may_join", "ensure_project", "remove_member",
+           "require", "subject"]

@@ -25,8 +25,11 @@ def authorizer(settings: Settings, store: Store) -> Authz:
 class Context:
     settings: Settings
     store: Store
-    user: str  # who acts: the OS user the CLI runs as (a verified identity once the API is)
+    user: str  # who acts: a verified identity (the API's), or the local CLI's OS login
     _authz: Authz | None = field(default=None, repr=False)
+    # Local mode makes a project on its first use; the REST API only uses projects someone
+    # created (POST /projects).
+    auto_projects: bool = True
 
     @property
     def authz(self) -> Authz:
@@ -41,15 +44,47 @@ class Context:
         self.store.close()
 
 
+def os_login() -> str:
+    import getpass
+    return getpass.getuser()
+
+
+def _check_local_identity(settings: Settings, store: Store) -> None:
+    """Local mode acts as the OS login. Naming another user (AIRAVATA_USER) is for the store's
+    owner only, who could write its rows directly anyway; anyone else sharing a store must
+    sign in to its REST API."""
+    login = os_login()
+    if settings.user == login:
+        return
+    owner = store.owner(login)
+    if owner != login:
+        from airavata_prefect.usecases.correlation import correlation_id
+        from airavata_prefect.usecases.errors import Forbidden
+        store.audit.record(actor=login, action="identity.assume", obj=f"user:{settings.user}",
+                           correlation_id=correlation_id(), outcome="denied",
+                           detail=f"AIRAVATA_USER names another user; the store is {owner}'s")
+        raise Forbidden(f"AIRAVATA_USER={settings.user}: you are {login}, and this store "
+                        f"belongs to {owner}; sign in to its REST API instead "
+                        "(airavata config set server URL; airavata auth login)")
+
+
 @contextmanager
 def open_context(settings: Settings | None = None, *, user: str | None = None
                  ) -> Iterator[Context]:
+    """A context acting as `user` (an identity a door verified), else as the local user."""
     settings = settings or get_settings()
-    ctx = Context(settings, Store(settings.db_url), user or settings.user)
+    store = Store(settings.db_url)
+    try:
+        if user is None:
+            _check_local_identity(settings, store)
+    except BaseException:
+        store.close()
+        raise
+    ctx = Context(settings, store, user or settings.user)
     try:
         yield ctx
     finally:
         ctx.close()
 
 
-__all__ = ["Context", "authorizer", "open_context"]
+__all__ = ["Context", "authorizer", "open_context", "os_login"]

@@ -26,6 +26,19 @@ class Forbidden(Exception):
         super().__init__(f"{message} (correlation id {self.correlation_id})")
 
 
+class Unauthenticated(Exception):
+    """No verified identity: a missing, malformed, expired, revoked or forged token, or a wrong
+    name or password (which of the two is never said)."""
+
+
+class RateLimited(Exception):
+    """Too many attempts by one identity in a window; retry after `retry_after` seconds."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        self.retry_after = retry_after
+        super().__init__(message)
+
+
 def describe(exc: Exception) -> str:
     """One line for an unexpected failure, naming the outside system where it is one (the
     database's URL without its password)."""
@@ -39,4 +52,5 @@ def describe(exc: Exception) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-__all__ = ["BadInput", "Forbidden", "NoPlacement", "Unavailable", "describe"]
+__all__ = ["BadInput", "Forbidden", "NoPlacement", "RateLimited", "Unauthenticated",
+           "Unavailable", "describe"]

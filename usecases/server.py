@@ -1,6 +1,7 @@
 """The embedded default: everything one machine needs, started in the background by `airavata
 server start` with its logs and state under `AIRAVATA_HOME/server`: the Prefect server (API and
-UI), a Prefect worker polling the default pool, and the default deployment it runs. Idempotent:
+UI), a Prefect worker polling the default pool, the default deployment it runs, and the REST
+API. Idempotent:
 what already answers is left alone. Ports come from the settings, so two stacks with different
 `AIRAVATA_HOME`s run side by side.
 """
@@ -14,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +57,21 @@ def _healthy(url: str) -> bool:
             return bool(r.status == 200)
     except OSError:
         return False
+
+
+def _answers(url: str) -> bool:
+    """Any HTTP answer (the API's health is 503 while a service it checks is down)."""
+    try:
+        with urllib.request.urlopen(url, timeout=2):
+            return True
+    except urllib.error.HTTPError:
+        return True
+    except OSError:
+        return False
+
+
+def rest_url(settings: Settings) -> str:
+    return f"http://127.0.0.1:{settings.api_port}"
 
 
 def _pid(path: Path) -> int | None:
@@ -147,16 +164,37 @@ def start_worker(settings: Settings, pool: str) -> bool:
     return True
 
 
+def start_api(settings: Settings) -> bool:
+    """Start the REST API unless this home's answers; True when started."""
+    d = state_dir(settings)
+    d.mkdir(parents=True, exist_ok=True)
+    health = rest_url(settings) + "/api/v1/health"
+    if _answers(health):
+        return False
+    pid = _spawn(settings, "api", [sys.executable, "-m", "airavata_prefect.api.rest",
+                                   "--port", str(settings.api_port)])
+    deadline = time.monotonic() + START_TIMEOUT
+    while not _answers(health):
+        if not _alive(pid) or time.monotonic() > deadline:
+            raise RuntimeError(f"the REST API did not start on port {settings.api_port}; "
+                               f"last lines of {d / 'api.log'}:\n" + _tail(d / "api.log"))
+        time.sleep(0.3)
+    return True
+
+
 def status(settings: Settings) -> list[Service]:
     d = state_dir(settings)
     out = []
-    for name in ("prefect", "worker"):
+    for name in ("prefect", "worker", "api"):
         pid = _pid(d / f"{name}.pid")
         detail = ""
         alive = _alive(pid)
         if name == "prefect":
             alive = _healthy(api_url(settings))
             detail = f"http://127.0.0.1:{settings.prefect_port}" if alive else ""
+        if name == "api":
+            alive = _answers(rest_url(settings) + "/api/v1/health")
+            detail = rest_url(settings) + "/api/v1" if alive else ""
         out.append(Service(name, pid, alive, d / f"{name}.log", detail))
     return out
 
@@ -165,7 +203,7 @@ def stop(settings: Settings, timeout: float = 20.0) -> list[str]:
     """Stop the worker, then the server (their process groups); names of what was stopped."""
     d = state_dir(settings)
     stopped = []
-    for name in ("worker", "prefect"):
+    for name in ("api", "worker", "prefect"):
         pid = _pid(d / f"{name}.pid")
         if _alive(pid) and pid:
             with contextlib.suppress(ProcessLookupError):
@@ -181,5 +219,6 @@ def stop(settings: Settings, timeout: float = 20.0) -> list[str]:
     return stopped
 
 
-__all__ = ["Service", "api_url", "recorded_api_url", "start_prefect", "start_worker",
+__all__ = ["Service", "api_url", "recorded_api_url", "rest_url", "start_api", "start_prefect",
+           "start_worker",
            "state_dir", "status", "stop"]

@@ -37,6 +37,24 @@ class Settings(BaseSettings):
     # than a few concurrent runs, e.g. postgresql+asyncpg://user@host/prefect
     prefect_database_url: str | None = None
     worker_limit: int | None = Field(None, ge=1)  # flow runs one worker runs at once
+    # The REST API. `api_url` set (AIRAVATA_API_URL, or `airavata config set server URL`)
+    # switches the CLI to server mode: it then talks to that API only.
+    api_url: str | None = None
+    # Signs access tokens (HS256); unset: a random key made on first use in `home`/api, 0600.
+    jwt_secret: SecretStr | None = None
+    access_token_seconds: int = Field(900, ge=30)
+    refresh_token_seconds: int = Field(14 * 24 * 3600, ge=60)
+    api_token_days: int = Field(90, ge=1, le=3650)
+    # An OIDC issuer vouches for people instead of local passwords (tokens checked against
+    # its JWKS); the claim that names the user.
+    oidc_issuer: str | None = None
+    oidc_audience: str | None = None
+    oidc_jwks_url: str | None = None  # default: the issuer's discovery document says
+    oidc_username_claim: str = "preferred_username"
+    # Per identity, per minute: sign-in attempts and writes through the API.
+    api_login_rate: int = Field(10, ge=1)
+    api_write_rate: int = Field(300, ge=1)
+    api_max_body_bytes: int = Field(1 << 20, ge=1024)  # request bodies; a spec's YAML included
 
     @property
     def db_url(self) -> str:

@@ -61,9 +61,11 @@ def _from_storage(ctx: Context, storage: str, path: str) -> str:
             raise SpecError([Problem(f"cannot read: {exc}", (), where)]) from None
 
 
-def read_spec(spec: str, *, name: str = "", ctx: Context | None = None) -> LoadedSpec:
+def read_spec(spec: str, *, name: str = "", ctx: Context | None = None, paths: bool = True
+              ) -> LoadedSpec:
     """Parse `spec`; raises SpecError (every problem located) for bad YAML, or one problem for
-    a path or storage file that cannot be read."""
+    a path or storage file that cannot be read. `paths=False` (the REST API): a local path is
+    refused, never read on the server's behalf."""
     if not spec.strip():
         raise SpecError([Problem("empty: give the experiment YAML, or a path the worker can "
                                  "read", (), "spec")])
@@ -77,6 +79,10 @@ def read_spec(spec: str, *, name: str = "", ctx: Context | None = None) -> Loade
     elif stored and ctx is not None and not Path(spec.strip()).exists():
         source = spec.strip()
         loaded = parse_spec_text(_from_storage(ctx, stored[1], stored[2]), source)
+    elif not paths:
+        raise SpecError([Problem("give the experiment's YAML text (or STORAGE:/path on a "
+                                 "registered storage); paths on the server are not read",
+                                 (), "spec")])
     else:
         path = Path(spec.strip()).expanduser()
         where = f"{path} (on the worker's host)"

@@ -85,7 +85,9 @@ def submit(ctx: Context, path: str | Path | LoadedSpec, params: list[str], *,
     """Validate, authorise, place and store an experiment with all its task rows; returns its
     id. Raises SpecError (bad input), Forbidden, NoPlacement or Unavailable, and then nothing
     is stored. `authorize=False` is for benchmarks of this machine alone."""
-    project = project or ctx.settings.project
+    if not project:  # a service account's own project, else the configured one
+        account = ctx.store.accounts.get(ctx.user)
+        project = account.project if account and account.project else ctx.settings.project
     if authorize:
         ensure_project(ctx, project)
         require(ctx, "scheduler.queue.submit", project)

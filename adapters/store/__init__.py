@@ -7,16 +7,20 @@ production. One engine, and one repository per concept:
 - `credentials` — which OpenBao path each credential id names (never a secret);
 - `audit` — privileged actions and refusals, with correlation ids;
 - `relationships` — the journal of the permission graph (embedded SpiceDB keeps nothing);
-- `service_accounts` — who each deployment of the experiment flow acts as, in which project.
+- `service_accounts` — who each deployment of the experiment flow acts as, in which project;
+- `accounts` — who may sign in to the REST API (people, API service accounts) and their tokens;
+- `idempotency` — the experiment each API Idempotency-Key created.
 """
 
 from __future__ import annotations
 
+from airavata_prefect.adapters.store.accounts import Account, AccountRepo, TokenRow
 from airavata_prefect.adapters.store.audit import AuditLog
 from airavata_prefect.adapters.store.bundles import BundleRepo
 from airavata_prefect.adapters.store.credentials import CredentialRepo, CredentialRow
 from airavata_prefect.adapters.store.engine import make_engine, migrate, utcnow
 from airavata_prefect.adapters.store.experiments import ExperimentRepo
+from airavata_prefect.adapters.store.idempotency import IdempotencyKeys
 from airavata_prefect.adapters.store.relationships import RelationshipJournal
 from airavata_prefect.adapters.store.service_accounts import ServiceAccount, ServiceAccountRepo
 from airavata_prefect.adapters.store.tasks import TaskRepo
@@ -33,9 +37,29 @@ class Store:
         self.audit = AuditLog(self.engine)
         self.relationships = RelationshipJournal(self.engine)
         self.service_accounts = ServiceAccountRepo(self.engine)
+        self.accounts = AccountRepo(self.engine)
+        self.idempotency = IdempotencyKeys(self.engine)
+
+    def owner(self, login: str) -> str:
+        """The OS login that owns this store: the first to ask (`login`) claims it."""
+        import sqlalchemy as sa
+
+        from airavata_prefect.adapters.store.schema import store_info
+        query = sa.select(store_info.c.value).where(store_info.c.key == "owner")
+        with self.engine.connect() as conn:
+            value = conn.execute(query).scalar()
+        if value is None:
+            try:
+                with self.engine.begin() as conn:
+                    conn.execute(store_info.insert().values(key="owner", value=login))
+                return login
+            except sa.exc.IntegrityError:  # another process claimed it first
+                with self.engine.connect() as conn:
+                    value = conn.execute(query).scalar()
+        return str(value)
 
     def close(self) -> None:
         self.engine.dispose()
 
 
-__all__ = ["CredentialRow", "ServiceAccount", "Store", "utcnow"]
+__all__ = ["Account", "CredentialRow", "ServiceAccount", "Store", "TokenRow", "utcnow"]

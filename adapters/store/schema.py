@@ -154,3 +154,59 @@ service_accounts = sa.Table(
     sa.Column("created_by", sa.String(200), nullable=False),
     sa.Column("created_at", UtcDateTime, nullable=False),
 )
+
+# Who may sign in: people (an argon2 password hash, or none when an OIDC issuer vouches for
+# them) and API service accounts (no password; API tokens; one project only).
+accounts = sa.Table(
+    "accounts", metadata,
+    sa.Column("name", sa.String(200), primary_key=True),
+    sa.Column("kind", sa.String(16), nullable=False),  # person | service
+    sa.Column("project", sa.String(200)),  # a service account's only project
+    sa.Column("password_hash", sa.Text),
+    sa.Column("full_name", sa.String(200)),
+    sa.Column("email", sa.String(320)),
+    sa.Column("disabled", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("created_by", sa.String(200), nullable=False),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+)
+
+# Refresh tokens and API tokens, by the sha256 of their secret part only (they are random and
+# long, so a fast digest suffices); revoked ones stay, for the audit trail.
+tokens = sa.Table(
+    "tokens", metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("kind", sa.String(16), nullable=False),  # refresh | api
+    sa.Column("account", sa.String(200), nullable=False),
+    sa.Column("digest", sa.String(64), nullable=False),
+    sa.Column("label", sa.String(200)),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("expires_at", UtcDateTime),
+    sa.Column("revoked_at", UtcDateTime),
+    sa.Index("ix_tokens_account", "account"),
+)
+
+# One row (id 1): bumped with every relationship written, so a long-lived process that keeps an
+# embedded SpiceDB sees when another process changed the graph.
+relationship_generation = sa.Table(
+    "relationship_generation", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("value", sa.BigInteger, nullable=False),
+)
+
+# Facts about the store itself: `owner`, the OS login that created it (in local mode only its
+# owner may act as another user; anyone else acts as their own login).
+store_info = sa.Table(
+    "store_info", metadata,
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("value", sa.Text, nullable=False),
+)
+
+# An API client's Idempotency-Key, per identity: the experiment its first request created (a
+# row without one is a request in flight).
+idempotency_keys = sa.Table(
+    "idempotency_keys", metadata,
+    sa.Column("actor", sa.String(200), primary_key=True),
+    sa.Column("key", sa.String(200), primary_key=True),
+    sa.Column("experiment_id", sa.String(36)),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+)

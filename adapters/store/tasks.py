@@ -153,5 +153,14 @@ class TaskRepo:
             return [TaskEvent.from_row(r) for r in conn.execute(
                 q.order_by(task_events.c.id).limit(limit)).mappings()]
 
+    def events_after(self, exp_id: str, after: int, limit: int = 500
+                     ) -> builtins.list[TaskEvent]:
+        """The experiment's state changes recorded after event `after` (a watcher's cursor)."""
+        q = task_events.select().where(task_events.c.experiment_id == exp_id,
+                                       task_events.c.id > after)
+        with self.engine.connect() as conn:
+            return [TaskEvent.from_row(r) for r in conn.execute(
+                q.order_by(task_events.c.id).limit(limit)).mappings()]
+
 
 __all__ = ["TaskRepo"]
