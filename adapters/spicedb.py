@@ -9,7 +9,9 @@ client against a SpiceDB server (production).
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import os
+import string
 import sys
 import threading
 from dataclasses import dataclass
@@ -50,10 +52,33 @@ PERMISSION_KEYS: dict[str, tuple[str, str]] = {
     "project.manage": ("project", "manage"),
     "project.read": ("project", "read"),
     "storage.read": ("storage_resource", "read"),
+    "storage.operate": ("storage_resource", "operate"),
     "platform.manage": ("platform", "manage"),
     "group.manage": ("group", "manage"),
     "group.read": ("group", "read"),
 }
+
+
+# SpiceDB's object ids are 1 to 1024 of [a-zA-Z0-9/_|-=+] ('*' alone is its wildcard).
+_PLAIN = frozenset(string.ascii_letters + string.digits + "/_|-+")
+MAX_ID = 1024
+
+
+def spicedb_id(value: str) -> str:
+    """An id of ours as SpiceDB may hold it: as it is when it is made of SpiceDB's characters
+    other than '=', else each other character as =XX per UTF-8 byte (`ann.lee` is
+    `ann=2Elee`), or, when that is still too long, `==` and its SHA-256. One to one, so a name
+    with a '.' (which our names allow) or any text a caller sends is an id like any other and
+    never a wildcard. Only written and checked, never read back (the journal keeps ours)."""
+    if value and len(value) <= MAX_ID and all(c in _PLAIN for c in value):
+        return value
+    out = "".join(c if c in _PLAIN else "".join(
+        f"={b:02X}" for b in c.encode("utf-8", "surrogatepass")) for c in value)
+    if not out:
+        return "="
+    if len(out) > MAX_ID:
+        return "==" + hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()
+    return out
 
 
 class AuthzError(RuntimeError):
@@ -90,13 +115,15 @@ class Subject:
         return cls("group", group_id, "member")
 
     def ref(self) -> SubjectReference:
-        return SubjectReference(object=ObjectReference(object_type=self.type, object_id=self.id),
+        return SubjectReference(object=ObjectReference(object_type=self.type,
+                                                       object_id=spicedb_id(self.id)),
                                 optional_relation=self.relation)
 
 
 def _relationship(row: Row) -> Relationship:
     object_type, object_id, relation, subject_type, subject_id, subject_relation = row
-    return Relationship(resource=ObjectReference(object_type=object_type, object_id=object_id),
+    return Relationship(resource=ObjectReference(object_type=object_type,
+                                                 object_id=spicedb_id(object_id)),
                         relation=relation,
                         subject=Subject(subject_type, subject_id, subject_relation).ref())
 
@@ -233,7 +260,7 @@ class Authz:
                           self._permissions.CheckPermission, CheckPermissionRequest(
                               consistency=Consistency(fully_consistent=True),
                               resource=ObjectReference(object_type=object_type,
-                                                       object_id=object_id),
+                                                       object_id=spicedb_id(object_id)),
                               permission=permission, subject=Subject.user(user).ref()))
         return bool(resp.permissionship == CheckPermissionResponse.PERMISSIONSHIP_HAS_PERMISSION)
 

@@ -17,13 +17,16 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
+from airavata_prefect.api.cli_auth import auth_app, config_app
 from airavata_prefect.api.cli_credentials import credential_app
 from airavata_prefect.api.cli_experiments import experiment_app
+from airavata_prefect.api.cli_people import project_app, user_app
 from airavata_prefect.api.cli_resources import resource_app
 from airavata_prefect.api.cli_server import deployment_app, server_app
+from airavata_prefect.api.client import RemoteError, server_url
 from airavata_prefect.domain.errors import NotFound
 from airavata_prefect.domain.problems import SpecError
-from airavata_prefect.usecases import authorization, queries
+from airavata_prefect.usecases import context, queries
 from airavata_prefect.usecases.context import open_context
 from airavata_prefect.usecases.credentials import CredentialError
 from airavata_prefect.usecases.errors import (
@@ -36,38 +39,17 @@ from airavata_prefect.usecases.errors import (
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
                   help="Airavata experiment orchestration on Prefect.")
-project_app = typer.Typer(no_args_is_help=True, help="Projects and their members.")
+app.add_typer(auth_app, name="auth")
+app.add_typer(config_app, name="config")
 app.add_typer(experiment_app, name="experiment")
 app.add_typer(project_app, name="project")
+app.add_typer(user_app, name="user")
 app.add_typer(credential_app, name="credential")
 app.add_typer(resource_app, name="resource")
 app.add_typer(server_app, name="server")
 app.add_typer(deployment_app, name="deployment")
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
-
-
-@project_app.command("add-member")
-def add_member_cmd(
-    project: str = typer.Argument(..., metavar="PROJECT"),
-    user: str = typer.Argument(..., metavar="USER"),
-    admin: bool = typer.Option(False, "--admin", help="As an admin (may manage the project)"),
-) -> None:
-    """Let USER submit to PROJECT (and, with --admin, manage it and read its experiments)."""
-    with open_context() as ctx:
-        authorization.add_member(ctx, project, user, admin=admin)
-    out.print(f"{user} is now {'an admin' if admin else 'a member'} of project {project}")
-
-
-@project_app.command("remove-member")
-def remove_member_cmd(
-    project: str = typer.Argument(..., metavar="PROJECT"),
-    user: str = typer.Argument(..., metavar="USER"),
-) -> None:
-    """Take USER (a person or a deployment's service account) out of PROJECT."""
-    with open_context() as ctx:
-        authorization.remove_member(ctx, project, user)
-    out.print(f"{user} is no longer a member of project {project}")
 
 
 @app.command("audit")
@@ -100,9 +82,18 @@ def _fail(message: str, status: int) -> None:
 
 
 def main() -> None:
-    if not os.environ.get("PREFECT_API_URL"):  # this home's embedded stack, when it runs
+    from airavata_prefect.usecases.settings import get_settings
+    try:
+        server = server_url(get_settings())
+    except ValidationError:
+        server = None  # reported below, by the command that reads the settings
+    if server and sys.argv[1:2] != ["server"]:
+        # Server mode: only the API is spoken to; a command without a route refuses (the
+        # operator's `airavata server ...` on the server's own machine stays local).
+        context.forbid_local(f"this command has no server mode yet; the CLI talks to {server} "
+                             "only (`airavata config unset server` for local mode)")
+    elif not os.environ.get("PREFECT_API_URL"):  # this home's embedded stack, when it runs
         from airavata_prefect.usecases.server import recorded_api_url
-        from airavata_prefect.usecases.settings import get_settings
         try:
             url = recorded_api_url(get_settings())
         except ValidationError:
@@ -111,6 +102,8 @@ def main() -> None:
             os.environ["PREFECT_API_URL"] = url
     try:
         app(standalone_mode=True)
+    except RemoteError as exc:
+        _fail(f"error: {exc}", exc.exit_code)
     except SpecError as exc:
         for p in exc.problems:
             err.print(p.render(), markup=False, highlight=False)

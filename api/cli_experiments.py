@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import typer
@@ -13,12 +12,13 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from airavata_prefect.api import cli_remote
 from airavata_prefect.domain.plan import Plan
 from airavata_prefect.domain.records import Experiment
 from airavata_prefect.domain.resources import load_resources
 from airavata_prefect.domain.spec import format_duration
 from airavata_prefect.domain.states import ACTIVE, EXPERIMENT_TERMINAL, ExperimentStatus, TaskState
-from airavata_prefect.usecases import deployments, lifecycle, queries
+from airavata_prefect.usecases import deployments, launch, lifecycle, queries
 from airavata_prefect.usecases.context import Context, open_context
 from airavata_prefect.usecases.plan import compile_file, plan_experiment
 from airavata_prefect.usecases.settings import get_settings
@@ -118,37 +118,32 @@ def run_cmd(
     param: list[str] = ParamOpt,
     watch: bool = typer.Option(False, "--watch", "-w", help="Follow progress until it ends"),
     project: str | None = typer.Option(None, help="Project to run in (AIRAVATA_PROJECT)"),
+    compute: str | None = typer.Option(None, help="Run every task on this compute resource"),
     deployment: str = DeploymentOpt,
 ) -> None:
     """Submit an experiment; a Prefect worker runs it (follow it with --watch or status)."""
-    from airavata_prefect.usecases.submit import submit
-
+    if (c := cli_remote.remote()) is not None:
+        cli_remote.run(c, file, param, project=project, deployment=deployment,
+                       compute=compute, do_watch=watch)
+        return
     with open_context() as ctx:
-        exp_id = submit(ctx, file, param, project=project,
-                        before_store=lambda: deployments.check_runnable(deployment))
-        _start(ctx, exp_id, deployment, watch, "submitted")
+        _started(ctx, launch.run(ctx, file, param, project=project, deployment=deployment,
+                                 compute=compute), watch, "submitted")
 
 
-def _start(ctx: Context, exp_id: str, deployment: str, watch: bool, what: str,
-           key: str | None = None) -> None:
-    """A flow run of the deployment runs the stored experiment (every door's one path)."""
-    exp = queries.experiment(ctx, exp_id)
-    try:
-        flow_run_id = deployments.start_run(exp, deployment=deployment, key=key)
-    except Exception:
-        lifecycle.fail_unfinished(ctx.store, exp.id, ExperimentStatus.FAILED,
-                                  "no flow run could be started for it")
-        raise
-    out.print(f"experiment [bold]{exp_id}[/] {what}: {exp.total_tasks:,} tasks, "
-              f"working directory {exp.workdir}, flow run {flow_run_id}")
+def _started(ctx: Context, s: launch.Started, watch: bool, what: str) -> None:
+    out.print(f"experiment [bold]{s.experiment_id}[/] {what}: {s.total_tasks:,} tasks, "
+              f"working directory {s.workdir}, flow run {s.flow_run_id}")
     if watch:
-        raise typer.Exit(_watch(ctx, exp_id))
-    out.print(f"follow it with: airavata experiment status {exp_id[:8]} --watch")
+        raise typer.Exit(_watch(ctx, s.experiment_id))
+    out.print(f"follow it with: airavata experiment status {s.experiment_id[:8]} --watch")
 
 
 @experiment_app.command("pause")
 def pause_cmd(experiment: str = ExperimentArg) -> None:
     """Stop new tasks from starting (running ones finish); resume continues."""
+    if (c := cli_remote.remote()) is not None:
+        return cli_remote.action(c, experiment, "pause")
     with open_context() as ctx:
         out.print(lifecycle.set_paused(ctx, experiment, True))
 
@@ -156,6 +151,8 @@ def pause_cmd(experiment: str = ExperimentArg) -> None:
 @experiment_app.command("resume")
 def resume_cmd(experiment: str = ExperimentArg) -> None:
     """Let a paused experiment start tasks again."""
+    if (c := cli_remote.remote()) is not None:
+        return cli_remote.action(c, experiment, "resume")
     with open_context() as ctx:
         out.print(lifecycle.set_paused(ctx, experiment, False))
 
@@ -165,11 +162,11 @@ def retry_cmd(experiment: str = ExperimentArg,
               watch: bool = typer.Option(False, "--watch", "-w"),
               deployment: str = DeploymentOpt) -> None:
     """Run an ended experiment's failed, canceled and upstream-failed tasks again (same id)."""
+    if (c := cli_remote.remote()) is not None:
+        return cli_remote.restart(c, experiment, "retry", deployment, watch)
     with open_context() as ctx:
-        deployments.check_runnable(deployment)
-        exp, n = lifecycle.retry(ctx, experiment)
-        _start(ctx, exp.id, deployment, watch, f"retrying {n} task(s)",
-               key=f"{exp.id}/retry/{uuid.uuid4()}")
+        started, n = launch.retry(ctx, experiment, deployment=deployment)
+        _started(ctx, started, watch, f"retrying {n} task(s)")
 
 
 @experiment_app.command("resubmit")
@@ -177,10 +174,11 @@ def resubmit_cmd(experiment: str = ExperimentArg,
                  watch: bool = typer.Option(False, "--watch", "-w"),
                  deployment: str = DeploymentOpt) -> None:
     """A new experiment from the same spec and parameters."""
+    if (c := cli_remote.remote()) is not None:
+        return cli_remote.restart(c, experiment, "resubmit", deployment, watch)
     with open_context() as ctx:
-        deployments.check_runnable(deployment)
-        exp_id = lifecycle.resubmit(ctx, experiment)
-        _start(ctx, exp_id, deployment, watch, "submitted")
+        _started(ctx, launch.resubmit(ctx, experiment, deployment=deployment), watch,
+                 "submitted")
 
 
 def _counts_table(exp: Experiment, counts: dict[str, dict[str, int]]) -> Table:
@@ -240,6 +238,8 @@ def status_cmd(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Show an experiment's progress per step."""
+    if (c := cli_remote.remote()) is not None:
+        return cli_remote.status(c, experiment, do_watch=watch, as_json=as_json)
     with open_context() as ctx:
         exp = queries.experiment(ctx, experiment)
         if watch:
@@ -268,6 +268,9 @@ def tasks_cmd(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """List task instances with their state, attempt, exit code and working directory."""
+    if (c := cli_remote.remote()) is not None:
+        return cli_remote.tasks(c, experiment, step=step, states=[str(s) for s in state],
+                                limit=limit, as_json=as_json)
     with open_context() as ctx:
         exp = queries.experiment(ctx, experiment)
         rows = queries.tasks(ctx, exp.id, step=step, states=state, limit=limit)
@@ -295,6 +298,8 @@ def events_cmd(
     limit: int = typer.Option(200, min=1, help="At most this many, oldest first"),
 ) -> None:
     """Every state change of an experiment's task instances (or one of them), with reasons."""
+    if task is None and (c := cli_remote.remote()) is not None:
+        return cli_remote.events(c, experiment, limit)
     with open_context() as ctx:
         rows = queries.events(ctx, experiment, task, limit)
     table = Table()
@@ -328,10 +333,19 @@ def bundles_cmd(experiment: str = ExperimentArg,
 
 
 @experiment_app.command("list")
-def list_cmd(limit: int = typer.Option(20, min=1, help="How many, newest first")) -> None:
+def list_cmd(limit: int = typer.Option(20, min=1, help="How many, newest first"),
+             as_json: bool = typer.Option(False, "--json")) -> None:
     """List the experiments you may read, newest first."""
+    if (c := cli_remote.remote()) is not None:
+        return cli_remote.experiments(c, limit, as_json)
     with open_context() as ctx:
         mine = queries.experiments(ctx, limit)
+    if as_json:
+        print(json.dumps([{"id": e.id, "name": e.name, "status": e.status,
+                           "total_tasks": e.total_tasks, "project": e.project,
+                           "created_at": e.created_at.isoformat(), "message": e.message}
+                          for e in mine], indent=2))
+        return
     table = Table()
     for col in ("id", "name", "status", "tasks", "created", "message"):
         table.add_column(col)
@@ -344,6 +358,8 @@ def list_cmd(limit: int = typer.Option(20, min=1, help="How many, newest first")
 @experiment_app.command("cancel")
 def cancel_cmd(experiment: str = ExperimentArg) -> None:
     """Cancel an experiment: running tasks are stopped, waiting ones never start."""
+    if (c := cli_remote.remote()) is not None:
+        return cli_remote.action(c, experiment, "cancel")
     with open_context() as ctx:
         result = lifecycle.cancel(ctx, experiment)
     out.print(result.message)
@@ -358,6 +374,35 @@ def logs_cmd(
     stderr: bool = typer.Option(False, "--stderr", help="Show stderr instead of stdout"),
 ) -> None:
     """Print a task instance's stdout (or stderr)."""
+    if (c := cli_remote.remote()) is not None:
+        return cli_remote.logs(c, experiment, task, stderr)
     with open_context() as ctx:
         log = queries.log_file(ctx, experiment, task, stderr=stderr)
     sys.stdout.write(log.read_text(errors="replace"))
+
+
+@experiment_app.command("watch")
+def watch_cmd(experiment: str = ExperimentArg) -> None:
+    """Follow an experiment live until it ends (exit 0 when it completed)."""
+    if (c := cli_remote.remote()) is not None:
+        raise typer.Exit(cli_remote.watch(c, experiment))
+    with open_context() as ctx:
+        exp = queries.experiment(ctx, experiment)
+        raise typer.Exit(_watch(ctx, exp.id))
+
+
+@experiment_app.command("task")
+def task_cmd(experiment: str = ExperimentArg,
+             task: str = typer.Argument(..., help="Task instance id, e.g. 'task1[3]'",
+                                        metavar="TASK")) -> None:
+    """One task instance as JSON: state, attempt, exit code, reason, resource, times."""
+    if (c := cli_remote.remote()) is not None:
+        return cli_remote.task(c, experiment, task)
+    with open_context() as ctx:
+        exp = queries.experiment(ctx, experiment)
+        t = ctx.store.tasks.get(exp.id, task)
+    print(json.dumps({"instance_id": t.instance_id, "step": t.step, "idx": t.idx,
+                      "state": t.state, "attempt": t.attempt, "exit_code": t.exit_code,
+                      "reason": t.reason, "resource": t.resource, "workdir": t.workdir,
+                      "started_at": t.started_at and t.started_at.isoformat(),
+                      "finished_at": t.finished_at and t.finished_at.isoformat()}, indent=2))

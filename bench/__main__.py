@@ -1,4 +1,7 @@
-"""Run every benchmark and print each figure beside its baseline or target."""
+"""Run every benchmark and print each figure beside its baseline or target.
+
+Some run alone too: `python -m bench.deployment_path`, `python -m bench.api_load [--seconds S]`.
+"""
 
 from __future__ import annotations
 
@@ -137,6 +140,18 @@ def add_deployment_rows(table: Table) -> None:
         table.add_row("note (deployment benchmark)", note, "", "")
 
 
+def add_api_load_rows(table: Table) -> list[str]:
+    """The REST API under load on PostgreSQL (a stack of its own, started and stopped by
+    bench/api_load.py) beside Prefect's own API under the same load; why it failed (any 5xx
+    from our API), to report after the table."""
+    from bench import api_load
+
+    r = api_load.run()
+    for row in api_load.rows(r):
+        table.add_row(*row)
+    return r.failures
+
+
 def main() -> None:
     console = Console(width=160)  # a wide table, also when piped to a file or CI log
     cpus = os.cpu_count() or 1
@@ -193,8 +208,11 @@ def main() -> None:
     table.add_row("sbatch calls for that sweep", f"{sl['sbatch_calls']:.0f}",
                   "raw: 1 (one array)", f"{sl['sbatch_calls']:.0f}x")
     add_deployment_rows(table)
+    failures = add_api_load_rows(table)
     console.print(table)
     shutil.rmtree(home, ignore_errors=True)
+    if failures:
+        raise SystemExit("; ".join(failures))
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -295,3 +296,15 @@ def experiment_stack(home: Path, name: str, *, project: str = "default", workers
                 w.wait(20)
             except subprocess.TimeoutExpired:
                 os.killpg(w.pid, signal.SIGKILL)
+
+
+# -- the REST API (tests/api_harness.py) -------------------------------------------------------
+
+
+@pytest.fixture()
+def api(home: Path, prefect_api: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """A real REST API server on this test's AIRAVATA_HOME (SQLite store), signed-in admin."""
+    from tests.api_harness import api_server
+    monkeypatch.delenv("AIRAVATA_USER", raising=False)
+    with api_server(home) as server:
+        yield server

@@ -319,7 +319,7 @@ def test_run_without_a_worker_says_so_and_stores_nothing(home: Path, tmp_path: P
         assert "no worker polls work pool 'door-idle'" in r.stderr
         assert "Traceback" not in r.stderr
         missing = stack.airavata("experiment", "run", str(spec), "--deployment", "nope")
-        assert missing.returncode == 1 and "no deployment run-experiment/nope" in missing.stderr
+        assert missing.returncode == 2 and "no deployment run-experiment/nope" in missing.stderr
         store = _store(stack)
         assert store.experiments.list() == []
         store.close()

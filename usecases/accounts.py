@@ -8,20 +8,21 @@ from dataclasses import dataclass
 
 from airavata_prefect.adapters.spicedb import Subject
 from airavata_prefect.adapters.store import Account
+from airavata_prefect.domain.errors import NotFound
 from airavata_prefect.usecases.authorization import allowed, audit, require
 from airavata_prefect.usecases.context import Context
-from airavata_prefect.usecases.errors import BadInput, Forbidden
+from airavata_prefect.usecases.errors import BadInput, Conflict, Forbidden
 from airavata_prefect.usecases.identity import hash_password, new_api_token
 
 PLATFORM = "airavata"  # the one platform object its admins hang on
-NAME = re.compile(r"^[a-z][a-z0-9_.-]{1,62}$")
+NAME = re.compile(r"^[a-z][a-z0-9_-]{1,62}$")  # SpiceDB object ids: no dots
 SERVICE_PREFIX = "svc-"
 
 
 def check_name(what: str, name: str) -> None:
     if not NAME.match(name):
         raise BadInput(f"{what} name {name!r}: 2-63 characters, lowercase letters, digits, "
-                       "'.', '_' or '-', starting with a letter")
+                       "'_' or '-', starting with a letter")
 
 
 def _ensure_platform(ctx: Context) -> None:
@@ -45,7 +46,7 @@ def create_person(ctx: Context, name: str, password: str, *, admin: bool = False
     if not ctx.store.accounts.create(name, kind="person", created_by=ctx.user,
                                      password_hash=hash_password(password),
                                      full_name=full_name, email=email):
-        raise BadInput(f"user {name!r} exists")
+        raise Conflict(f"user {name!r} exists")
     if admin:
         ctx.authz.relate("platform", PLATFORM, "admin", Subject.user(name))
     audit(ctx, "platform.manage", f"user:{name}", "ok", "created" + (" (admin)" if admin else ""))
@@ -55,7 +56,7 @@ def create_person(ctx: Context, name: str, password: str, *, admin: bool = False
 def account(ctx: Context, name: str) -> Account:
     found = ctx.store.accounts.get(name)
     if found is None:
-        raise BadInput(f"no user {name!r}")
+        raise NotFound(f"no user {name!r}")
     return found
 
 
@@ -82,6 +83,8 @@ def change_password(ctx: Context, old: str, new: str) -> None:
 def set_disabled(ctx: Context, name: str, disabled: bool) -> None:
     require(ctx, "platform.manage", PLATFORM)
     account(ctx, name)
+    if disabled and name == ctx.user:  # the last admin would lock everyone out
+        raise Conflict("you cannot disable your own account; another admin can")
     ctx.store.accounts.update(name, disabled=disabled)
     if disabled:
         for t in ctx.store.accounts.tokens_of(name):
@@ -98,7 +101,7 @@ def create_service_account(ctx: Context, project: str, name: str) -> Account:
     full = name if name.startswith(SERVICE_PREFIX) else SERVICE_PREFIX + name
     check_name("service account", full)
     if not ctx.store.accounts.create(full, kind="service", project=project, created_by=ctx.user):
-        raise BadInput(f"account {full!r} exists")
+        raise Conflict(f"account {full!r} exists")
     ctx.authz.relate("project", project, "member", Subject.user(full))
     audit(ctx, "project.manage", f"project:{project}", "ok", f"service account {full}")
     return account(ctx, full)
@@ -107,7 +110,7 @@ def create_service_account(ctx: Context, project: str, name: str) -> Account:
 def _service_account(ctx: Context, name: str) -> Account:
     acc = ctx.store.accounts.get(name)
     if acc is None or acc.kind != "service" or acc.project is None:
-        raise BadInput(f"no service account {name!r}")
+        raise NotFound(f"no service account {name!r}")
     require(ctx, "project.manage", acc.project)
     return acc
 
@@ -126,7 +129,7 @@ def revoke_token(ctx: Context, name: str, token_id: str) -> None:
     acc = _service_account(ctx, name)
     row = ctx.store.accounts.token(token_id)
     if row is None or row.account != acc.name or not ctx.store.accounts.revoke(token_id):
-        raise BadInput(f"service account {acc.name} has no live token {token_id}")
+        raise NotFound(f"service account {acc.name} has no live token {token_id}")
     audit(ctx, "project.manage", f"account:{acc.name}", "ok", f"api token {token_id} revoked")
 
 
@@ -136,7 +139,7 @@ def revoke_token(ctx: Context, name: str, token_id: str) -> None:
 def create_group(ctx: Context, name: str) -> None:
     check_name("group", name)
     if ctx.store.relationships.has_object("group", name):
-        raise BadInput(f"group {name!r} exists")
+        raise Conflict(f"group {name!r} exists")
     ctx.authz.relate("group", name, "admin", Subject.user(ctx.user))
     audit(ctx, "group.manage", f"group:{name}", "ok", "created")
 
@@ -180,10 +183,13 @@ class ProjectView:
 
 def create_project(ctx: Context, name: str) -> ProjectView:
     check_name("project", name)
-    if ctx.store.relationships.has_object("project", name):
-        raise BadInput(f"project {name!r} exists")
-    if ctx.store.accounts.get(ctx.user) and account(ctx, ctx.user).kind == "service":
+    acting = ctx.store.accounts.get(ctx.user)
+    if acting is not None and acting.kind == "service":
+        audit(ctx, "project.create", f"project:{name}", "denied",
+              f"service account of project {acting.project}")
         raise Forbidden("a service account cannot create projects")
+    if ctx.store.relationships.has_object("project", name):
+        raise Conflict(f"project {name!r} exists")
     ctx.authz.relate("project", name, "admin", Subject.user(ctx.user))
     audit(ctx, "project.create", f"project:{name}", "ok")
     return project(ctx, name)

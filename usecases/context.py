@@ -68,10 +68,21 @@ def _check_local_identity(settings: Settings, store: Store) -> None:
                         "(airavata config set server URL; airavata auth login)")
 
 
+_local_refusal: list[str] = []
+
+
+def forbid_local(reason: str) -> None:
+    """This process must not open the store, OpenBao or SpiceDB (the CLI in server mode)."""
+    _local_refusal[:] = [reason]
+
+
 @contextmanager
 def open_context(settings: Settings | None = None, *, user: str | None = None
                  ) -> Iterator[Context]:
     """A context acting as `user` (an identity a door verified), else as the local user."""
+    if _local_refusal:
+        from airavata_prefect.usecases.errors import BadInput
+        raise BadInput(_local_refusal[0])
     settings = settings or get_settings()
     store = Store(settings.db_url)
     try:
@@ -87,4 +98,4 @@ def open_context(settings: Settings | None = None, *, user: str | None = None
         ctx.close()
 
 
-__all__ = ["Context", "authorizer", "open_context", "os_login"]
+__all__ = ["Context", "authorizer", "forbid_local", "open_context", "os_login"]

@@ -150,13 +150,19 @@ def wait_for_worker(pool: str, timeout: float = 60.0) -> None:
 
 def check_runnable(deployment: str) -> str:
     """Raise Unavailable unless `run-experiment/DEPLOYMENT` exists and a worker polls its pool
-    now; its full name."""
+    now (BadInput for a name no deployment can have, NotFound for one nobody created, but the
+    default: that is the installation's own); its full name."""
+    if not NAME.match(deployment):
+        raise BadInput(f"deployment name {deployment!r}: lowercase letters, digits and '-'")
     full = f"{FLOW}/{deployment}"
     if not prefect_api.api_url():
         raise Unavailable("PREFECT_API_URL is not set: start the embedded default with "
                           "`airavata server start` and export the address it prints")
     try:
         if prefect_api.deployment_id(full) is None:
+            if deployment != DEFAULT_DEPLOYMENT:
+                raise NotFound(f"there is no deployment {full} (airavata deployment create "
+                               "makes one)")
             raise Unavailable(f"there is no deployment {full}: start the embedded default "
                               "with `airavata server start`")
         pool = prefect_api.deployment_pool(full)

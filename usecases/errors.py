@@ -10,6 +10,11 @@ class BadInput(ValueError):
     """Bad input that is not a spec problem (an argument, a field, an unknown name)."""
 
 
+class Conflict(BadInput):
+    """The request is sound but what exists forbids it: a name already taken, or an object in
+    a state that does not allow the action (an ended experiment cannot be paused)."""
+
+
 class NoPlacement(Exception):
     """No placement satisfies the experiment's needs and constraints."""
 
@@ -52,5 +57,5 @@ def describe(exc: Exception) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-__all__ = ["BadInput", "Forbidden", "NoPlacement", "RateLimited", "Unauthenticated",
+__all__ = ["BadInput", "Conflict", "Forbidden", "NoPlacement", "RateLimited", "Unauthenticated",
            "Unavailable", "describe"]

@@ -11,8 +11,9 @@ from pathlib import Path
 from airavata_prefect.domain.spec import LoadedSpec
 from airavata_prefect.domain.states import ExperimentStatus
 from airavata_prefect.usecases import deployments, lifecycle, queries
+from airavata_prefect.usecases.authorization import require
 from airavata_prefect.usecases.context import Context
-from airavata_prefect.usecases.errors import BadInput
+from airavata_prefect.usecases.errors import BadInput, Conflict
 from airavata_prefect.usecases.submit import submit
 
 
@@ -41,7 +42,7 @@ def start(ctx: Context, exp_id: str, *, deployment: str = deployments.DEFAULT_DE
 
 def run(ctx: Context, spec: str | Path | LoadedSpec, params: list[str], *,
         project: str | None = None, deployment: str = deployments.DEFAULT_DEPLOYMENT,
-        idempotency_key: str | None = None) -> Started:
+        idempotency_key: str | None = None, compute: str | None = None) -> Started:
     """Submit and start. With an idempotency key (per identity), a repeated request returns
     the experiment the first one created and starts nothing new."""
     if idempotency_key is not None:
@@ -50,12 +51,12 @@ def run(ctx: Context, spec: str | Path | LoadedSpec, params: list[str], *,
         held, earlier = ctx.store.idempotency.reserve(ctx.user, idempotency_key)
         if not held:
             if earlier is None:
-                raise BadInput("a request with this Idempotency-Key is still in progress")
+                raise Conflict("a request with this Idempotency-Key is still in progress")
             exp = queries.experiment(ctx, earlier)
             return Started(exp.id, exp.flow_run_id or "", exp.total_tasks, exp.workdir,
                            replayed=True)
     try:
-        exp_id = submit(ctx, spec, params, project=project,
+        exp_id = submit(ctx, spec, params, project=project, compute=compute,
                         before_store=lambda: deployments.check_runnable(deployment))
         started = start(ctx, exp_id, deployment=deployment)
     except BaseException:
@@ -69,6 +70,8 @@ def run(ctx: Context, spec: str | Path | LoadedSpec, params: list[str], *,
 
 def retry(ctx: Context, exp_ref: str, *, deployment: str = deployments.DEFAULT_DEPLOYMENT
           ) -> tuple[Started, int]:
+    # Who may, first: an unknown or forbidden experiment is that, whatever Prefect says.
+    require(ctx, "scheduler.instance.update", ctx.store.experiments.get(exp_ref).id)
     deployments.check_runnable(deployment)
     exp, n = lifecycle.retry(ctx, exp_ref)
     return start(ctx, exp.id, deployment=deployment, key=f"{exp.id}/retry/{uuid.uuid4()}"), n
@@ -76,6 +79,7 @@ def retry(ctx: Context, exp_ref: str, *, deployment: str = deployments.DEFAULT_D
 
 def resubmit(ctx: Context, exp_ref: str, *, deployment: str = deployments.DEFAULT_DEPLOYMENT
              ) -> Started:
+    queries.experiment(ctx, exp_ref)  # may read it, first
     deployments.check_runnable(deployment)
     return start(ctx, lifecycle.resubmit(ctx, exp_ref), deployment=deployment)
 

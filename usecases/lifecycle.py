@@ -15,7 +15,7 @@ from airavata_prefect.domain.states import (
 )
 from airavata_prefect.usecases.authorization import audit, require
 from airavata_prefect.usecases.context import Context
-from airavata_prefect.usecases.errors import BadInput
+from airavata_prefect.usecases.errors import Conflict
 
 
 def fail_unfinished(store: Store, exp_id: str, status: ExperimentStatus, message: str) -> None:
@@ -57,7 +57,7 @@ def _ended_or_refuse(ctx: Context, exp: Experiment, key: str, action: str,
     ended = exp.status in EXPERIMENT_TERMINAL
     if ended != want_ended:
         audit(ctx, key, f"experiment:{exp.id}", "refused", f"{action}: {exp.status}")
-        raise BadInput(f"experiment {exp.id} is {exp.status}: {action} needs "
+        raise Conflict(f"experiment {exp.id} is {exp.status}: {action} needs "
                        f"{'an ended' if want_ended else 'a running'} experiment")
 
 
@@ -82,11 +82,11 @@ def retry(ctx: Context, exp_ref: str) -> tuple[Experiment, int]:
     again = [t.instance_id for t in ctx.store.tasks.list(exp.id, states=[
         TaskState.FAILED, TaskState.CANCELED, TaskState.UPSTREAM_FAILED])]
     if not again:
-        raise BadInput(f"experiment {exp.id} has nothing to retry: every task completed")
+        raise Conflict(f"experiment {exp.id} has nothing to retry: every task completed")
     if not ctx.store.experiments.update(exp.id, status=ExperimentStatus.CREATED, message=None,
                                         cancel_requested=False, paused=False, finished_at=None,
                                         expect=[exp.status]):
-        raise BadInput(f"experiment {exp.id} changed while it was being retried; try again")
+        raise Conflict(f"experiment {exp.id} changed while it was being retried; try again")
     ctx.store.tasks.reset(exp.id, again, message="retried", fresh=True)
     audit(ctx, "scheduler.instance.update", f"experiment:{exp.id}", "ok",
           f"retry: {len(again)} tasks")

@@ -16,7 +16,7 @@ from airavata_prefect.domain.resources import LOCAL, ComputeResource, local_reso
 from airavata_prefect.domain.spec import LoadedSpec, parse_mount
 from airavata_prefect.usecases.authorization import audit, ensure_project, require
 from airavata_prefect.usecases.context import Context
-from airavata_prefect.usecases.errors import NoPlacement, Unavailable
+from airavata_prefect.usecases.errors import BadInput, NoPlacement, Unavailable
 from airavata_prefect.usecases.plan import compile_file, plan_experiment
 
 
@@ -80,7 +80,7 @@ def check_dispatchable(ctx: Context, loaded: LoadedSpec, placed: dict[str, list[
 
 def submit(ctx: Context, path: str | Path | LoadedSpec, params: list[str], *,
            project: str | None = None, authorize: bool = True,
-           origin_flow_run_id: str | None = None,
+           origin_flow_run_id: str | None = None, compute: str | None = None,
            before_store: Callable[[], object] | None = None) -> str:
     """Validate, authorise, place and store an experiment with all its task rows; returns its
     id. Raises SpecError (bad input), Forbidden, NoPlacement or Unavailable, and then nothing
@@ -96,6 +96,12 @@ def submit(ctx: Context, path: str | Path | LoadedSpec, params: list[str], *,
     loaded, overrides, graph = compile_file(path, params, root=str(runs / exp_id),
                                             max_instances=ctx.settings.max_instances)
     pool = planning_pool(ctx) if authorize else [local_resource()]
+    if compute:  # pinned (Airavata's --compute): this resource or nothing
+        pinned = [r for r in pool if r.name == compute]
+        if not pinned:
+            raise BadInput(f"compute resource {compute!r} is not one you may use (yours: "
+                           f"{', '.join(sorted(r.name for r in pool))})")
+        pool = pinned
     plan: Plan = plan_experiment(loaded, graph, pool, user=ctx.user)
     if plan.status == "infeasible":
         raise NoPlacement(plan.reason)

@@ -64,8 +64,9 @@ class _Guard:
             async def sending(message: Message) -> None:
                 if message["type"] == "http.response.start":
                     status[0] = message["status"]
-                    message.setdefault("headers", [])
-                    message["headers"] = [*message["headers"],
+                    # Once (an error envelope sets it too).
+                    message["headers"] = [*(h for h in message.get("headers") or []
+                                            if h[0].lower() != b"x-correlation-id"),
                                           (b"x-correlation-id", cid.encode())]
                 await send(message)
 
@@ -135,7 +136,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
 
     for module in (routes_auth, routes_people, routes_experiments, routes_watch,
                    routes_resources):
-        v1.include_router(module.router)
+        v1.include_router(module.router, responses=errors.RESPONSES)
     app.include_router(v1)
     app.add_middleware(_Guard, max_body=settings.api_max_body_bytes)
     return app

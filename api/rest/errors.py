@@ -9,13 +9,16 @@ from typing import Any
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
 
+from airavata_prefect.domain.errors import Conflict as LostRace
 from airavata_prefect.domain.errors import NotFound
 from airavata_prefect.domain.problems import SpecError
 from airavata_prefect.usecases.correlation import correlation_id
 from airavata_prefect.usecases.credentials import CredentialError
 from airavata_prefect.usecases.errors import (
     BadInput,
+    Conflict,
     Forbidden,
     NoPlacement,
     RateLimited,
@@ -25,6 +28,48 @@ from airavata_prefect.usecases.errors import (
 )
 
 log = logging.getLogger("airavata.api")
+
+
+class ErrorDetail(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    code: str = Field(description="what went wrong, for programs: unauthenticated, forbidden, "
+                                  "not_found, conflict, invalid_request, invalid_spec, ...")
+    message: str = Field(description="what went wrong, for people")
+    field: str | None = Field(None, description="the input it is about, when one is")
+    correlation_id: str = Field(description="also in the X-Correlation-ID header, the audit "
+                                            "rows and the server's log lines of the request")
+    problems: list[str] | None = Field(None, description="invalid_spec: every problem found")
+    line: int | None = Field(None, description="invalid_spec: the line of the first problem")
+
+
+class ErrorOut(BaseModel):
+    """The one error envelope."""
+
+    error: ErrorDetail
+
+
+def _documented(description: str) -> dict[str, Any]:
+    return {"model": ErrorOut, "description": description}
+
+
+# What any /api/v1 route may answer besides its own results (each route adds the ones only it
+# gives, e.g. 409 or 503).
+RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: _documented("Bad input that the schema cannot say (a name's rules, an unreadable "
+                     "body)"),
+    401: _documented("No verified identity: a missing, malformed, expired, revoked or forged "
+                     "token"),
+    403: _documented("The identity lacks the permission (audited)"),
+    404: _documented("No such object, or no such route"),
+    405: _documented("The route does not take this method"),
+    413: _documented("The request body is over the server's cap"),
+    422: _documented("The request does not match its schema"),
+    429: _documented("Too many attempts or writes a minute; see Retry-After"),
+}
+CONFLICT = {409: _documented("The object's state or an existing one forbids it")}
+UNAVAILABLE = {503: _documented("An outside system it needs (Prefect, OpenBao, SpiceDB) does "
+                                "not answer, or no worker runs the deployment")}
 
 
 def envelope(status: int, code: str, message: str, field: str | None = None,
@@ -42,6 +87,18 @@ def _field(loc: Any) -> str:
     return ".".join(parts) or ".".join(str(p) for p in loc)
 
 
+def _allowed_methods(request: Request) -> list[str]:
+    """The methods of every route whose path matches the request's."""
+    from starlette.routing import Match
+
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches(request.scope)
+        if match != Match.NONE:
+            methods |= getattr(route, "methods", None) or set()
+    return sorted(methods)
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -52,11 +109,14 @@ def install(app: FastAPI) -> None:
         return envelope(422, "invalid_request", message, field or None)
 
     @app.exception_handler(HTTPException)
-    async def _http(_: Request, exc: HTTPException) -> JSONResponse:
-        code = {401: "unauthenticated", 403: "forbidden", 404: "not_found",
-                405: "method_not_allowed", 413: "too_large"}.get(exc.status_code, "error")
-        return envelope(exc.status_code, code, str(exc.detail),
-                        headers=dict(exc.headers or {}))
+    async def _http(request: Request, exc: HTTPException) -> JSONResponse:
+        code = {400: "bad_request", 401: "unauthenticated", 403: "forbidden",
+                404: "not_found", 405: "method_not_allowed", 409: "conflict",
+                413: "too_large"}.get(exc.status_code, "error")
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:  # every method of the path (Starlette names one route's)
+            headers["Allow"] = ", ".join(_allowed_methods(request)) or headers.get("Allow", "")
+        return envelope(exc.status_code, code, str(exc.detail), headers=headers)
 
     async def _starlette_http(request: Request, exc: Exception) -> JSONResponse:
         return await _http(request, exc)  # type: ignore[arg-type]
@@ -70,7 +130,7 @@ def install(app: FastAPI) -> None:
     # Each known failure by its class (answered where it is raised); anything else is a 500
     # with the same envelope, its traceback in the server's log only.
     for cls in (Unauthenticated, Forbidden, CredentialError, RateLimited, SpecError, NotFound,
-                BadInput, NoPlacement, Unavailable):
+                Conflict, LostRace, BadInput, NoPlacement, Unavailable):
         app.add_exception_handler(cls, _known)
     app.add_exception_handler(Exception, _known)
 
@@ -95,6 +155,8 @@ def answer(exc: BaseException) -> JSONResponse:
                         "spec", problems=[p.render() for p in exc.problems[:100]], line=line)
     if isinstance(exc, NotFound):
         return envelope(404, "not_found", str(exc))
+    if isinstance(exc, Conflict | LostRace):
+        return envelope(409, "conflict", str(exc))
     if isinstance(exc, BadInput):
         return envelope(400, "bad_request", str(exc))
     if isinstance(exc, NoPlacement):
@@ -107,4 +169,4 @@ def answer(exc: BaseException) -> JSONResponse:
                     "(the server log has it under this correlation id)")
 
 
-__all__ = ["answer", "envelope", "install"]
+__all__ = ["CONFLICT", "RESPONSES", "UNAVAILABLE", "ErrorOut", "answer", "envelope", "install"]

@@ -7,10 +7,11 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Path, Query
-from fastapi.responses import PlainTextResponse
+from fastapi.responses import PlainTextResponse, Response
 from pydantic import BaseModel, Field
 
 from airavata_prefect.api.rest.deps import Ctx, Writer
+from airavata_prefect.api.rest.errors import CONFLICT, UNAVAILABLE, envelope
 from airavata_prefect.domain.records import Experiment, Task, TaskEvent
 from airavata_prefect.domain.states import TaskState
 from airavata_prefect.usecases import deployments, launch, lifecycle, queries
@@ -20,18 +21,23 @@ router = APIRouter(prefix="/experiments", tags=["experiments"])
 Ref = Annotated[str, Path(min_length=1, max_length=64,
                           description="experiment id or a unique prefix")]
 Instance = Annotated[str, Path(min_length=1, max_length=300)]
-DEPLOYMENT = Field(deployments.DEFAULT_DEPLOYMENT, min_length=1, max_length=200,
+MAX_SEQ = 2**63 - 1  # event sequence numbers are the store's 64-bit integers
+DEPLOYMENT = Field(deployments.DEFAULT_DEPLOYMENT, min_length=1, max_length=63,
+                   pattern=deployments.NAME.pattern,
                    description="deployment of run-experiment whose workers run it")
 
 
 class ExperimentIn(BaseModel):
     spec: str = Field(min_length=1, max_length=MAX_SPEC_BYTES,
                       description="the experiment YAML text, or STORAGE:/path on a "
-                                  "registered storage resource")
+                                  "registered storage resource",
+                      examples=["name: hello\ntasks:\n  greet:\n    command: 'echo hello'\n"])
     params: dict[str, str] = Field(default_factory=dict, description="parameter overrides")
     project: str | None = Field(None, min_length=1, max_length=200)
     name: str | None = Field(None, min_length=1, max_length=200)
     deployment: str = DEPLOYMENT
+    compute: str | None = Field(None, min_length=1, max_length=200,
+                                description="run every task on this compute resource")
 
 
 class StartIn(BaseModel):
@@ -115,7 +121,8 @@ def _started(s: launch.Started) -> Started:
                    total_tasks=s.total_tasks, replayed=s.replayed)
 
 
-@router.post("", response_model=Started, status_code=201)
+@router.post("", response_model=Started, status_code=201,
+             responses={**CONFLICT, **UNAVAILABLE})
 def create(body: ExperimentIn, ctx: Ctx, _: Writer,
            idempotency_key: str | None = Header(None, max_length=200)) -> Started:
     """Validate, place and store an experiment, then start a flow run of the deployment that
@@ -123,7 +130,8 @@ def create(body: ExperimentIn, ctx: Ctx, _: Writer,
     loaded = read_spec(body.spec, name=body.name or "", ctx=ctx, paths=False)
     params = [f"{k}={v}" for k, v in body.params.items()]
     return _started(launch.run(ctx, loaded, params, project=body.project,
-                               deployment=body.deployment, idempotency_key=idempotency_key))
+                               deployment=body.deployment, idempotency_key=idempotency_key,
+                               compute=body.compute))
 
 
 @router.get("", response_model=list[ExperimentOut])
@@ -155,55 +163,61 @@ def task(ctx: Ctx, ref: Ref, instance_id: Instance
 
 
 @router.get("/{ref}/events", response_model=list[EventOut])
-def events(ctx: Ctx, ref: Ref, after: int = Query(0, ge=0),
+def events(ctx: Ctx, ref: Ref, after: int = Query(0, ge=0, le=MAX_SEQ),
            limit: int = Query(500, ge=1, le=5000)) -> list[EventOut]:
     """State changes after event `after`, oldest first."""
     exp = queries.experiment(ctx, ref)
     return [event_out(e) for e in ctx.store.tasks.events_after(exp.id, after, limit)]
 
 
-@router.get("/{ref}/tasks/{instance_id}/logs", response_class=PlainTextResponse,
-            responses={200: {"content": {"text/plain": {}}}})
+# (response_class Response, not PlainTextResponse: the route's media type would be documented
+# for its error envelopes too, which are JSON.)
+@router.get("/{ref}/tasks/{instance_id}/logs", response_class=Response,
+            responses={200: {"description": "the log's text",
+                             "content": {"text/plain": {"schema": {"type": "string"}}}}})
 def logs(ctx: Ctx, ref: Ref, instance_id: Instance,
-         stream: Literal["stdout", "stderr"] = "stdout") -> str:
+         stream: Literal["stdout", "stderr"] = "stdout") -> Response:
     """A task instance's stdout or stderr."""
-    return queries.log_file(ctx, ref, instance_id, stderr=stream == "stderr").read_text(
-        errors="replace")
+    return PlainTextResponse(queries.log_file(ctx, ref, instance_id,
+                                              stderr=stream == "stderr").read_text(
+        errors="replace"))
 
 
-@router.post("/{ref}/run", response_model=Started, status_code=201)
+@router.post("/{ref}/run", response_model=Started, status_code=201,
+             responses={**CONFLICT, **UNAVAILABLE})
 def run(body: StartIn, ctx: Ctx, _: Writer, ref: Ref) -> Started:
     """Start a flow run for a stored experiment that has none yet (its id is the key)."""
     return _started(launch.start(ctx, ref, deployment=body.deployment))
 
 
-@router.post("/{ref}/cancel", response_model=Message)
+@router.post("/{ref}/cancel", response_model=Message, responses=CONFLICT)
 def cancel(ctx: Ctx, _: Writer, ref: Ref) -> Any:
     result = lifecycle.cancel(ctx, ref)
     if not result.accepted:
-        from airavata_prefect.api.rest.errors import envelope
         return envelope(409, "conflict", result.message)
     return Message(message=result.message)
 
 
-@router.post("/{ref}/pause", response_model=Message)
+@router.post("/{ref}/pause", response_model=Message, responses=CONFLICT)
 def pause(ctx: Ctx, _: Writer, ref: Ref) -> Message:
     return Message(message=lifecycle.set_paused(ctx, ref, True))
 
 
-@router.post("/{ref}/resume", response_model=Message)
+@router.post("/{ref}/resume", response_model=Message, responses=CONFLICT)
 def resume(ctx: Ctx, _: Writer, ref: Ref) -> Message:
     return Message(message=lifecycle.set_paused(ctx, ref, False))
 
 
-@router.post("/{ref}/retry", response_model=Started, status_code=201)
+@router.post("/{ref}/retry", response_model=Started, status_code=201,
+             responses={**CONFLICT, **UNAVAILABLE})
 def retry(body: StartIn, ctx: Ctx, _: Writer, ref: Ref) -> Started:
     """Run an ended experiment's failed, canceled and upstream-failed tasks again."""
     started, _n = launch.retry(ctx, ref, deployment=body.deployment)
     return _started(started)
 
 
-@router.post("/{ref}/resubmit", response_model=Started, status_code=201)
+@router.post("/{ref}/resubmit", response_model=Started, status_code=201,
+             responses={**CONFLICT, **UNAVAILABLE})
 def resubmit(body: StartIn, ctx: Ctx, _: Writer, ref: Ref) -> Started:
     """A new experiment from the same spec and parameters."""
     return _started(launch.resubmit(ctx, ref, deployment=body.deployment))

@@ -9,14 +9,16 @@ from fastapi import APIRouter, Path
 from pydantic import BaseModel, Field
 
 from airavata_prefect.api.rest.deps import Ctx, Writer
+from airavata_prefect.api.rest.errors import CONFLICT
 from airavata_prefect.usecases import accounts, authorization
 
 router = APIRouter(tags=["people"])
 NameP = Annotated[str, Path(min_length=1, max_length=200)]
+NAME = accounts.NAME.pattern  # what a new user, group, project or service account may be named
 
 
 class UserIn(BaseModel):
-    username: str = Field(min_length=2, max_length=63)
+    username: str = Field(min_length=2, max_length=63, pattern=NAME)
     password: str = Field(min_length=8, max_length=1024)
     full_name: str | None = Field(None, max_length=200)
     email: str | None = Field(None, max_length=320)
@@ -44,7 +46,12 @@ class UserOut(BaseModel):
 
 
 class NameIn(BaseModel):
-    name: str = Field(min_length=2, max_length=63)
+    name: str = Field(min_length=2, max_length=63, pattern=NAME)
+
+
+class ServiceAccountIn(BaseModel):
+    name: str = Field(min_length=2, max_length=59, pattern=NAME,
+                      description="its account is svc-NAME (NAME as it is when it starts so)")
 
 
 class MemberIn(BaseModel):
@@ -90,7 +97,7 @@ def _project(v: accounts.ProjectView) -> ProjectOut:
 
 # -- users ---------------------------------------------------------------------------------
 
-@router.post("/users", response_model=UserOut, status_code=201)
+@router.post("/users", response_model=UserOut, status_code=201, responses=CONFLICT)
 def create_user(body: UserIn, ctx: Ctx, _: Writer) -> UserOut:
     """A person who signs in with a password (needs platform.manage)."""
     return _user(accounts.create_person(ctx, body.username, body.password, admin=body.admin,
@@ -123,7 +130,7 @@ def my_projects(ctx: Ctx) -> list[str]:
     return accounts.projects(ctx)
 
 
-@router.post("/users/{username}/disable", status_code=204)
+@router.post("/users/{username}/disable", status_code=204, responses=CONFLICT)
 def disable_user(ctx: Ctx, _: Writer, username: NameP) -> None:
     """Disable an account and revoke its tokens (needs platform.manage)."""
     accounts.set_disabled(ctx, username, True)
@@ -136,7 +143,7 @@ def enable_user(ctx: Ctx, _: Writer, username: NameP) -> None:
 
 # -- groups --------------------------------------------------------------------------------
 
-@router.post("/groups", status_code=201, response_model=list[Membership])
+@router.post("/groups", status_code=201, response_model=list[Membership], responses=CONFLICT)
 def create_group(body: NameIn, ctx: Ctx, _: Writer) -> list[Membership]:
     accounts.create_group(ctx, body.name)
     return [Membership(role=r, member=m) for r, m in accounts.group_members(ctx, body.name)]
@@ -159,7 +166,7 @@ def remove_group_member(ctx: Ctx, _: Writer, group: NameP, member: NameP) -> Non
 
 # -- projects ------------------------------------------------------------------------------
 
-@router.post("/projects", response_model=ProjectOut, status_code=201)
+@router.post("/projects", response_model=ProjectOut, status_code=201, responses=CONFLICT)
 def create_project(body: NameIn, ctx: Ctx, _: Writer) -> ProjectOut:
     return _project(accounts.create_project(ctx, body.name))
 
@@ -193,8 +200,10 @@ def remove_member(ctx: Ctx, _: Writer, project: NameP, username: NameP) -> None:
 
 # -- service accounts ----------------------------------------------------------------------
 
-@router.post("/projects/{project}/service-accounts", response_model=UserOut, status_code=201)
-def create_service_account(body: NameIn, ctx: Ctx, _: Writer, project: NameP) -> UserOut:
+@router.post("/projects/{project}/service-accounts", response_model=UserOut, status_code=201,
+             responses=CONFLICT)
+def create_service_account(body: ServiceAccountIn, ctx: Ctx, _: Writer, project: NameP
+                           ) -> UserOut:
     """An account for scripts, in this project only; it signs in with API tokens."""
     return _user(accounts.create_service_account(ctx, project, body.name))
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path as FsPath
 from typing import Annotated
@@ -18,13 +19,16 @@ from fastapi import APIRouter, Header, Path, Query
 from fastapi.responses import StreamingResponse
 
 from airavata_prefect.api.rest.deps import Ctx
-from airavata_prefect.api.rest.routes_experiments import event_out
+from airavata_prefect.api.rest.routes_experiments import MAX_SEQ, event_out
 from airavata_prefect.domain.states import EXPERIMENT_TERMINAL, TERMINAL, TaskState
 from airavata_prefect.usecases import queries
 from airavata_prefect.usecases.context import Context
+from airavata_prefect.usecases.correlation import correlation_id
+from airavata_prefect.usecases.errors import describe
 
 router = APIRouter(prefix="/experiments", tags=["experiments"])
 MAX_LINES_PER_TICK = 500
+log = logging.getLogger("airavata.api")
 
 
 def _sse(event: str, data: object, event_id: int | None = None) -> str:
@@ -106,25 +110,33 @@ class _Watcher:
 @router.get("/{ref}/watch", response_class=StreamingResponse,
             responses={200: {"content": {"text/event-stream": {}}}})
 def watch(ctx: Ctx, ref: Annotated[str, Path(min_length=1, max_length=64)],
-          after: int | None = Query(None, ge=0, description="resume after this event id"),
+          after: int | None = Query(None, ge=0, le=MAX_SEQ,
+                                    description="resume after this event id"),
           last_event_id: str | None = Header(None, max_length=32),
           interval: float = Query(0.5, ge=0.1, le=10)) -> StreamingResponse:
     """Follow an experiment live (Server-Sent Events) until it ends."""
     exp = queries.experiment(ctx, ref)  # checked here: a refusal is an ordinary 403
-    cursor = after if after is not None else (
-        int(last_event_id) if last_event_id and last_event_id.isdigit() else 0)
+    cursor = after if after is not None else (  # (isdigit alone lets '²' through)
+        min(int(last_event_id), MAX_SEQ) if last_event_id and last_event_id.isascii()
+        and last_event_id.isdigit() else 0)
     watcher = _Watcher(ctx, exp.id, cursor)
 
     async def stream() -> AsyncIterator[str]:
-        await anyio.to_thread.run_sync(watcher.start)
-        yield ": watching " + exp.id + "\n\n"
-        while True:
-            chunks, done = await anyio.to_thread.run_sync(watcher.tick)
-            for c in chunks:
-                yield c
-            if done:
-                return
-            await asyncio.sleep(interval)
+        try:
+            await anyio.to_thread.run_sync(watcher.start)
+            yield ": watching " + exp.id + "\n\n"
+            while True:
+                chunks, done = await anyio.to_thread.run_sync(watcher.tick)
+                for c in chunks:
+                    yield c
+                if done:
+                    return
+                await asyncio.sleep(interval)
+        except Exception as exc:  # the status line is sent: end the stream with an event
+            log.error("watch of %s failed: %s", exp.id, describe(exc), exc_info=exc)
+            yield _sse("error", {"code": "internal", "message": f"internal error: "
+                                 f"{type(exc).__name__} (the server log has it under this "
+                                 "correlation id)", "correlation_id": correlation_id()})
 
     return StreamingResponse(stream(), media_type="text/event-stream",
                              headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
