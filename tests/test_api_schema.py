@@ -5,7 +5,13 @@ and invalid. No answer may be a 5xx, and every answer must be one the document d
 the declared content type and shape.
 
 The rate limits are raised for this server only: hundreds of writes a minute is what this test
-is, and a 429 would hide the routes behind it."""
+is, and a 429 would hide the routes behind it.
+
+Schemathesis runs as its CLI (`st run`, every phase), not through its pytest plugin: the lazy
+loader a live server needs (`schemathesis.pytest.from_fixture`) reads `request.node._nodeid`,
+which pytest 9 no longer has. One worker: two make Hypothesis describe filters from two threads
+at once, which CPython 3.11's ast module fails at ("AST constructor recursion depth mismatch").
+AIRAVATA_SCHEMA_EXAMPLES and AIRAVATA_SCHEMA_SEED widen or vary the search."""
 
 from __future__ import annotations
 

@@ -150,18 +150,35 @@ def _live_token(store: Store, token: str, prefix: str, kind: str) -> tuple[str, 
     return row.id, account
 
 
+def _refused(store: Store, token: str, action: str, why: Unauthenticated) -> Unauthenticated:
+    """Audit a refused refresh token under the account it names, when it names one (a rotated
+    token used again is someone replaying it)."""
+    parts = _split(token, "avr_")
+    row = store.accounts.token(parts[0]) if parts else None
+    _audit(store, row.account if row is not None and row.kind == "refresh" else "anonymous",
+           action, "denied", str(why))
+    return why
+
+
 def refresh(store: Store, settings: Settings, refresh_token: str) -> Tokens:
     """New tokens for a live refresh token, which is spent (rotation: a stolen copy used after
     its owner refreshed is refused)."""
-    token_id, account = _live_token(store, refresh_token, "avr_", "refresh")
-    if not store.accounts.revoke(token_id):
-        raise Unauthenticated("this refresh token was revoked")
+    try:
+        token_id, account = _live_token(store, refresh_token, "avr_", "refresh")
+        if not store.accounts.revoke(token_id):
+            raise Unauthenticated("this refresh token was revoked")
+    except Unauthenticated as exc:
+        raise _refused(store, refresh_token, "auth.refresh", exc) from None
+    _audit(store, account.name, "auth.refresh", "ok")
     return _mint(store, settings, account)
 
 
 def logout(store: Store, refresh_token: str) -> str:
     """Revoke a refresh token; returns whose it was."""
-    token_id, account = _live_token(store, refresh_token, "avr_", "refresh")
+    try:
+        token_id, account = _live_token(store, refresh_token, "avr_", "refresh")
+    except Unauthenticated as exc:
+        raise _refused(store, refresh_token, "auth.logout", exc) from None
     store.accounts.revoke(token_id)
     _audit(store, account.name, "auth.logout", "ok")
     return account.name

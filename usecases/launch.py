@@ -8,12 +8,14 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from airavata_prefect.domain.errors import NotFound
+from airavata_prefect.domain.records import Experiment
 from airavata_prefect.domain.spec import LoadedSpec
 from airavata_prefect.domain.states import ExperimentStatus
 from airavata_prefect.usecases import deployments, lifecycle, queries
 from airavata_prefect.usecases.authorization import require
 from airavata_prefect.usecases.context import Context
-from airavata_prefect.usecases.errors import BadInput, Conflict
+from airavata_prefect.usecases.errors import BadInput, Conflict, Unavailable
 from airavata_prefect.usecases.submit import submit
 
 
@@ -40,6 +42,15 @@ def start(ctx: Context, exp_id: str, *, deployment: str = deployments.DEFAULT_DE
     return Started(exp.id, flow_run_id, exp.total_tasks, exp.workdir)
 
 
+def _first_run(exp: Experiment, deployment: str) -> str:
+    """The flow run the first request started, before that run has written its id on the
+    experiment: Prefect answers the same run for the experiment's key ("" when it cannot)."""
+    try:
+        return deployments.start_run(exp, deployment=deployment)
+    except (BadInput, NotFound, Unavailable):
+        return ""
+
+
 def run(ctx: Context, spec: str | Path | LoadedSpec, params: list[str], *,
         project: str | None = None, deployment: str = deployments.DEFAULT_DEPLOYMENT,
         idempotency_key: str | None = None, compute: str | None = None) -> Started:
@@ -53,8 +64,8 @@ def run(ctx: Context, spec: str | Path | LoadedSpec, params: list[str], *,
             if earlier is None:
                 raise Conflict("a request with this Idempotency-Key is still in progress")
             exp = queries.experiment(ctx, earlier)
-            return Started(exp.id, exp.flow_run_id or "", exp.total_tasks, exp.workdir,
-                           replayed=True)
+            return Started(exp.id, exp.flow_run_id or _first_run(exp, deployment),
+                           exp.total_tasks, exp.workdir, replayed=True)
     try:
         exp_id = submit(ctx, spec, params, project=project, compute=compute,
                         before_store=lambda: deployments.check_runnable(deployment))

@@ -46,9 +46,7 @@ class _Guard:
             start, status = time.monotonic(), [0]
             declared = headers.get(b"content-length", b"")
             if declared.isdigit() and int(declared) > self.max_body:
-                response = errors.envelope(413, "too_large",
-                                           f"request body over {self.max_body} bytes")
-                await response(scope, receive, send)
+                await errors.too_large(self.max_body)(scope, receive, send)
                 self._log(scope, 413, start)
                 return
             seen = [0]
@@ -58,7 +56,7 @@ class _Guard:
                 if message["type"] == "http.request":
                     seen[0] += len(message.get("body", b""))
                     if seen[0] > self.max_body:
-                        raise _TooLarge
+                        raise errors.BodyTooLarge(self.max_body)
                 return message
 
             async def sending(message: Message) -> None:
@@ -72,11 +70,9 @@ class _Guard:
 
             try:
                 await self.app(scope, capped, sending)
-            except _TooLarge:
+            except errors.BodyTooLarge:
                 if not status[0]:
-                    response = errors.envelope(413, "too_large",
-                                               f"request body over {self.max_body} bytes")
-                    await response(scope, receive, send)
+                    await errors.too_large(self.max_body)(scope, receive, send)
                     status[0] = 413
             self._log(scope, status[0], start)
 
@@ -86,10 +82,6 @@ class _Guard:
         who = state.get("principal", "-") if isinstance(state, dict) else "-"
         log.info("%s %s %s %s %.1fms", scope.get("method"), scope.get("path"), status, who,
                  (time.monotonic() - start) * 1000)
-
-
-class _TooLarge(Exception):
-    pass
 
 
 class CheckOut(BaseModel):
@@ -148,6 +140,7 @@ def serve(settings: Settings, host: str = "127.0.0.1", port: int | None = None) 
 
     from airavata_prefect.usecases.correlation import log_to_stderr
     log_to_stderr()
+    logging.getLogger("airavata").propagate = False  # once, not again through the root
     uvicorn.run(create_app(settings), host=host, port=port or settings.api_port,
                 log_level="warning", access_log=False)
 

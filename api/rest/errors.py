@@ -4,6 +4,7 @@ with no traceback; the same correlation id as the request's audit rows and log l
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
@@ -49,6 +50,18 @@ class ErrorOut(BaseModel):
     error: ErrorDetail
 
 
+class BodyTooLarge(Exception):
+    """A request body streamed past the cap (raised from the body's receive)."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        super().__init__(f"request body over {cap} bytes")
+
+
+def too_large(cap: int) -> JSONResponse:
+    return envelope(413, "too_large", f"request body over {cap} bytes")
+
+
 def _documented(description: str) -> dict[str, Any]:
     return {"model": ErrorOut, "description": description}
 
@@ -67,9 +80,11 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
     422: _documented("The request does not match its schema"),
     429: _documented("Too many attempts or writes a minute; see Retry-After"),
 }
-CONFLICT = {409: _documented("The object's state or an existing one forbids it")}
-UNAVAILABLE = {503: _documented("An outside system it needs (Prefect, OpenBao, SpiceDB) does "
-                                "not answer, or no worker runs the deployment")}
+CONFLICT: dict[int | str, dict[str, Any]] = {
+    409: _documented("The object's state or an existing one forbids it")}
+UNAVAILABLE: dict[int | str, dict[str, Any]] = {
+    503: _documented("An outside system it needs (Prefect, OpenBao, SpiceDB) does not answer, "
+                     "or no worker runs the deployment")}
 
 
 def envelope(status: int, code: str, message: str, field: str | None = None,
@@ -88,15 +103,19 @@ def _field(loc: Any) -> str:
 
 
 def _allowed_methods(request: Request) -> list[str]:
-    """The methods of every route whose path matches the request's."""
-    from starlette.routing import Match
+    """The methods the OpenAPI document gives the request's path (Starlette's 405 names only
+    those of the first route that matched the path, one of several)."""
+    from starlette.routing import compile_path
 
-    methods: set[str] = set()
-    for route in request.app.router.routes:
-        match, _ = route.matches(request.scope)
-        if match != Match.NONE:
-            methods |= getattr(route, "methods", None) or set()
-    return sorted(methods)
+    app = request.app
+    table: list[tuple[re.Pattern[str], set[str]]] | None = getattr(app.state,
+                                                                   "allowed_methods", None)
+    if table is None:
+        table = [(compile_path(path)[0], {m.upper() for m in ops})
+                 for path, ops in app.openapi().get("paths", {}).items()]
+        app.state.allowed_methods = table
+    return sorted({m for regex, methods in table if regex.match(request.url.path)
+                   for m in methods})
 
 
 def install(app: FastAPI) -> None:
@@ -113,6 +132,8 @@ def install(app: FastAPI) -> None:
         code = {400: "bad_request", 401: "unauthenticated", 403: "forbidden",
                 404: "not_found", 405: "method_not_allowed", 409: "conflict",
                 413: "too_large"}.get(exc.status_code, "error")
+        if isinstance(exc.__cause__, BodyTooLarge):  # FastAPI's "error parsing the body"
+            return too_large(exc.__cause__.cap)
         headers = dict(exc.headers or {})
         if exc.status_code == 405:  # every method of the path (Starlette names one route's)
             headers["Allow"] = ", ".join(_allowed_methods(request)) or headers.get("Allow", "")
@@ -169,4 +190,5 @@ def answer(exc: BaseException) -> JSONResponse:
                     "(the server log has it under this correlation id)")
 
 
-__all__ = ["CONFLICT", "RESPONSES", "UNAVAILABLE", "ErrorOut", "answer", "envelope", "install"]
+__all__ = ["CONFLICT", "RESPONSES", "UNAVAILABLE", "BodyTooLarge", "ErrorOut", "answer", "envelope",
+           "install", "too_large"]
