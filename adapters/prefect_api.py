@@ -280,6 +280,23 @@ def online_workers(pool: str) -> list[str]:
     return [w.name for w in workers if str(w.status).upper().endswith("ONLINE")]
 
 
+def pool_state(pool: str) -> tuple[str | None, list[str]]:
+    """A work pool's status (READY, NOT_READY, PAUSED; None when there is no such pool) and
+    the names of the workers polling it now."""
+    try:
+        with get_client(sync_client=True) as client:
+            found = client.read_work_pool(pool)
+            workers = client.read_workers_for_work_pool(pool, offset=0, limit=200)
+    except ObjectNotFound:
+        return None, []
+    except (httpx.HTTPError, OSError) as exc:
+        raise _unavailable(exc, f"cannot read work pool {pool}") from None
+    status = found.status.value if found.status is not None else None
+    if found.is_paused:
+        status = "PAUSED"
+    return status, [w.name for w in workers if str(w.status).upper().endswith("ONLINE")]
+
+
 def ensure_automation(automation: Any) -> str:
     """Create the automation, or replace the one of the same name (idempotent)."""
     with get_client(sync_client=True) as client:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.test_cli import cli, write
+from tests.test_cli import AIRAVATA, cli, write
 
 KEY = "-----BEGIN OPENSSH PRIVATE KEY-----\nAAAAB3NzaC1yc2EAAAADAQABAAABAQC7\n-----END"
 
@@ -19,7 +20,8 @@ def bao_env(openbao_dev: tuple[str, str], home: Path, monkeypatch: pytest.Monkey
     return root
 
 
-def test_create_share_bind_rotate(bao_env: str, home: Path, tmp_path: Path,
+@pytest.mark.prefect
+def test_create_share_bind_rotate(bao_env: str, prefect_api: str, home: Path, tmp_path: Path,
                                   monkeypatch: pytest.MonkeyPatch) -> None:
     key_file = write(tmp_path, KEY, "id_ed25519")
     monkeypatch.setenv("AIRAVATA_USER", "alice")
@@ -29,7 +31,11 @@ def test_create_share_bind_rotate(bao_env: str, home: Path, tmp_path: Path,
     assert "(version 1); keys: private_key" in r.stdout and KEY[:20] not in r.stdout
     again = cli("credential", "create", "alice-ssh", "--from-file", f"private_key={key_file}")
     assert (again.returncode, again.stderr.strip()) == (
-        2, "error: credential 'alice-ssh' exists: use rotate")
+        2, "error: credential 'alice-ssh' exists: rotate it, or choose another id")
+    made = cli("resource", "compute", "create", "cluster-a", "--type", "baremetal", "--set",
+               "host=10.0.0.9", "--set", "username=alice", "--set",
+               "host_key=ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UO")
+    assert made.returncode == 0, made.stderr
 
     monkeypatch.setenv("AIRAVATA_USER", "bob")  # not shared with bob: he may not bind it
     r = cli("credential", "bind", "alice-ssh", "cluster-a")
@@ -37,8 +43,14 @@ def test_create_share_bind_rotate(bao_env: str, home: Path, tmp_path: Path,
         in r.stderr and "(correlation id " in r.stderr
 
     monkeypatch.setenv("AIRAVATA_USER", "alice")
+    assert cli("credential", "share", "alice-ssh", "bob").returncode == 2  # no account yet
+    made = subprocess.run([AIRAVATA, "user", "create", "bob", "--password-stdin"],
+                          input="bob-password-1\n", capture_output=True, text=True,
+                          timeout=120)
+    assert made.returncode == 0, made.stderr
     assert cli("credential", "share", "alice-ssh", "bob", "--writer").returncode == 0
     monkeypatch.setenv("AIRAVATA_USER", "bob")
+    assert cli("credential", "bind", "alice-ssh", "cluster-b").returncode == 2  # none such
     assert cli("credential", "bind", "alice-ssh", "cluster-a").returncode == 0
     monkeypatch.setenv("NEW_KEY", KEY + "v2")
     r = cli("credential", "rotate", "alice-ssh", "--from-env", "private_key=NEW_KEY")

@@ -103,20 +103,20 @@ def get(ctx: Context, credential_id: str) -> CredentialView:
     return _view(ctx, row)
 
 
-def create(ctx: Context, credential_id: str, secret: dict[str, str]) -> tuple[CredentialView,
-                                                                               int]:
-    """A new credential at the acting user's own path (users/USER/ID), which must be free;
-    the acting user owns it. Its view and version."""
+def create(ctx: Context, credential_id: str, secret: dict[str, str], *,
+           path: str | None = None, mount: str = "secret") -> tuple[CredentialView, int]:
+    """A new credential, by default at the acting user's own path (users/USER/ID; the API
+    offers no other), which must be free; the acting user owns it. Its view and version."""
     try:
         ctx.store.credentials.get(credential_id)
         raise Conflict(f"credential {credential_id!r} exists: rotate it, or choose another id")
     except NotFound:
         pass
-    path = f"users/{ctx.user}/{credential_id}"
-    taken = ctx.store.credentials.at("secret", path)
+    path = path or f"users/{ctx.user}/{credential_id}"
+    taken = ctx.store.credentials.at(mount, path)
     if taken is not None:
-        raise Conflict(f"OpenBao path secret/{path} already holds credential {taken!r}")
-    _, version = credentials.create(ctx, credential_id, secret, path=path)
+        raise Conflict(f"OpenBao path {mount}/{path} already holds credential {taken!r}")
+    _, version = credentials.create(ctx, credential_id, secret, path=path, mount=mount)
     return _view(ctx, ctx.store.credentials.get(credential_id)), version
 
 

@@ -16,13 +16,12 @@ from airavata_prefect.adapters import prefect_api
 from airavata_prefect.adapters.spicedb import Subject
 from airavata_prefect.blocks import (
     COMPUTE_KINDS,
-    STORAGE_KINDS,
     ComputeBlock,
     CredentialRef,
     StorageBlock,
 )
 from airavata_prefect.domain.errors import NotFound
-from airavata_prefect.usecases.authorization import audit, ensure_project, require
+from airavata_prefect.usecases.authorization import audit, require
 from airavata_prefect.usecases.catalog import credential_id
 from airavata_prefect.usecases.context import Context
 from airavata_prefect.usecases.dispatch import BUNDLE_ENTRYPOINT, BUNDLE_FLOW
@@ -146,30 +145,5 @@ def register_storage(ctx: Context, *, project: str, name: str, block: StorageBlo
     audit(ctx, "resource.register", f"storage_resource:{name}", "ok", block.kind)
 
 
-def register(ctx: Context, what: str, name: str, kind: str, fields: list[str], *,
-             credential: str | None, host_key: str | None, project: str | None,
-             replace: bool) -> tuple[str, dict[str, str]]:
-    """The one path of `resource compute create` and `resource storage create`: fields to a
-    block, the credential checked and bound, then registration. The project, what was made."""
-    kinds: dict[str, type[Any]] = dict(COMPUTE_KINDS if what == "compute" else STORAGE_KINDS)
-    cls, data = parse_fields(kind, fields, kinds)
-    check_name(name)
-    if what == "compute":
-        data.setdefault("work_pool_name", name)
-    if host_key is not None:
-        data["host_key"] = host_key
-    project = project or ctx.settings.project
-    ensure_project(ctx, project)
-    ref = credential_ref(ctx, credential)
-    if ref is not None and what == "storage" and not cls.needs_credential:
-        raise BadInput(f"a {kind} storage resource takes no credential")
-    block = build_block(cls, data, ref)
-    if what == "compute":
-        return project, register_compute(ctx, project=project, name=name, block=block,
-                                         replace=replace)
-    register_storage(ctx, project=project, name=name, block=block, replace=replace)
-    return project, {}
-
-
 __all__ = ["build_block", "check_name", "compute_help", "credential_ref", "parse_fields",
-           "pool_template", "register", "register_compute", "register_storage"]
+           "pool_template", "register_compute", "register_storage"]

@@ -220,8 +220,8 @@ def create(ctx: Context, what: What, name: str, kind: str, fields: dict[str, Any
     cls = kinds[kind]
     data = _fields(what, kind, cls, fields)
     if any(n == name for n, _ in _blocks(what, name)):
-        raise Conflict(f"{what} resource {name!r} exists: PUT /resources/{what}/{name} "
-                       "replaces its fields")
+        raise Conflict(f"{what} resource {name!r} exists: use --replace (or PUT "
+                       f"/resources/{what}/{name}) to change it")
     if what == "compute":
         data.setdefault("work_pool_name", name)
     ref = credential_ref(ctx, credential)

@@ -143,6 +143,19 @@ class TaskRepo:
                 out.setdefault(step, {})[state] = n
         return out
 
+    def active_by_resource(self) -> dict[str, dict[str, int]]:
+        """{resource: {state: count}} of the unfinished, placed instances of every experiment
+        (a resource's queue, as `resource status` shows it)."""
+        live = [s.value for s in TaskState if s not in TERMINAL and s != TaskState.CREATED]
+        q = (sa.select(tasks.c.resource, tasks.c.state, sa.func.count())
+             .where(tasks.c.state.in_(live), tasks.c.resource.is_not(None))
+             .group_by(tasks.c.resource, tasks.c.state))
+        out: dict[str, dict[str, int]] = {}
+        with self.engine.connect() as conn:
+            for resource, state, n in conn.execute(q):
+                out.setdefault(resource, {})[state] = n
+        return out
+
     def events(self, exp_id: str, instance_id: str | None = None, *,
                limit: int | None = None) -> builtins.list[TaskEvent]:
         """State changes in the order they happened (of one instance, or all)."""

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StringConstraints
 
 from airavata_prefect.api.rest.deps import Ctx, Writer
 from airavata_prefect.api.rest.errors import CONFLICT, UNAVAILABLE, ErrorOut
-from airavata_prefect.usecases import credential_queries, resources
+from airavata_prefect.usecases import credential_queries, resource_status, resources
 from airavata_prefect.usecases.resources import KEEP, Probe, ResourceView, What
 
 router = APIRouter(tags=["resources"])
@@ -99,6 +99,23 @@ class ProbeOut(BaseModel):
     seconds: float
 
 
+class StatusOut(BaseModel):
+    name: str
+    kind: str
+    work_pool: str | None
+    pool_status: str | None = Field(description="READY, NOT_READY or PAUSED; null: the work "
+                                                "pool does not exist")
+    workers: list[str] = Field(description="the workers polling its pool now")
+    queued: int = Field(description="instances queued there (every user's; a number only)")
+    running: int = Field(description="instances past the queue: staging, running, staging out")
+    ready: bool = Field(description="work placed here would start: a ready pool with a worker")
+
+
+def _status(s: resource_status.ResourceStatus) -> StatusOut:
+    return StatusOut(name=s.name, kind=s.kind, work_pool=s.work_pool, pool_status=s.pool_status,
+                     workers=s.workers, queued=s.queued, running=s.running, ready=s.ready)
+
+
 def _resource(v: ResourceView) -> ResourceOut:
     return ResourceOut(name=v.name, kind=v.kind, project=v.project, fields=v.fields,
                        credential=v.credential, can_manage=v.can_manage, work_pool=v.work_pool,
@@ -153,6 +170,18 @@ def test_compute(ctx: Ctx, _: Writer, name: ResourceName) -> ProbeOut:
     """Reach it as its bundles would, with its credential read as you (resource.use,
     credential.read); answers within about 12 s, never with a secret."""
     return _probe(resources.check_connectivity(ctx, "compute", name))
+
+
+@router.get("/resources/status", response_model=list[StatusOut], responses=PREFECT)
+def compute_status(ctx: Ctx) -> list[StatusOut]:
+    """How each compute resource you may read stands now: its work pool, its workers, and the
+    instances queued and running there."""
+    return [_status(s) for s in resource_status.status(ctx)]
+
+
+@router.get("/resources/compute/{name}/status", response_model=StatusOut, responses=PREFECT)
+def one_compute_status(ctx: Ctx, name: ResourceName) -> StatusOut:
+    return _status(resource_status.status(ctx, name)[0])
 
 
 @router.get("/resources/storage", response_model=list[ResourceOut], responses=PREFECT)
