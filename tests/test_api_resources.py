@@ -111,6 +111,12 @@ def test_compute_round_trip_and_refusals(server: ApiServer, prefect_api: str) ->
     seen = alice.get(f"/resources/compute/{name}").json()
     assert seen["fields"]["nodes"] == 2 and seen["can_manage"] is False
     refused(server, bob.get(f"/resources/compute/{name}"), stranger, "scheduler.node.read")
+    refused(server, bob.get(f"/resources/compute/{name}/status"), stranger,
+            "scheduler.node.read")
+    assert name not in [x["name"] for x in bob.get("/resources/status").json()]
+    status = alice.get(f"/resources/compute/{name}/status").json()
+    assert (status["work_pool"], status["queued"], status["running"], status["ready"]) == \
+        (name, 0, 0, False)
 
     # Replace its fields: only a manager may; the member may not.
     update = {"fields": {"submit_via": "local", "nodes": 4}}
