@@ -83,12 +83,15 @@ def plan_cmd(
         max_instances=settings.max_instances)
     who = user or settings.user
     if resources:
-        pool = load_resources(str(resources))
+        result = plan_experiment(loaded, graph, load_resources(str(resources)), user=who,
+                                 time_limit=time_limit)
+    elif (c := cli_remote.remote()) is not None:  # the server plans, as who signed in
+        result = cli_remote.plan(c, file, param, user=user, time_limit=time_limit)
     else:  # online: this machine and the registered resources
         from airavata_prefect.usecases.submit import planning_pool
         with open_context(settings, user=who) as ctx:
             pool = planning_pool(ctx)
-    result = plan_experiment(loaded, graph, pool, user=who, time_limit=time_limit)
+        result = plan_experiment(loaded, graph, pool, user=who, time_limit=time_limit)
     if as_json:
         print(json.dumps(result.to_json(), indent=2))
     else:
@@ -298,8 +301,8 @@ def events_cmd(
     limit: int = typer.Option(200, min=1, help="At most this many, oldest first"),
 ) -> None:
     """Every state change of an experiment's task instances (or one of them), with reasons."""
-    if task is None and (c := cli_remote.remote()) is not None:
-        return cli_remote.events(c, experiment, limit)
+    if (c := cli_remote.remote()) is not None:
+        return cli_remote.events(c, experiment, limit, task)
     with open_context() as ctx:
         rows = queries.events(ctx, experiment, task, limit)
     table = Table()
@@ -315,20 +318,25 @@ def events_cmd(
 def bundles_cmd(experiment: str = ExperimentArg,
                 as_json: bool = typer.Option(False, "--json")) -> None:
     """The bundles sent to registered resources: where, how many, their jobs and flow runs."""
-    with open_context() as ctx:
-        rows = queries.bundles(ctx, experiment)
+    if (c := cli_remote.remote()) is not None:
+        rows = c.call("GET", f"/experiments/{experiment}/bundles")
+    else:
+        with open_context() as ctx:
+            rows = [{"id": b.id, "resource": b.resource, "step": b.step,
+                     "instances": len(b.instances), "status": str(b.status),
+                     "jobs": list(b.infrastructure), "flow_run_id": b.flow_run_id,
+                     "message": b.message, "created_at": b.created_at.isoformat(),
+                     "finished_at": b.finished_at.isoformat() if b.finished_at else None}
+                    for b in queries.bundles(ctx, experiment)]
     if as_json:
-        print(json.dumps([{"id": b.id, "resource": b.resource, "step": b.step,
-                           "instances": len(b.instances), "status": b.status,
-                           "jobs": list(b.infrastructure), "flow_run_id": b.flow_run_id,
-                           "message": b.message} for b in rows], indent=2))
+        print(json.dumps(rows, indent=2))
         return
     table = Table()
     for col in ("bundle", "resource", "step", "instances", "status", "jobs", "message"):
         table.add_column(col, overflow="fold")
     for b in rows:
-        table.add_row(b.id[:8], b.resource, b.step, str(len(b.instances)), b.status,
-                      ", ".join(b.infrastructure), b.message or "")
+        table.add_row(b["id"][:8], b["resource"], b["step"], str(b["instances"]), b["status"],
+                      ", ".join(b["jobs"]), b["message"] or "")
     out.print(table)
 
 

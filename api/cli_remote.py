@@ -15,6 +15,7 @@ from rich.live import Live
 from rich.table import Table
 
 from airavata_prefect.api.client import ApiClient, RemoteError, client
+from airavata_prefect.domain.plan import Plan
 from airavata_prefect.usecases.settings import get_settings
 
 out = Console(soft_wrap=True)
@@ -82,21 +83,39 @@ def _started(c: ApiClient, body: dict[str, Any], what: str, do_watch: bool) -> N
 
 def run(c: ApiClient, file: Path, params: list[str], *, project: str | None,
         deployment: str, compute: str | None, do_watch: bool) -> None:
+    body = c.call("POST", "/experiments", headers={"Idempotency-Key": str(uuid.uuid4())},
+                  json={"spec": _read(file), "params": _overrides(params), "project": project,
+                        "deployment": deployment, "compute": compute,
+                        "name": None})
+    _started(c, body, "submitted", do_watch)
+
+
+def _read(file: Path) -> str:
     try:
-        text = file.read_text(encoding="utf-8")
+        return file.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise RemoteError(400, "bad_request", f"{file}: cannot read: {exc}") from None
+
+
+def _overrides(params: list[str]) -> dict[str, str]:
     overrides: dict[str, str] = {}
     for p in params:
         key, sep, value = p.partition("=")
         if not sep or not key:
             raise RemoteError(400, "bad_request", f"--param {p!r}: expected KEY=VALUE")
         overrides[key] = value
-    body = c.call("POST", "/experiments", headers={"Idempotency-Key": str(uuid.uuid4())},
-                  json={"spec": text, "params": overrides, "project": project,
-                        "deployment": deployment, "compute": compute,
-                        "name": None})
-    _started(c, body, "submitted", do_watch)
+    return overrides
+
+
+def plan(c: ApiClient, file: Path, params: list[str], *, user: str | None,
+         time_limit: float) -> Plan:
+    """The server's plan for this file, on the resources the signed-in identity may use."""
+    if user is not None:
+        raise RemoteError(400, "bad_request", "--user: in server mode the plan is for who "
+                          "signed in (airavata auth status)")
+    body = c.call("POST", "/plans", json={"spec": _read(file), "params": _overrides(params),
+                                          "time_limit": min(time_limit, 30.0)})
+    return Plan.from_json(body)
 
 
 def status(c: ApiClient, ref: str, *, do_watch: bool, as_json: bool) -> None:
@@ -163,15 +182,17 @@ def restart(c: ApiClient, ref: str, verb: str, deployment: str, do_watch: bool) 
     _started(c, body, "retrying" if verb == "retry" else "submitted", do_watch)
 
 
-def events(c: ApiClient, ref: str, limit: int) -> None:
+def events(c: ApiClient, ref: str, limit: int, instance_id: str | None = None) -> None:
     table = Table()
     for col in ("at", "task", "attempt", "from", "to", "message"):
         table.add_column(col, overflow="fold")
-    for e in c.call("GET", f"/experiments/{ref}/events", params={"limit": limit}):
+    path = (f"/experiments/{ref}/events" if instance_id is None
+            else f"/experiments/{ref}/tasks/{instance_id}/events")
+    for e in c.call("GET", path, params={"limit": limit}):
         table.add_row(e["at"][11:23], e["instance_id"], str(e["attempt"]),
                       e.get("from_state") or "", e["to_state"], e.get("message") or "")
     out.print(table)
 
 
-__all__ = ["action", "events", "experiments", "logs", "remote", "restart", "run", "status",
+__all__ = ["action", "events", "experiments", "logs", "plan", "remote", "restart", "run", "status",
            "task", "tasks", "watch"]

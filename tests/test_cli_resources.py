@@ -128,7 +128,7 @@ def test_resource_commands_in_local_mode(prefect_api: str, home: Path,
     assert not any("not-a-key-but-secret" in s for s in seen)
 
 
-def test_resource_commands_in_server_mode(prefect_api: str, openbao_dev: tuple[str, str],
+def test_resource_and_plan_commands_in_server_mode(prefect_api: str, openbao_dev: tuple[str, str],
                                           tmp_path: Path) -> None:
     url, root = openbao_dev
     with api_server(tmp_path / "server", extra_env={"AIRAVATA_OPENBAO_URL": url,
@@ -147,6 +147,24 @@ def test_resource_commands_in_server_mode(prefect_api: str, openbao_dev: tuple[s
                  stdin="carol-password-1\n")
         assert r.returncode == 0, r.stderr
         seen = _walk(lambda *args: _cli(env, *args), "carolslab")
+        # Planning: the server plans for who signed in, on what they may use; nothing stored.
+        sweep = tmp_path / "sweep.yml"
+        sweep.write_text("name: p\ntasks:\n  t:\n    command: 'true'\n"
+                         "    task_inputs: {I: '1..4'}\n")
+        plan = _json(_cli(env, "experiment", "plan", str(sweep), "--json"))
+        assert isinstance(plan, dict) and plan["status"] in ("optimal", "feasible")
+        assert sum(a["count"] for a in plan["assignments"]) == 4
+        gpu = tmp_path / "gpu.yml"
+        gpu.write_text("tasks:\n  g: {command: x, resources: {compute: {gpu: 64}}}\n")
+        r = _cli(env, "experiment", "plan", str(gpu), "--json")
+        assert r.returncode == 3 and json.loads(r.stdout)["status"] == "infeasible", r.stderr
+        assert "--user: in server mode" in _one_line(
+            _cli(env, "experiment", "plan", str(sweep), "--user", "bob"), 2)
+        assert _cli(env, "experiment", "list", "--json").stdout.strip() == "[]"
+        assert "no experiment" in _one_line(_cli(env, "experiment", "bundles", "nope"), 2)
+        assert "no experiment" in _one_line(
+            _cli(env, "experiment", "events", "nope", "t[0]"), 2)
+
         # Server mode keeps credentials at the owner's own path.
         r = _cli(env, "credential", "create", "x", "--from-env", "k=SSH_KEY", "--path", "a/b")
         assert "--path and --mount are for local mode" in _one_line(r, 2)

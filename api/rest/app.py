@@ -100,6 +100,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         routes_auth,
         routes_experiments,
         routes_people,
+        routes_plans,
         routes_resources,
         routes_watch,
     )
@@ -126,7 +127,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
                                  for c in results})
         return JSONResponse(body.model_dump(), status_code=200 if body.status == "ok" else 503)
 
-    for module in (routes_auth, routes_people, routes_experiments, routes_watch,
+    for module in (routes_auth, routes_people, routes_experiments, routes_plans, routes_watch,
                    routes_resources):
         v1.include_router(module.router, responses=errors.RESPONSES)
     app.include_router(v1)
