@@ -30,6 +30,8 @@ from authzed.api.v1 import (
     WriteSchemaRequest,
 )
 
+from airavata_prefect.domain.errors import ServiceDown
+
 SCHEMA = (Path(__file__).parent / "authz.zed").read_text()
 
 # permission key -> (object type, schema permission)
@@ -85,7 +87,7 @@ class AuthzError(RuntimeError):
     pass
 
 
-class AuthzUnavailable(AuthzError):
+class AuthzUnavailable(AuthzError, ServiceDown):
     """SpiceDB cannot answer: nothing may proceed on a guess."""
 
 
@@ -209,8 +211,10 @@ class Authz:
         creds = (insecure_bearer_token_credentials(token) if insecure
                  else bearer_token_credentials(token))
         client = Client(endpoint, creds)
-        client.WriteSchema(WriteSchemaRequest(schema=SCHEMA))
-        return cls(client)
+        authz = cls(client)
+        authz._call(f"the schema at {endpoint}", client.WriteSchema,
+                    WriteSchemaRequest(schema=SCHEMA))
+        return authz
 
     def close(self) -> None:
         if self._closer is not None:

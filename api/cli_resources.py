@@ -65,11 +65,9 @@ def _host_key(host_key_file: Path | None) -> str | None:
 def _fields(what: What, kind: str, sets: list[str], host_key_file: Path | None
             ) -> dict[str, Any]:
     """--set pairs checked against the kind's fields here, before anything is sent."""
-    from airavata_prefect.blocks import COMPUTE_KINDS, STORAGE_KINDS  # imports Prefect
-    from airavata_prefect.usecases.registration import parse_fields
+    from airavata_prefect.usecases.registration import kind_fields  # imports Prefect
 
-    kinds: dict[str, type[Any]] = dict(COMPUTE_KINDS if what == "compute" else STORAGE_KINDS)
-    _, data = parse_fields(kind, sets, kinds)
+    data = kind_fields(what, kind, sets)
     host_key = _host_key(host_key_file)
     if host_key is not None:
         data["host_key"] = host_key

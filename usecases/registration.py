@@ -16,6 +16,7 @@ from airavata_prefect.adapters import prefect_api
 from airavata_prefect.adapters.spicedb import Subject
 from airavata_prefect.blocks import (
     COMPUTE_KINDS,
+    STORAGE_KINDS,
     ComputeBlock,
     CredentialRef,
     StorageBlock,
@@ -58,6 +59,13 @@ def parse_fields(kind: str, fields: list[str], types: dict[str, type[Any]]
         except ValueError:
             data[key] = raw
     return cls, data
+
+
+def kind_fields(what: str, kind: str, fields: list[str]) -> dict[str, Any]:
+    """`--set` pairs for a compute (or storage) resource of `kind`, checked against its
+    fields."""
+    kinds: dict[str, type[Any]] = dict(COMPUTE_KINDS if what == "compute" else STORAGE_KINDS)
+    return parse_fields(kind, fields, kinds)[1]
 
 
 def build_block(cls: type[Any], data: dict[str, Any], credential: CredentialRef | None) -> Any:
@@ -145,5 +153,5 @@ def register_storage(ctx: Context, *, project: str, name: str, block: StorageBlo
     audit(ctx, "resource.register", f"storage_resource:{name}", "ok", block.kind)
 
 
-__all__ = ["build_block", "check_name", "compute_help", "credential_ref", "parse_fields",
-           "pool_template", "register_compute", "register_storage"]
+__all__ = ["build_block", "check_name", "compute_help", "credential_ref", "kind_fields",
+           "parse_fields", "pool_template", "register_compute", "register_storage"]

@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from airavata_prefect.domain.errors import Conflict as LostRace
-from airavata_prefect.domain.errors import NotFound
+from airavata_prefect.domain.errors import NotFound, ServiceDown
 from airavata_prefect.domain.problems import SpecError
 from airavata_prefect.usecases.correlation import correlation_id
 from airavata_prefect.usecases.credentials import CredentialError
@@ -151,7 +151,7 @@ def install(app: FastAPI) -> None:
     # Each known failure by its class (answered where it is raised); anything else is a 500
     # with the same envelope, its traceback in the server's log only.
     for cls in (Unauthenticated, Forbidden, CredentialError, RateLimited, SpecError, NotFound,
-                Conflict, LostRace, BadInput, NoPlacement, Unavailable):
+                Conflict, LostRace, BadInput, NoPlacement, Unavailable, ServiceDown):
         app.add_exception_handler(cls, _known)
     app.add_exception_handler(Exception, _known)
 
@@ -182,7 +182,7 @@ def answer(exc: BaseException) -> JSONResponse:
         return envelope(400, "bad_request", str(exc))
     if isinstance(exc, NoPlacement):
         return envelope(409, "no_placement", f"no placement: {exc}")
-    if isinstance(exc, Unavailable):
+    if isinstance(exc, Unavailable | ServiceDown):
         return envelope(503, "unavailable", str(exc))
     log.error("unexpected %s", describe(exc if isinstance(exc, Exception) else Exception()),
               exc_info=exc)
