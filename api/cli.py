@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from typing import Any
 
 import typer
 from pydantic import ValidationError
@@ -19,6 +20,7 @@ from rich.table import Table
 
 from airavata_prefect.api.cli_auth import auth_app, config_app
 from airavata_prefect.api.cli_credentials import credential_app
+from airavata_prefect.api.cli_door import either
 from airavata_prefect.api.cli_experiments import experiment_app
 from airavata_prefect.api.cli_people import project_app, user_app
 from airavata_prefect.api.cli_resources import resource_app
@@ -27,7 +29,7 @@ from airavata_prefect.api.client import RemoteError, server_url
 from airavata_prefect.domain.errors import NotFound
 from airavata_prefect.domain.problems import SpecError
 from airavata_prefect.usecases import context, queries
-from airavata_prefect.usecases.context import open_context
+from airavata_prefect.usecases.context import Context
 from airavata_prefect.usecases.credentials import CredentialError
 from airavata_prefect.usecases.errors import (
     BadInput,
@@ -60,19 +62,23 @@ def audit_cmd(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Your own privileged actions and refusals, with their correlation ids."""
-    with open_context() as ctx:
-        rows = queries.my_audit(ctx, correlation_id, limit)
+    def local(ctx: Context) -> list[dict[str, Any]]:
+        return [{"at": r.at.isoformat(), "action": r.action, "object": r.object,
+                 "outcome": r.outcome, "correlation_id": r.correlation_id,
+                 "detail": r.detail} for r in queries.my_audit(ctx, correlation_id, limit)]
+
+    rows = either(lambda api: list(api.call("GET", "/users/me/audit", params={
+        "limit": limit, **({"correlation_id": correlation_id} if correlation_id else {})})),
+                  local)
     if as_json:
-        print(json.dumps([{"at": r.at.isoformat(), "action": r.action, "object": r.object,
-                           "outcome": r.outcome, "correlation_id": r.correlation_id,
-                           "detail": r.detail} for r in rows], indent=2))
+        print(json.dumps(rows, indent=2))
         return
-    table = Table(title=f"audit trail of {ctx.user}")
+    table = Table(title="your audit trail")
     for col in ("at", "action", "object", "outcome", "correlation id", "detail"):
         table.add_column(col, overflow="fold")
     for r in rows:
-        table.add_row(r.at.strftime("%Y-%m-%d %H:%M:%S"), r.action, r.object, r.outcome,
-                      r.correlation_id, r.detail or "")
+        table.add_row(r["at"][:19].replace("T", " "), r["action"], r["object"], r["outcome"],
+                      r["correlation_id"], r["detail"] or "")
     out.print(table)
 
 

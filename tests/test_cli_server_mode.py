@@ -121,8 +121,16 @@ def test_cli_in_server_mode_runs_watches_cancels_and_never_opens_the_store(
         r = _cli(env, "experiment", "watch", slow_id, timeout=120)
         assert r.returncode == 1 and "CANCELED" in r.stdout, r.stdout + r.stderr
 
+        # Her own audit trail, through the API; one request's rows by its correlation id.
+        r = _cli(env, "audit", "--json")
+        assert r.returncode == 0, r.stderr
+        trail = json.loads(r.stdout)
+        assert trail and all(row["correlation_id"] for row in trail)
+        one = trail[-1]["correlation_id"]
+        r = _cli(env, "audit", "-c", one, "--json")
+        assert {row["correlation_id"] for row in json.loads(r.stdout)} == {one}, r.stdout
         # A command with no server mode refuses rather than open the store.
-        r = _cli(env, "audit")
+        r = _cli(env, "deployment", "list")
         assert r.returncode == 2 and "no server mode" in r.stderr, r.stderr
         r = _cli(env, "auth", "logout")
         assert r.returncode == 0 and not token_file.exists(), r.stderr

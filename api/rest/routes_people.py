@@ -5,12 +5,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Path
+from fastapi import APIRouter, Path, Query
 from pydantic import BaseModel, Field
 
 from airavata_prefect.api.rest.deps import Ctx, Writer
 from airavata_prefect.api.rest.errors import CONFLICT
-from airavata_prefect.usecases import accounts, authorization
+from airavata_prefect.usecases import accounts, authorization, queries
 
 router = APIRouter(tags=["people"])
 NameP = Annotated[str, Path(min_length=1, max_length=200)]
@@ -128,6 +128,25 @@ def my_groups(ctx: Ctx) -> list[str]:
 @router.get("/users/me/projects", response_model=list[str])
 def my_projects(ctx: Ctx) -> list[str]:
     return accounts.projects(ctx)
+
+
+class AuditOut(BaseModel):
+    at: datetime
+    action: str
+    object: str
+    outcome: str = Field(description="ok | allowed | denied | refused | error")
+    correlation_id: str
+    detail: str | None
+
+
+@router.get("/users/me/audit", response_model=list[AuditOut])
+def my_audit(ctx: Ctx, correlation_id: str | None = Query(None, min_length=1, max_length=200),
+             limit: int = Query(50, ge=1, le=1000)) -> list[AuditOut]:
+    """Your own privileged actions and refusals, oldest first (`correlation_id`: the rows of
+    one request, as an error's envelope names it)."""
+    return [AuditOut(at=r.at, action=r.action, object=r.object, outcome=r.outcome,
+                     correlation_id=r.correlation_id, detail=r.detail)
+            for r in queries.my_audit(ctx, correlation_id, limit)]
 
 
 @router.post("/users/{username}/disable", status_code=204, responses=CONFLICT)
