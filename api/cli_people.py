@@ -23,7 +23,7 @@ JsonOpt = typer.Option(False, "--json", help="Print JSON")
 
 
 def _project_json(v: accounts.ProjectView) -> dict[str, Any]:
-    return {"name": v.name, "can_manage": v.can_manage,
+    return {"name": v.name, "description": v.description, "can_manage": v.can_manage,
             "members": [{"role": r, "member": m} for r, m in v.members]}
 
 
@@ -31,7 +31,9 @@ def _print_project(data: dict[str, Any], as_json: bool) -> None:
     if as_json:
         print(json.dumps(data, indent=2))
         return
-    table = Table(title=f"project {data['name']}")
+    title = f"project {data['name']}" + (f": {data['description']}"
+                                         if data.get("description") else "")
+    table = Table(title=title)
     table.add_column("member")
     table.add_column("role")
     for m in data["members"]:
@@ -39,15 +41,34 @@ def _print_project(data: dict[str, Any], as_json: bool) -> None:
     out.print(table)
 
 
+DescriptionOpt = typer.Option(None, "--description", "-d", help="What the project is for")
+
+
 @project_app.command("create")
 def project_create(name: str = typer.Argument(..., metavar="PROJECT"),
+                   description: str | None = DescriptionOpt,
                    as_json: bool = JsonOpt) -> None:
     """Create a project; you become its admin."""
     if (c := remote()) is not None:
-        data = c.call("POST", "/projects", json={"name": name})
+        data = c.call("POST", "/projects", json={"name": name, "description": description})
     else:
         with open_context() as ctx:
-            data = _project_json(accounts.create_project(ctx, name))
+            data = _project_json(accounts.create_project(ctx, name, description))
+    _print_project(data, as_json)
+
+
+@project_app.command("update")
+def project_update(name: str = typer.Argument(..., metavar="PROJECT"),
+                   description: str = typer.Option(..., "--description", "-d",
+                                                   help="What the project is for ('' clears)"),
+                   as_json: bool = JsonOpt) -> None:
+    """Change a project's description (needs project.manage)."""
+    text = description or None
+    if (c := remote()) is not None:
+        data = c.call("PATCH", f"/projects/{name}", json={"description": text})
+    else:
+        with open_context() as ctx:
+            data = _project_json(accounts.update_project(ctx, name, description=text))
     _print_project(data, as_json)
 
 

@@ -47,6 +47,12 @@ def _walk(run: Run, project: str) -> list[str]:
 
     cid, name, store = (f"key-{uuid.uuid4().hex[:6]}", f"bm-{uuid.uuid4().hex[:6]}",
                         f"st-{uuid.uuid4().hex[:6]}")
+    # Projects carry a description, changed by their managers.
+    shown = _json(go("project", "update", project, "-d", "Protein folding", "--json"))
+    assert isinstance(shown, dict) and shown["description"] == "Protein folding"
+    shown = _json(go("project", "get", project, "--json"))
+    assert isinstance(shown, dict) and shown["description"] == "Protein folding"
+    assert project in _json(go("project", "list", "--json"))  # type: ignore[operator]
     made = _json(go("resource", "credential", "create", cid, "--from-env", "private_key=SSH_KEY",
                     "--json"))
     assert isinstance(made, dict) and made["version"] == 1 and made["owner"]
@@ -124,6 +130,8 @@ def test_resource_commands_in_local_mode(prefect_api: str, home: Path,
     monkeypatch.setenv("AIRAVATA_OPENBAO_URL", url)
     monkeypatch.setenv("AIRAVATA_OPENBAO_TOKEN", root)
     monkeypatch.setenv("SSH_KEY", SECRET)
+    made = cli("project", "create", "lab", "--description", "first")
+    assert made.returncode == 0, made.stderr
     seen = _walk(cli, "lab")
     assert not any("not-a-key-but-secret" in s for s in seen)
 

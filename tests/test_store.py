@@ -119,3 +119,35 @@ def test_experiment_lookup_and_cancel_flag(store: Store) -> None:
 def test_many_tasks_insert_in_chunks(store: Store) -> None:
     exp = _experiment(store, n=45_000)
     assert store.tasks.state_counts(exp) == {"s": {"CREATED": 45_000}}
+
+
+def test_projects_known_only_to_the_journal_get_their_rows(tmp_path: Path) -> None:
+    """A store from before 0009 knew its projects through the permission journal alone: the
+    migration records each once, and the repository adds, describes and removes them."""
+    import sqlalchemy as sa
+    from alembic import command
+
+    from airavata_prefect.adapters.store.engine import _alembic_config, make_engine
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'old.db'}")
+    with engine.begin() as conn:
+        command.upgrade(_alembic_config(conn), "0008")
+        for project, who, relation in [("lab", "alice", "admin"), ("lab", "bob", "member"),
+                                       ("zoo", "carol", "admin")]:
+            conn.execute(sa.text(
+                "INSERT INTO relationships VALUES ('project', :p, :r, 'user', :u, '')"),
+                {"p": project, "r": relation, "u": who})
+    engine.dispose()
+    store = Store(f"sqlite:///{tmp_path / 'old.db'}")
+    try:
+        assert store.projects.names() == ["lab", "zoo"]
+        assert store.projects.add("new", created_by="dave", description="d") is True
+        assert store.projects.add("new", created_by="eve") is False  # exists: unchanged
+        row = store.projects.get("new")
+        assert row is not None and (row.created_by, row.description) == ("dave", "d")
+        store.projects.set_description("new", None)
+        assert store.projects.get("new").description is None  # type: ignore[union-attr]
+        store.projects.delete("new")
+        assert store.projects.get("new") is None
+    finally:
+        store.close()

@@ -179,16 +179,24 @@ class ProjectView:
     name: str
     members: list[tuple[str, str]]  # (role, member)
     can_manage: bool
+    description: str | None = None
 
 
-def create_project(ctx: Context, name: str) -> ProjectView:
+def _exists(ctx: Context, name: str) -> bool:
+    # Projects from before the projects table are in the permission journal only.
+    return (ctx.store.projects.get(name) is not None
+            or ctx.store.relationships.has_object("project", name))
+
+
+def create_project(ctx: Context, name: str, description: str | None = None) -> ProjectView:
     check_name("project", name)
     acting = ctx.store.accounts.get(ctx.user)
     if acting is not None and acting.kind == "service":
         audit(ctx, "project.create", f"project:{name}", "denied",
               f"service account of project {acting.project}")
         raise Forbidden("a service account cannot create projects")
-    if ctx.store.relationships.has_object("project", name):
+    if _exists(ctx, name) or not ctx.store.projects.add(name, created_by=ctx.user,
+                                                        description=description):
         raise Conflict(f"project {name!r} exists")
     ctx.authz.relate("project", name, "admin", Subject.user(ctx.user))
     audit(ctx, "project.create", f"project:{name}", "ok")
@@ -196,8 +204,8 @@ def create_project(ctx: Context, name: str) -> ProjectView:
 
 
 def projects(ctx: Context) -> list[str]:
-    return [p for p in ctx.store.relationships.objects("project")
-            if allowed(ctx, "project.read", p)]
+    names = set(ctx.store.projects.names()) | set(ctx.store.relationships.objects("project"))
+    return [p for p in sorted(names) if allowed(ctx, "project.read", p)]
 
 
 def project(ctx: Context, name: str) -> ProjectView:
@@ -205,14 +213,30 @@ def project(ctx: Context, name: str) -> ProjectView:
     members = sorted((r[2], r[4] if r[3] == "user" else f"group:{r[4]}")
                      for r in ctx.store.relationships.of_object("project", name)
                      if r[2] in ("admin", "member"))
-    return ProjectView(name, members, allowed(ctx, "project.manage", name))
+    row = ctx.store.projects.get(name)
+    return ProjectView(name, members, allowed(ctx, "project.manage", name),
+                       row.description if row else None)
+
+
+def update_project(ctx: Context, name: str, *, description: str | None) -> ProjectView:
+    """Change a project's description (needs project.manage)."""
+    require(ctx, "project.manage", name)
+    if ctx.store.projects.get(name) is None:
+        if not ctx.store.relationships.has_object("project", name):
+            raise NotFound(f"no project {name!r}")
+        ctx.store.projects.add(name, created_by=ctx.user)
+    ctx.store.projects.set_description(name, description)
+    audit(ctx, "project.manage", f"project:{name}", "ok", "description changed")
+    return project(ctx, name)
 
 
 def delete_project(ctx: Context, name: str) -> None:
-    """Remove a project's memberships (its experiments' records stay, readable by owners)."""
+    """Remove a project and its memberships (its experiments' records stay, readable by
+    their owners)."""
     require(ctx, "project.manage", name)
     for row in ctx.store.relationships.of_object("project", name):
         ctx.authz.unrelate(row[0], row[1], row[2], Subject(row[3], row[4], row[5]))
+    ctx.store.projects.delete(name)
     audit(ctx, "project.manage", f"project:{name}", "ok", "deleted")
 
 
@@ -220,4 +244,4 @@ __all__ = ["PLATFORM", "ProjectView", "account", "change_password",
            "check_name", "create_group", "create_person", "create_project",
            "create_service_account", "delete_project", "group_members", "mint_token",
            "my_groups", "project", "projects", "revoke_token", "set_disabled",
-           "set_group_member", "update_profile"]
+           "set_group_member", "update_profile", "update_project"]

@@ -38,6 +38,7 @@ def ensure_project(ctx: Context, project: str) -> None:
     (first use)."""
     if ctx.auto_projects and not ctx.store.relationships.has_object("project", project):
         ctx.authz.relate("project", project, "admin", Subject.user(ctx.user))
+        ctx.store.projects.add(project, created_by=ctx.user)
         audit(ctx, "project.create", f"project:{project}", "ok")
 
 

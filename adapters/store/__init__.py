@@ -21,6 +21,7 @@ from airavata_prefect.adapters.store.credentials import CredentialRepo, Credenti
 from airavata_prefect.adapters.store.engine import make_engine, migrate, utcnow
 from airavata_prefect.adapters.store.experiments import ExperimentRepo
 from airavata_prefect.adapters.store.idempotency import IdempotencyKeys
+from airavata_prefect.adapters.store.projects import ProjectRepo
 from airavata_prefect.adapters.store.relationships import RelationshipJournal
 from airavata_prefect.adapters.store.service_accounts import ServiceAccount, ServiceAccountRepo
 from airavata_prefect.adapters.store.tasks import TaskRepo
@@ -39,6 +40,7 @@ class Store:
         self.service_accounts = ServiceAccountRepo(self.engine)
         self.accounts = AccountRepo(self.engine)
         self.idempotency = IdempotencyKeys(self.engine)
+        self.projects = ProjectRepo(self.engine)
 
     def owner(self, login: str) -> str:
         """The OS login that owns this store: the first to ask (`login`) claims it."""

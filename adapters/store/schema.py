@@ -195,6 +195,15 @@ relationship_generation = sa.Table(
 
 # Facts about the store itself: `owner`, the OS login that created it (in local mode only its
 # owner may act as another user; anyone else acts as their own login).
+# A project's own row; its members and admins are relationships (SpiceDB).
+projects = sa.Table(
+    "projects", metadata,
+    sa.Column("name", sa.String(200), primary_key=True),
+    sa.Column("description", sa.Text),
+    sa.Column("created_by", sa.String(200), nullable=False),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+)
+
 store_info = sa.Table(
     "store_info", metadata,
     sa.Column("key", sa.String(64), primary_key=True),

@@ -49,6 +49,17 @@ class NameIn(BaseModel):
     name: str = Field(min_length=2, max_length=63, pattern=NAME)
 
 
+Description = Field(None, max_length=2000, description="what the project is for")
+
+
+class ProjectIn(NameIn):
+    description: str | None = Description
+
+
+class ProjectUpdate(BaseModel):
+    description: str | None = Description
+
+
 class ServiceAccountIn(BaseModel):
     name: str = Field(min_length=2, max_length=59, pattern=NAME,
                       description="its account is svc-NAME (NAME as it is when it starts so)")
@@ -71,6 +82,7 @@ class Membership(BaseModel):
 
 class ProjectOut(BaseModel):
     name: str
+    description: str | None
     members: list[Membership]
     can_manage: bool
 
@@ -91,8 +103,8 @@ def _user(a: accounts.Account) -> UserOut:
 
 
 def _project(v: accounts.ProjectView) -> ProjectOut:
-    return ProjectOut(name=v.name, members=[Membership(role=r, member=m) for r, m in v.members],
-                      can_manage=v.can_manage)
+    return ProjectOut(name=v.name, description=v.description, can_manage=v.can_manage,
+                      members=[Membership(role=r, member=m) for r, m in v.members])
 
 
 # -- users ---------------------------------------------------------------------------------
@@ -186,8 +198,8 @@ def remove_group_member(ctx: Ctx, _: Writer, group: NameP, member: NameP) -> Non
 # -- projects ------------------------------------------------------------------------------
 
 @router.post("/projects", response_model=ProjectOut, status_code=201, responses=CONFLICT)
-def create_project(body: NameIn, ctx: Ctx, _: Writer) -> ProjectOut:
-    return _project(accounts.create_project(ctx, body.name))
+def create_project(body: ProjectIn, ctx: Ctx, _: Writer) -> ProjectOut:
+    return _project(accounts.create_project(ctx, body.name, body.description))
 
 
 @router.get("/projects", response_model=list[str])
@@ -198,6 +210,12 @@ def list_projects(ctx: Ctx) -> list[str]:
 @router.get("/projects/{project}", response_model=ProjectOut)
 def get_project(ctx: Ctx, project: NameP) -> ProjectOut:
     return _project(accounts.project(ctx, project))
+
+
+@router.patch("/projects/{project}", response_model=ProjectOut)
+def update_project(body: ProjectUpdate, ctx: Ctx, _: Writer, project: NameP) -> ProjectOut:
+    """Change its description (needs project.manage)."""
+    return _project(accounts.update_project(ctx, project, description=body.description))
 
 
 @router.delete("/projects/{project}", status_code=204)
