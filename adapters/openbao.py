@@ -109,6 +109,12 @@ class OpenBao:
                           raise_on_deleted_version=True)
         return dict(resp["data"]["data"])
 
+    def destroy(self, ref: SecretRef) -> None:
+        """Every version of the secret and its metadata, gone (KV v2)."""
+        self._call(f"delete {ref.mount}/{ref.path}",
+                   self._client.secrets.kv.v2.delete_metadata_and_all_versions,
+                   path=ref.path, mount_point=ref.mount)
+
     # -- task tokens -------------------------------------------------------------------------
 
     def issue_task_token(self, refs: list[SecretRef], walltime_seconds: int, *, task: str,

@@ -11,12 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import sqlalchemy as sa
-
-from airavata_prefect.adapters.openbao import OpenBao, SecretRef, SecretStoreError
+from airavata_prefect.adapters.openbao import SecretRef, SecretStoreError
 from airavata_prefect.adapters.spicedb import Subject
 from airavata_prefect.adapters.store import CredentialRow
-from airavata_prefect.adapters.store.schema import credentials as credentials_table
 from airavata_prefect.domain.errors import NotFound
 from airavata_prefect.usecases import credentials
 from airavata_prefect.usecases.authorization import allowed, audit, require, subject
@@ -84,17 +81,10 @@ def _view(ctx: Context, row: CredentialRow) -> CredentialView:
         shared_with=_shares(ctx, row.id) if may_share else None)
 
 
-def _rows(ctx: Context) -> list[CredentialRow]:
-    with ctx.store.engine.connect() as conn:
-        return [CredentialRow(r.id, r.owner, r.mount, r.path) for r in conn.execute(
-            sa.select(credentials_table.c.id, credentials_table.c.owner,
-                      credentials_table.c.mount, credentials_table.c.path)
-            .order_by(credentials_table.c.id))]
-
-
 def list_credentials(ctx: Context) -> list[CredentialView]:
     """Every credential the acting user may read (credential.read), metadata only."""
-    return [_view(ctx, row) for row in _rows(ctx) if allowed(ctx, "credential.read", row.id)]
+    return [_view(ctx, row) for row in ctx.store.credentials.all()
+            if allowed(ctx, "credential.read", row.id)]
 
 
 def get(ctx: Context, credential_id: str) -> CredentialView:
@@ -153,16 +143,6 @@ def bind(ctx: Context, credential_id: str, resource: str, *, storage: bool,
     return _view(ctx, row)
 
 
-def _destroy(bao: OpenBao, ref: SecretRef) -> None:
-    """Every version of the secret and its metadata, gone from OpenBao (KV v2).
-
-    The OpenBao adapter has no delete of its own yet: this goes through its error mapping
-    (`_call`) and its client; an `OpenBao.destroy(ref)` there would replace it."""
-    bao._call(f"delete {ref.mount}/{ref.path}",
-              bao._client.secrets.kv.v2.delete_metadata_and_all_versions,
-              path=ref.path, mount_point=ref.mount)
-
-
 def delete(ctx: Context, credential_id: str) -> list[str]:
     """Remove it (owner only: credential.delete): every version in OpenBao, its shares and
     bindings, its row. The bindings it had. Resources whose blocks still point at its path
@@ -171,7 +151,7 @@ def delete(ctx: Context, credential_id: str) -> list[str]:
     require(ctx, "credential.delete", credential_id)
     svc = _service(ctx)
     try:
-        _destroy(svc.bao, SecretRef(row.path, row.mount))
+        svc.bao.destroy(SecretRef(row.path, row.mount))
     except SecretStoreError as exc:
         audit(ctx, "credential.delete", f"credential:{credential_id}", "error", str(exc))
         raise CredentialError(str(exc)) from None
@@ -182,8 +162,7 @@ def delete(ctx: Context, credential_id: str) -> list[str]:
         ctx.authz.unrelate("credential", credential_id, r[2], Subject(r[3], r[4], r[5]))
     for r in bound:
         ctx.authz.unrelate(r[0], r[1], r[2], Subject("credential", credential_id))
-    with ctx.store.engine.begin() as conn:
-        conn.execute(credentials_table.delete().where(credentials_table.c.id == credential_id))
+    ctx.store.credentials.delete(credential_id)
     unbound = [f"{r[0]}:{r[1]}" for r in bound]
     audit(ctx, "credential.delete", f"credential:{credential_id}", "ok",
           f"{row.mount}/{row.path} (every version)"

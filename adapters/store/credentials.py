@@ -43,5 +43,16 @@ class CredentialRepo:
             raise NotFound(f"no credential {credential_id!r}")
         return CredentialRow(row["id"], row["owner"], row["mount"], row["path"])
 
+    def all(self) -> list[CredentialRow]:
+        """Every credential we know, by id."""
+        with self.engine.connect() as conn:
+            return [CredentialRow(r.id, r.owner, r.mount, r.path) for r in conn.execute(
+                sa.select(credentials.c.id, credentials.c.owner, credentials.c.mount,
+                          credentials.c.path).order_by(credentials.c.id))]
+
+    def delete(self, credential_id: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(credentials.delete().where(credentials.c.id == credential_id))
+
 
 __all__ = ["CredentialRepo", "CredentialRow"]
