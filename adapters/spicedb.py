@@ -33,6 +33,7 @@ from authzed.api.v1 import (
 from airavata_prefect.domain.errors import ServiceDown
 
 SCHEMA = (Path(__file__).parent / "authz.zed").read_text()
+MAX_WRITE = 1000  # updates in one WriteRelationships call (SpiceDB's own limit)
 
 # permission key -> (object type, schema permission)
 PERMISSION_KEYS: dict[str, tuple[str, str]] = {
@@ -173,12 +174,19 @@ class Authz:
         ffi._get_lib().spicedb_free.argtypes = [ctypes.c_void_p]
         generation = journal.generation() if journal else -1  # read before the rows
         rows = journal.load_relationships() if journal else []
+        # SpiceDB takes at most MAX_WRITE updates a call: the rest follow in batches.
         try:
-            db = EmbeddedSpiceDB.start(schema, [_relationship(r) for r in rows])
+            db = EmbeddedSpiceDB.start(schema, [_relationship(r) for r in rows[:MAX_WRITE]])
+            permissions = db.permissions()
+            for i in range(MAX_WRITE, len(rows), MAX_WRITE):
+                permissions.WriteRelationships(WriteRelationshipsRequest(updates=[
+                    RelationshipUpdate(operation=RelationshipUpdate.Operation.OPERATION_TOUCH,
+                                       relationship=_relationship(r))
+                    for r in rows[i:i + MAX_WRITE]]))
         except SpiceDBError as exc:
             raise AuthzError(f"SpiceDB rejected the schema or stored relationships: {exc}"
                              ) from None
-        authz = cls(db.permissions(), db, journal)
+        authz = cls(permissions, db, journal)
         authz._schema, authz._generation = schema, generation
         return authz
 
@@ -234,14 +242,17 @@ class Authz:
     def _update(self, op: RelationshipUpdate.Operation.ValueType, object_type: str,
                 object_id: str, relation: str, subject: Subject) -> None:
         row = (object_type, object_id, relation, subject.type, subject.id, subject.relation)
-        self._call(f"write {object_type}:{object_id}#{relation}",
-                   self._permissions.WriteRelationships,
-                   WriteRelationshipsRequest(updates=[RelationshipUpdate(
-                       operation=op, relationship=_relationship(row))]))
-        if self._journal is not None:
-            generation = self._journal.save_relationship(
-                row, present=op == RelationshipUpdate.Operation.OPERATION_TOUCH)
-            with self._lock:  # our own write: no rebuild needed, unless others wrote too
+        # One lock over the write, its journal row and the generation: a rebuild on another
+        # thread between the two would start from a journal without this row and lose it.
+        with self._lock:
+            self._call(f"write {object_type}:{object_id}#{relation}",
+                       self._permissions.WriteRelationships,
+                       WriteRelationshipsRequest(updates=[RelationshipUpdate(
+                           operation=op, relationship=_relationship(row))]))
+            if self._journal is not None:
+                generation = self._journal.save_relationship(
+                    row, present=op == RelationshipUpdate.Operation.OPERATION_TOUCH)
+                # our own write: no rebuild needed, unless others wrote too
                 if self._generation >= 0 and generation == self._generation + 1:
                     self._generation = generation
 

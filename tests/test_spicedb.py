@@ -130,3 +130,30 @@ def test_embedded_permissions_survive_a_new_process_through_the_journal(tmp_path
     assert not second.check("eve", "scheduler.queue.submit", "P")
     second.close()
     store.close()
+
+
+class _Rows:
+    """A journal of many relationships, as a store with a few thousand experiments holds."""
+
+    def __init__(self, n: int) -> None:
+        self.rows = [("experiment", f"e{i}", "owner", "user", f"u{i % 7}", "") for i in range(n)]
+
+    def save_relationship(self, row: tuple[str, ...], *, present: bool) -> int:
+        return 0
+
+    def load_relationships(self) -> list[tuple[str, ...]]:
+        return list(self.rows)
+
+    def generation(self) -> int:
+        return 0
+
+
+def test_an_embedded_instance_rebuilds_beyond_one_write_call() -> None:
+    """SpiceDB takes 1,000 updates a call: a journal of 2,500 rows is loaded whole."""
+    az = Authz.embedded(journal=_Rows(2500))  # type: ignore[arg-type]
+    try:
+        assert az.check("u5", "scheduler.queue.read", "e2497")  # 2497 % 7 == 5
+        assert az.check("u0", "scheduler.queue.read", "e1001")  # 1001 % 7 == 0
+        assert not az.check("u1", "scheduler.queue.read", "e1001")
+    finally:
+        az.close()
