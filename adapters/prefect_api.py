@@ -8,16 +8,12 @@ module is the rest of what we ask of the Prefect server, each in one place.
 from __future__ import annotations
 
 import os
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Any, cast
+from typing import Any
 from uuid import UUID
 
 import httpx
 from prefect.blocks.core import Block
-from prefect.client.base import PrefectHttpxSyncClient
-from prefect.client.orchestration import SyncPrefectClient, get_client
+from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import WorkPoolCreate, WorkPoolUpdate
 from prefect.client.schemas.objects import State, StateType
 from prefect.deployments import run_deployment
@@ -38,54 +34,6 @@ def api_url() -> str | None:
 def _unavailable(exc: Exception, what: str) -> PrefectUnavailable:
     return PrefectUnavailable(f"{what}: the Prefect API at {api_url() or '(PREFECT_API_URL unset)'}"
                               f" does not answer ({exc})")
-
-
-class NoSuchDeployment(PrefectUnavailable):
-    """A run was asked of a deployment that is gone (its id no longer known)."""
-
-
-# One sync client per process and API: a fresh one costs an SSL context (~20 ms of CPU, even
-# for http) and, per write, a CSRF-token round trip. Its httpx pool is thread-safe and it holds
-# no per-call state, so the API's request threads share it.
-_LIMITS = httpx.Limits(max_connections=16, max_keepalive_connections=16,
-                       keepalive_expiry=4)  # under uvicorn's 5 s: never reuse one it closes
-_clients: dict[tuple[object, ...], SyncPrefectClient] = {}
-_clients_lock = threading.Lock()
-
-
-def _shared(url: str) -> SyncPrefectClient:
-    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_KEY
-
-    key = (os.getpid(), url, PREFECT_API_KEY.value(), PREFECT_API_AUTH_STRING.value())
-    client = _clients.get(key)
-    if client is None:
-        with _clients_lock:
-            client = _clients.get(key)
-            if client is None:
-                if any(k[0] != key[0] for k in _clients):  # forked: the sockets are the parent's
-                    _clients.clear()
-                client = get_client(httpx_settings={"limits": _LIMITS}, sync_client=True)
-                client.__enter__()  # open for the life of the process
-                _clients[key] = client
-    # Prefect retries a refused connection (for a minute) once a client has connected; a
-    # fresh client failed at once, which is what callers expect when the server is gone.
-    cast(PrefectHttpxSyncClient, client._client)._has_connected = False
-    return client
-
-
-@contextmanager
-def _sync_client() -> Iterator[SyncPrefectClient]:
-    """The shared sync client; a flow run's own (its context's) or, with no API address,
-    Prefect's default, as get_client gives them."""
-    from prefect.context import SyncClientContext
-    from prefect.settings import PREFECT_API_URL
-
-    url = PREFECT_API_URL.value()
-    if not url or SyncClientContext.get() is not None:
-        with get_client(sync_client=True) as client:
-            yield client
-        return
-    yield _shared(str(url))
 
 
 # -- flow runs ---------------------------------------------------------------------------------
@@ -112,7 +60,7 @@ def flow_run_cancelling_sync(flow_run_id: Any) -> bool:
     if not flow_run_id:
         return False
     try:
-        with _sync_client() as client:
+        with get_client(sync_client=True) as client:
             return is_cancelling(client.read_flow_run(flow_run_id).state)
     except Exception:
         return False
@@ -178,7 +126,7 @@ def read_blocks(slugs: list[str], name: str | None = None) -> list[tuple[str, Bl
     if api_url() is None:
         return []
     try:
-        with _sync_client() as client:
+        with get_client(sync_client=True) as client:
             docs = client.request("POST", "/block_documents/filter",
                                   json=_filter(slugs, name)).json()
     except (httpx.HTTPError, OSError) as exc:
@@ -215,7 +163,7 @@ def save_block(block: Block, name: str, *, overwrite: bool) -> None:
 
 def deployment_exists(name: str) -> bool:
     try:
-        with _sync_client() as client:
+        with get_client(sync_client=True) as client:
             client.read_deployment_by_name(name)
             return True
     except ObjectNotFound:
@@ -226,7 +174,7 @@ def deployment_exists(name: str) -> bool:
 
 def pool_type(pool: str) -> str | None:
     """The type of an existing work pool, or None when there is none of that name."""
-    with _sync_client() as client:
+    with get_client(sync_client=True) as client:
         try:
             return str(client.read_work_pool(pool).type)
         except ObjectNotFound:
@@ -235,7 +183,7 @@ def pool_type(pool: str) -> str | None:
 
 def ensure_pool(pool: str, type_: str, template: dict[str, Any], description: str) -> None:
     """Create the work pool, or give an existing one of the same type this template."""
-    with _sync_client() as client:
+    with get_client(sync_client=True) as client:
         try:
             client.read_work_pool(pool)
             client.update_work_pool(pool, WorkPoolUpdate(base_job_template=template))
@@ -253,7 +201,7 @@ def ensure_deployment(flow_name: str, name: str, *, pool: str, entrypoint: str,
     extra: dict[str, Any] = {}
     if parameter_schema is not None:
         extra = {"parameter_openapi_schema": parameter_schema, "enforce_parameter_schema": True}
-    with _sync_client() as client:
+    with get_client(sync_client=True) as client:
         flow_id = client.create_flow_from_name(flow_name)
         return str(client.create_deployment(
             flow_id=flow_id, name=name, work_pool_name=pool, entrypoint=entrypoint,
@@ -267,7 +215,7 @@ def ensure_deployment(flow_name: str, name: str, *, pool: str, entrypoint: str,
 def deployment_id(name: str) -> str | None:
     """The id of deployment `flow/name`, or None when there is none."""
     try:
-        with _sync_client() as client:
+        with get_client(sync_client=True) as client:
             return str(client.read_deployment_by_name(name).id)
     except ObjectNotFound:
         return None
@@ -275,35 +223,24 @@ def deployment_id(name: str) -> str | None:
         raise _unavailable(exc, f"cannot read deployment {name}") from None
 
 
-def deployment_ref(name: str) -> tuple[str, str] | None:
-    """The id and work pool of deployment `flow/name` in one request, or None when there is
-    none."""
-    try:
-        with _sync_client() as client:
-            dep = client.read_deployment_by_name(name)
-    except ObjectNotFound:
-        return None
-    except (httpx.HTTPError, OSError) as exc:
-        raise _unavailable(exc, f"cannot read deployment {name}") from None
-    return str(dep.id), str(dep.work_pool_name or "")
+def deployment_pool(name: str) -> str:
+    with get_client(sync_client=True) as client:
+        return str(client.read_deployment_by_name(name).work_pool_name or "")
 
 
 def create_run(deployment: str, parameters: dict[str, Any], *, idempotency_key: str,
-               name: str | None = None, tags: list[str] | None = None,
-               deployment_id: str | None = None) -> str:
-    """A flow run of the deployment (Prefect returns the same run for the same key); with its
-    id known, without reading the deployment first. NoSuchDeployment when it is gone."""
+               name: str | None = None, tags: list[str] | None = None) -> str:
+    """A flow run of the deployment (Prefect returns the same run for the same key)."""
     try:
-        with _sync_client() as client:
-            dep_id = UUID(deployment_id) if deployment_id else \
-                client.read_deployment_by_name(deployment).id
+        with get_client(sync_client=True) as client:
+            dep = client.read_deployment_by_name(deployment)
             run = client.create_flow_run_from_deployment(
-                dep_id, parameters=parameters, idempotency_key=idempotency_key, name=name,
+                dep.id, parameters=parameters, idempotency_key=idempotency_key, name=name,
                 tags=tags)
             return str(run.id)
     except ObjectNotFound:
-        raise NoSuchDeployment(f"there is no deployment {deployment}: start the embedded "
-                               "default with `airavata server start`") from None
+        raise PrefectUnavailable(f"there is no deployment {deployment}: start the embedded "
+                                 "default with `airavata server start`") from None
     except (httpx.HTTPError, OSError) as exc:
         raise _unavailable(exc, f"cannot start a run of {deployment}") from None
 
@@ -319,7 +256,7 @@ async def label_run(flow_run_id: str, name: str, tags: list[str]) -> None:
 def flow_run_ended(flow_run_id: str) -> bool:
     """Whether the flow run is in a final state (Crashed, Failed, ...); False when unknown."""
     try:
-        with _sync_client() as client:
+        with get_client(sync_client=True) as client:
             state = client.read_flow_run(UUID(flow_run_id)).state
     except Exception:
         return False
@@ -327,14 +264,14 @@ def flow_run_ended(flow_run_id: str) -> bool:
 
 
 def flow_run_parameters(flow_run_id: str) -> dict[str, Any]:
-    with _sync_client() as client:
+    with get_client(sync_client=True) as client:
         return dict(client.read_flow_run(UUID(flow_run_id)).parameters)
 
 
 def online_workers(pool: str) -> list[str]:
     """Names of the workers polling this pool now (heartbeat within Prefect's window)."""
     try:
-        with _sync_client() as client:
+        with get_client(sync_client=True) as client:
             workers = client.read_workers_for_work_pool(pool, offset=0, limit=200)
     except ObjectNotFound:
         return []
@@ -362,7 +299,7 @@ def pool_state(pool: str) -> tuple[str | None, list[str]]:
 
 def ensure_automation(automation: Any) -> str:
     """Create the automation, or replace the one of the same name (idempotent)."""
-    with _sync_client() as client:
+    with get_client(sync_client=True) as client:
         for old in client.read_automations_by_name(automation.name):
             client.delete_automation(old.id)
         return str(client.create_automation(automation))
@@ -370,7 +307,7 @@ def ensure_automation(automation: Any) -> str:
 
 def add_schedule(deployment: str, schedule: Any, parameters: dict[str, Any], slug: str,
                  active: bool = True) -> str:
-    with _sync_client() as client:
+    with get_client(sync_client=True) as client:
         dep = client.read_deployment_by_name(deployment)
         for old in dep.schedules:
             if old.slug == slug:
@@ -381,7 +318,7 @@ def add_schedule(deployment: str, schedule: Any, parameters: dict[str, Any], slu
 
 
 def schedules(deployment: str) -> list[Any]:
-    with _sync_client() as client:
+    with get_client(sync_client=True) as client:
         return list(client.read_deployment_by_name(deployment).schedules)
 
 
@@ -390,7 +327,7 @@ def set_schedule_active(deployment: str, slug: str, active: bool, attempts: int 
     server answers 500 then): tried again a few times."""
     import time
 
-    with _sync_client() as client:
+    with get_client(sync_client=True) as client:
         dep = client.read_deployment_by_name(deployment)
         for sch in dep.schedules:
             if sch.slug != slug:
@@ -408,7 +345,6 @@ def set_schedule_active(deployment: str, slug: str, active: bool, attempts: int 
 
 __all__ = [
     "FlowRuns",
-    "NoSuchDeployment",
     "PrefectUnavailable",
     "add_schedule",
     "api_url",
@@ -416,7 +352,7 @@ __all__ = [
     "create_run",
     "deployment_exists",
     "deployment_id",
-    "deployment_ref",
+    "deployment_pool",
     "ensure_automation",
     "ensure_deployment",
     "ensure_pool",

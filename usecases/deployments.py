@@ -7,13 +7,8 @@ service account; Prefect automations resume the runs that crash.
 from __future__ import annotations
 
 import re
-import threading
-import time
-from collections.abc import Callable
-from concurrent.futures import Future
-from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 from airavata_prefect.adapters import prefect_api
 from airavata_prefect.adapters.spicedb import Subject
@@ -33,8 +28,6 @@ SILENT_AFTER = timedelta(seconds=90)  # no beat for this long: its host is gone:
 RESUME_AUTOMATION = "airavata: resume crashed experiments"
 SILENT_AUTOMATION = "airavata: experiment runs that stopped beating crashed"
 NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
-K = TypeVar("K")
-V = TypeVar("V")
 
 
 def account_of(deployment: str) -> str:
@@ -118,8 +111,6 @@ def register(ctx: Context, name: str, *, project: str, pool: str = DEFAULT_POOL,
         ensure_automations()
     except prefect_api.PrefectUnavailable as exc:
         raise Unavailable(str(exc)) from None
-    finally:
-        forget(name)  # its pool may have changed
     account = ServiceAccount(dep_id, f"{FLOW}/{name}", account_of(name), project)
     previous = ctx.store.service_accounts.of(dep_id)
     if previous is not None and previous.project != project:
@@ -147,6 +138,8 @@ async def label(flow_run_id: str, exp: Experiment) -> None:
 
 def wait_for_worker(pool: str, timeout: float = 60.0) -> None:
     """Until a worker polls `pool` (a worker just started takes a few seconds)."""
+    import time
+
     deadline = time.monotonic() + timeout
     while not prefect_api.online_workers(pool):
         if time.monotonic() > deadline:
@@ -155,132 +148,42 @@ def wait_for_worker(pool: str, timeout: float = 60.0) -> None:
         time.sleep(0.5)
 
 
-@dataclass(frozen=True)
-class Runnable:
-    """A deployment checked runnable: its full name, id and work pool."""
-
-    name: str
-    id: str
-    pool: str
-
-
-class _Recent(Generic[K, V]):
-    """Answers to a slow question, by key. A true one is kept KNOWN_FOR seconds; callers asking
-    while the question is out share its answer (or error): a burst of requests asks once."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._kept: dict[K, tuple[float, V]] = {}
-        self._asking: dict[K, Future[V]] = {}
-
-    def get(self, key: K, ask: Callable[[], V]) -> V:
-        with self._lock:
-            kept = self._kept.get(key)
-            if kept is not None and time.monotonic() - kept[0] < KNOWN_FOR:
-                return kept[1]
-            out = self._asking.get(key)
-            mine = out is None
-            if out is None:
-                out = self._asking[key] = Future()
-        if not mine:
-            return out.result()
-        try:
-            value = ask()
-        except BaseException as exc:
-            with self._lock:
-                del self._asking[key]
-            out.set_exception(exc)
-            raise
-        with self._lock:
-            del self._asking[key]
-            if value:
-                self._kept[key] = (time.monotonic(), value)
-        out.set_result(value)
-        return value
-
-    def forget(self, match: Callable[[K], bool]) -> None:
-        with self._lock:
-            for key in [k for k in self._kept if match(k)]:
-                del self._kept[key]
-
-
-# Positive answers only, briefly: a deployment made or a worker started is seen at once, and a
-# worker that stops is marked offline by Prefect itself only after its heartbeats lapse (far
-# longer). Keyed by the API's address too: a process may talk to more than one server.
-KNOWN_FOR = 5.0  # seconds
-_deployments: _Recent[tuple[str, str], Runnable | None] = _Recent()
-_polled: _Recent[tuple[str, str], bool] = _Recent()
-
-
-def forget(deployment: str | None = None) -> None:
-    """Drop what is kept about `run-experiment/DEPLOYMENT` (None: everything)."""
-    full = f"{FLOW}/{deployment}"
-    _deployments.forget(lambda k: deployment is None or k[1] == full)
-    if deployment is None:
-        _polled.forget(lambda k: True)
-
-
-def _lookup(api: str, full: str) -> Runnable | None:
-    def ask() -> Runnable | None:
-        found = prefect_api.deployment_ref(full)
-        return Runnable(full, *found) if found else None
-    return _deployments.get((api, full), ask)
-
-
-def _polled_now(api: str, pool: str) -> bool:
-    return _polled.get((api, pool), lambda: bool(prefect_api.online_workers(pool)))
-
-
-def check(deployment: str) -> Runnable:
+def check_runnable(deployment: str) -> str:
     """Raise Unavailable unless `run-experiment/DEPLOYMENT` exists and a worker polls its pool
     now (BadInput for a name no deployment can have, NotFound for one nobody created, but the
-    default: that is the installation's own); what was found, for start_run."""
+    default: that is the installation's own); its full name."""
     if not NAME.match(deployment):
         raise BadInput(f"deployment name {deployment!r}: lowercase letters, digits and '-'")
     full = f"{FLOW}/{deployment}"
-    api = prefect_api.api_url()
-    if not api:
+    if not prefect_api.api_url():
         raise Unavailable("PREFECT_API_URL is not set: start the embedded default with "
                           "`airavata server start` and export the address it prints")
     try:
-        ref = _lookup(api, full)
-        if ref is None:
+        if prefect_api.deployment_id(full) is None:
             if deployment != DEFAULT_DEPLOYMENT:
                 raise NotFound(f"there is no deployment {full} (airavata deployment create "
                                "makes one)")
             raise Unavailable(f"there is no deployment {full}: start the embedded default "
                               "with `airavata server start`")
-        if not _polled_now(api, ref.pool):
-            raise Unavailable(f"no worker polls work pool {ref.pool!r}: start one with "
-                              f"`airavata server start` or `prefect worker start --pool "
-                              f"{ref.pool}`")
+        pool = prefect_api.deployment_pool(full)
+        if not prefect_api.online_workers(pool):
+            raise Unavailable(f"no worker polls work pool {pool!r}: start one with "
+                              f"`airavata server start` or `prefect worker start --pool {pool}`")
     except prefect_api.PrefectUnavailable as exc:
         raise Unavailable(str(exc)) from None
-    return ref
-
-
-def check_runnable(deployment: str) -> str:
-    """As `check`; the deployment's full name."""
-    return check(deployment).name
+    return full
 
 
 def start_run(exp: Experiment, *, deployment: str = DEFAULT_DEPLOYMENT, key: str | None = None,
-              parameters: dict[str, Any] | None = None, checked: Runnable | None = None) -> str:
+              parameters: dict[str, Any] | None = None) -> str:
     """A flow run of `run-experiment/DEPLOYMENT` that runs the stored experiment; the same
     `key` (default: the experiment id) never starts a second one. Refuses at once when no
-    worker polls the deployment's pool, rather than leaving a Late run behind (`checked`: the
-    answer of a `check` just made, not asked again)."""
-    ref = checked or check(deployment)
-    args: dict[str, Any] = {"idempotency_key": key or exp.id, "name": run_name(exp),
-                            "tags": run_tags(exp)}
-    params = parameters or {"experiment_id": exp.id}
+    worker polls the deployment's pool, rather than leaving a Late run behind."""
+    full = check_runnable(deployment)
     try:
-        try:
-            return prefect_api.create_run(ref.name, params, deployment_id=ref.id, **args)
-        except prefect_api.NoSuchDeployment:  # deleted (or made again) since it was cached
-            forget(deployment)
-            ref = check(deployment)
-            return prefect_api.create_run(ref.name, params, deployment_id=ref.id, **args)
+        return prefect_api.create_run(full, parameters or {"experiment_id": exp.id},
+                                      idempotency_key=key or exp.id, name=run_name(exp),
+                                      tags=run_tags(exp))
     except prefect_api.PrefectUnavailable as exc:
         raise Unavailable(str(exc)) from None
 
@@ -334,12 +237,9 @@ __all__ = [
     "DEFAULT_POOL",
     "ENTRYPOINT",
     "FLOW",
-    "Runnable",
     "account_of",
-    "check",
     "check_runnable",
     "ensure_automations",
-    "forget",
     "label",
     "process_pool_template",
     "register",

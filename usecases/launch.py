@@ -29,17 +29,12 @@ class Started:
 
 
 def start(ctx: Context, exp_id: str, *, deployment: str = deployments.DEFAULT_DEPLOYMENT,
-          key: str | None = None, checked: deployments.Runnable | None = None) -> Started:
+          key: str | None = None) -> Started:
     """A flow run of the deployment runs the stored experiment (`key`: its idempotency key,
-    default the experiment id; `checked`: the deployment as a check just found it)."""
-    return _start(ctx, queries.experiment(ctx, exp_id), deployment, key, checked)
-
-
-def _start(ctx: Context, exp: Experiment, deployment: str, key: str | None,
-           checked: deployments.Runnable | None) -> Started:
+    default the experiment id)."""
+    exp = queries.experiment(ctx, exp_id)
     try:
-        flow_run_id = deployments.start_run(exp, deployment=deployment, key=key,
-                                            checked=checked)
+        flow_run_id = deployments.start_run(exp, deployment=deployment, key=key)
     except Exception:
         lifecycle.fail_unfinished(ctx.store, exp.id, ExperimentStatus.FAILED,
                                   "no flow run could be started for it")
@@ -71,13 +66,10 @@ def run(ctx: Context, spec: str | Path | LoadedSpec, params: list[str], *,
             exp = queries.experiment(ctx, earlier)
             return Started(exp.id, exp.flow_run_id or _first_run(exp, deployment),
                            exp.total_tasks, exp.workdir, replayed=True)
-    checked: list[deployments.Runnable] = []  # the check before storing, not made twice
     try:
         exp_id = submit(ctx, spec, params, project=project, compute=compute,
-                        before_store=lambda: checked.append(deployments.check(deployment)))
-        # Its submitter may read it (they own it now): no permission check again.
-        started = _start(ctx, ctx.store.experiments.get(exp_id), deployment, None,
-                         checked[0] if checked else None)
+                        before_store=lambda: deployments.check_runnable(deployment))
+        started = start(ctx, exp_id, deployment=deployment)
     except BaseException:
         if idempotency_key is not None:
             ctx.store.idempotency.release(ctx.user, idempotency_key)
@@ -91,17 +83,16 @@ def retry(ctx: Context, exp_ref: str, *, deployment: str = deployments.DEFAULT_D
           ) -> tuple[Started, int]:
     # Who may, first: an unknown or forbidden experiment is that, whatever Prefect says.
     require(ctx, "scheduler.instance.update", ctx.store.experiments.get(exp_ref).id)
-    checked = deployments.check(deployment)
+    deployments.check_runnable(deployment)
     exp, n = lifecycle.retry(ctx, exp_ref)
-    return start(ctx, exp.id, deployment=deployment, key=f"{exp.id}/retry/{uuid.uuid4()}",
-                 checked=checked), n
+    return start(ctx, exp.id, deployment=deployment, key=f"{exp.id}/retry/{uuid.uuid4()}"), n
 
 
 def resubmit(ctx: Context, exp_ref: str, *, deployment: str = deployments.DEFAULT_DEPLOYMENT
              ) -> Started:
     queries.experiment(ctx, exp_ref)  # may read it, first
-    checked = deployments.check(deployment)
-    return start(ctx, lifecycle.resubmit(ctx, exp_ref), deployment=deployment, checked=checked)
+    deployments.check_runnable(deployment)
+    return start(ctx, lifecycle.resubmit(ctx, exp_ref), deployment=deployment)
 
 
 __all__ = ["Started", "resubmit", "retry", "run", "start"]

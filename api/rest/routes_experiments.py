@@ -143,8 +143,9 @@ def list_experiments(ctx: Ctx, limit: int = Query(20, ge=1, le=500)) -> list[Exp
 @router.get("/{ref}", response_model=ExperimentOut)
 def status(ctx: Ctx, ref: Ref) -> ExperimentOut:
     """Status, with task counts by step and state."""
-    exp = queries.experiment(ctx, ref)  # read once: a second read would add nothing
-    return experiment_out(exp, ctx.store.tasks.state_counts(exp.id))
+    exp = queries.experiment(ctx, ref)
+    exp, counts = queries.snapshot(ctx, exp.id)
+    return experiment_out(exp, counts)
 
 
 @router.get("/{ref}/tasks", response_model=list[TaskOut])
