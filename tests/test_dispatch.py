@@ -202,9 +202,12 @@ def test_max_bundle_splits_instances_arriving_one_by_one(store: Store, tmp_path:
         return await run_to_end(store, exp_id, launch, ex, tasks)
 
     assert asyncio.run(scenario()) == [Outcome(S.COMPLETED, 0, None)] * 5
-    by_flow_run = {b.flow_run_id: b.instances for b in store.bundles.of_experiment(exp_id)}
-    assert by_flow_run == {"fr-1": ((0, 0), (1, 0)), "fr-2": ((2, 0), (3, 0)),
-                           "fr-3": ((4, 0),)}
+    # Which bundle's launch the fake answers first is the event loop's business, not ours:
+    # the split is what counts, each bundle with a flow run of its own.
+    bundles = store.bundles.of_experiment(exp_id)
+    assert sorted(b.instances for b in bundles) == [((0, 0), (1, 0)), ((2, 0), (3, 0)),
+                                                    ((4, 0),)]
+    assert len({b.flow_run_id for b in bundles}) == 3
     assert launch.pool_type_calls == ["r1"]  # asked once per resource
 
 
