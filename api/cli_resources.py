@@ -288,33 +288,35 @@ def status_cmd(name: str | None = typer.Argument(None, metavar="[NAME]"),
     out.print(table)
 
 
-@resource_app.command("bind-credential")
-def bind_credential_cmd(credential: str = typer.Argument(..., metavar="CREDENTIAL"),
-                        resource: str = typer.Argument(..., metavar="RESOURCE"),
-                        storage: bool = StorageOpt, as_json: bool = JsonOpt) -> None:
-    """Bind a credential to a compute (or storage) resource: its work uses it."""
-    data = bind(credential, resource, storage=storage, remove=False)
+CredArg = typer.Argument(..., metavar="CREDENTIAL")
+ResourceArg = typer.Argument(..., metavar="RESOURCE")
+
+
+def _bind(credential: str, resource: str, storage: bool, as_json: bool, remove: bool) -> None:
+    data = bind(credential, resource, storage=storage, remove=remove)
     if as_json:
         print_json(data)
     else:
-        out.print(f"credential {credential} bound to {resource}", markup=False)
+        out.print(f"credential {credential} {'unbound from' if remove else 'bound to'} "
+                  f"{resource}", markup=False)
+
+
+@resource_app.command("bind-credential")
+def bind_credential_cmd(credential: str = CredArg, resource: str = ResourceArg,
+                        storage: bool = StorageOpt, as_json: bool = JsonOpt) -> None:
+    """Bind a credential to a compute (or storage) resource: its work uses it."""
+    _bind(credential, resource, storage, as_json, remove=False)
 
 
 @resource_app.command("unbind-credential")
-def unbind_credential_cmd(credential: str = typer.Argument(..., metavar="CREDENTIAL"),
-                          resource: str = typer.Argument(..., metavar="RESOURCE"),
+def unbind_credential_cmd(credential: str = CredArg, resource: str = ResourceArg,
                           storage: bool = StorageOpt, as_json: bool = JsonOpt) -> None:
     """Unbind a credential from a compute (or storage) resource."""
-    data = bind(credential, resource, storage=storage, remove=True)
-    if as_json:
-        print_json(data)
-    else:
-        out.print(f"credential {credential} unbound from {resource}", markup=False)
+    _bind(credential, resource, storage, as_json, remove=True)
 
 
 @resource_app.command("test-credential")
-def test_credential_cmd(credential: str = typer.Argument(..., metavar="CREDENTIAL"),
-                        as_json: bool = JsonOpt) -> None:
+def test_credential_cmd(credential: str = CredArg, as_json: bool = JsonOpt) -> None:
     """Prove you may read a credential and OpenBao holds it (only its keys' names are shown);
     exit 1 when it fails."""
     test_credential(credential, as_json)
