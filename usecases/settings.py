@@ -55,10 +55,26 @@ class Settings(BaseSettings):
     api_login_rate: int = Field(10, ge=1)
     api_write_rate: int = Field(300, ge=1)
     api_max_body_bytes: int = Field(1 << 20, ge=1024)  # request bodies; a spec's YAML included
+    # The scheduler service pilot agents pull from (gRPC, TLS). `agent_url` is where agents
+    # reach it (host:port); default 127.0.0.1:`agent_port`. Unset cert/key: a CA made on first
+    # start in `home`/agent-tls signs the service's certificate; set: the site's own.
+    agent_url: str | None = None
+    agent_host: str = "127.0.0.1"  # where the service listens
+    agent_tls_cert: Path | None = None
+    agent_tls_key: Path | None = None
+    agent_tls_ca: Path | None = None  # what agents trust (with the site's own certificate)
+    agent_lease_seconds: float = Field(30.0, gt=0)  # a lease not renewed within this is lost
+    agent_heartbeat_seconds: float = Field(5.0, gt=0)
+    agent_idle_seconds: float = Field(30.0, gt=0)  # an agent with nothing to do stops
+    agent_slots: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
 
     @property
     def db_url(self) -> str:
         return self.database_url or f"sqlite:///{self.home / 'airavata.db'}"
+
+    @property
+    def agent_target(self) -> str:
+        return self.agent_url or f"{self.agent_host}:{self.agent_port}"
 
     @property
     def runs_dir(self) -> Path:
