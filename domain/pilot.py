@@ -10,9 +10,11 @@ That is what makes each attempt end exactly once, however many agents die on the
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
+from typing import Any
 
 from airavata_prefect.domain.states import TERMINAL, TaskState
 
@@ -57,13 +59,13 @@ class TaskPayload:
                 "walltime_seconds": self.walltime_seconds, "outputs": list(self.outputs)}
 
     @classmethod
-    def from_json(cls, data: dict[str, object]) -> TaskPayload:
+    def from_json(cls, data: Mapping[str, Any]) -> TaskPayload:
         walltime = data.get("walltime_seconds")
         return cls(script=str(data["script"]), script_sha256=str(data["script_sha256"]),
                    workdir=str(data["workdir"]),
                    env={str(k): str(v) for k, v in dict(data.get("env") or {}).items()},
-                   walltime_seconds=int(walltime) if walltime else None,  # type: ignore[call-overload]
-                   outputs=tuple(str(o) for o in list(data.get("outputs") or [])))  # type: ignore[call-overload]
+                   walltime_seconds=int(walltime) if walltime else None,
+                   outputs=tuple(str(o) for o in data.get("outputs") or ()))
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,8 @@ production. One engine, and one repository per concept:
 - `relationships` — the journal of the permission graph (embedded SpiceDB keeps nothing);
 - `service_accounts` — who each deployment of the experiment flow acts as, in which project;
 - `accounts` — who may sign in to the REST API (people, API service accounts) and their tokens;
-- `idempotency` — the experiment each API Idempotency-Key created.
+- `idempotency` — the experiment each API Idempotency-Key created;
+- `pilot` — the pilot work queue: work items leased to pilot agents, their events, the agents.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from airavata_prefect.adapters.store.credentials import CredentialRepo, Credenti
 from airavata_prefect.adapters.store.engine import make_engine, migrate, utcnow
 from airavata_prefect.adapters.store.experiments import ExperimentRepo
 from airavata_prefect.adapters.store.idempotency import IdempotencyKeys
+from airavata_prefect.adapters.store.pilot import PilotRepo
 from airavata_prefect.adapters.store.projects import ProjectRepo
 from airavata_prefect.adapters.store.relationships import RelationshipJournal
 from airavata_prefect.adapters.store.service_accounts import ServiceAccount, ServiceAccountRepo
@@ -41,6 +43,7 @@ class Store:
         self.accounts = AccountRepo(self.engine)
         self.idempotency = IdempotencyKeys(self.engine)
         self.projects = ProjectRepo(self.engine)
+        self.pilot = PilotRepo(self.engine)
 
     def owner(self, login: str) -> str:
         """The OS login that owns this store: the first to ask (`login`) claims it."""

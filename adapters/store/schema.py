@@ -219,3 +219,69 @@ idempotency_keys = sa.Table(
     sa.Column("experiment_id", sa.String(36)),
     sa.Column("created_at", UtcDateTime, nullable=False),
 )
+
+# Pilot mode: one attempt of one instance waiting for (or held by) an agent on a compute node.
+# An agent holds an item by a lease named (id, epoch); every requeue bumps the epoch, so a late
+# report on an old lease is refused.
+work_items = sa.Table(
+    "work_items", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("experiment_id", sa.String(36),
+              sa.ForeignKey("experiments.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("instance_id", sa.String(300), nullable=False),
+    sa.Column("attempt", sa.Integer, nullable=False),
+    sa.Column("resource", sa.String(200), nullable=False),
+    sa.Column("payload", sa.JSON, nullable=False),  # domain.pilot.TaskPayload
+    sa.Column("status", sa.String(16), nullable=False),  # READY | LEASED | DONE
+    sa.Column("epoch", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("agent_id", sa.String(64)),
+    sa.Column("lease_expires_at", UtcDateTime),
+    sa.Column("cancel_requested", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("state", sa.String(16)),  # the last progress reported, or how it ended
+    sa.Column("exit_code", sa.Integer),
+    sa.Column("message", sa.Text),
+    sa.Column("usage", sa.JSON),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("finished_at", UtcDateTime),
+    sa.Index("ix_work_items_attempt", "experiment_id", "instance_id", "attempt", unique=True),
+    sa.Index("ix_work_items_claim", "status", "resource", "id"),
+    sa.Index("ix_work_items_agent", "agent_id", "status"),
+)
+
+# What happened to each work item, in the order the store recorded it: the experiment's flow
+# reads these after its cursor. `state` NULL: the item went back to the queue.
+pilot_events = sa.Table(
+    "pilot_events", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("experiment_id", sa.String(36),
+              sa.ForeignKey("experiments.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("item_id", sa.Integer, sa.ForeignKey("work_items.id", ondelete="CASCADE"),
+              nullable=False),
+    sa.Column("instance_id", sa.String(300), nullable=False),
+    sa.Column("attempt", sa.Integer, nullable=False),
+    sa.Column("state", sa.String(16)),
+    sa.Column("exit_code", sa.Integer),
+    sa.Column("message", sa.Text),
+    sa.Column("usage", sa.JSON),
+    sa.Column("at", UtcDateTime, nullable=False),
+    sa.Index("ix_pilot_events_experiment", "experiment_id", "id"),
+)
+
+# Pilot agents as they registered, and when they were last heard of.
+agents = sa.Table(
+    "agents", metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("resource", sa.String(200), nullable=False),
+    sa.Column("experiments", sa.JSON, nullable=False),  # the experiment ids it may take
+    sa.Column("hostname", sa.String(300), nullable=False),
+    sa.Column("slots", sa.Integer, nullable=False),
+    sa.Column("cores", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("memory_bytes", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("gpus", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("allocation_id", sa.String(200), nullable=False, server_default=""),
+    sa.Column("status", sa.String(16), nullable=False),  # ACTIVE | GONE
+    sa.Column("registered_at", UtcDateTime, nullable=False),
+    sa.Column("heartbeat_at", UtcDateTime),
+    sa.Column("stopped_reason", sa.Text),
+    sa.Index("ix_agents_resource", "resource", "status"),
+)
