@@ -27,9 +27,11 @@ out = Console(soft_wrap=True)
 def start_cmd(
     worker: bool = typer.Option(True, help="Also start a worker for the default pool"),
     api: bool = typer.Option(True, help="Also start the REST API (AIRAVATA_API_PORT)"),
+    agents: bool = typer.Option(True, help="Also start the agent service pilot agents pull "
+                                "from (gRPC over TLS, AIRAVATA_AGENT_PORT)"),
 ) -> None:
-    """Start the Prefect server, the default deployment, a worker and the REST API
-    (idempotent)."""
+    """Start the Prefect server, the default deployment, a worker, the REST API and the agent
+    service (idempotent)."""
     settings = get_settings()
     started = server.start_prefect(settings)
     url = server.api_url(settings)
@@ -54,6 +56,10 @@ def start_cmd(
         began = server.start_api(settings)
         out.print(f"REST API {'started' if began else 'already up'}: "
                   f"{server.rest_url(settings)}/api/v1 (docs: /api/v1/docs)")
+    if agents:
+        began = server.start_agent_service(settings)
+        out.print(f"agent service {'started' if began else 'already up'}: "
+                  f"{settings.agent_target} (TLS)")
     out.print(f"export PREFECT_API_URL={url}")
 
 

@@ -98,4 +98,10 @@ def open_context(settings: Settings | None = None, *, user: str | None = None
         ctx.close()
 
 
-__all__ = ["Context", "authorizer", "forbid_local", "open_context", "os_login"]
+def open_store(settings: Settings) -> Store:
+    """The store alone, for a service that acts for no person (the agent service: its callers
+    are agents, verified by their tokens)."""
+    return Store(settings.db_url)
+
+
+__all__ = ["Context", "authorizer", "forbid_local", "open_context", "open_store", "os_login"]

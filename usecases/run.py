@@ -14,7 +14,9 @@ from airavata_prefect.adapters.store import Store, utcnow
 from airavata_prefect.domain.dag import TaskGraph
 from airavata_prefect.domain.plan import placed_resources
 from airavata_prefect.domain.records import Bundle, Experiment, load_graph
+from airavata_prefect.domain.resources import LOCAL
 from airavata_prefect.domain.scheduler import (
+    REMOTE_SLOTS,
     Executor,
     Hooks,
     Recorder,
@@ -31,8 +33,10 @@ from airavata_prefect.domain.states import (
     Transition,
     summarize,
 )
+from airavata_prefect.usecases import agent_starters
 from airavata_prefect.usecases.dispatch import BUNDLE_FLOW, RemoteExecutor, Routing
 from airavata_prefect.usecases.local import LocalExecutor
+from airavata_prefect.usecases.pilot_dispatch import PilotExecutor
 from airavata_prefect.usecases.settings import Settings
 
 
@@ -78,13 +82,23 @@ def claim(store: Store, experiment_id: str, flow_run_id: str | None,
                      f"{exp.status})")
 
 
-def resume_point(store: Store, exp: Experiment) -> tuple[Resume, list[Bundle]]:
+@dataclass
+class ResumePoint:
+    resume: Resume
+    bundles: list[Bundle]  # still out on registered resources: followed, never sent twice
+    items: list[tuple[str, int, int]]  # queued for agents or held by one: followed too
+
+
+def resume_point(store: Store, exp: Experiment) -> ResumePoint:
     """Where the dead run left the experiment: ended instances stay ended; instances in a
-    bundle still out on a registered resource are followed there (never sent twice); the rest,
-    and anything that was running on this machine, run again without using up a retry."""
+    bundle still out on a registered resource, or queued for agents, are followed there (never
+    sent twice); the rest, and anything that was running in the dead run's own processes, run
+    again without using up a retry."""
     bundles = [b for b in store.bundles.of_experiment(exp.id)
                if b.status not in BUNDLE_ENDED and b.flow_run_id]
+    items = store.pilot.active_items(exp.id)
     out = {f"{b.step}[{index}]" for b in bundles for index, _ in b.instances}
+    out |= {iid for iid, _, _ in items}
     for b in store.bundles.of_experiment(exp.id, active_only=True):
         if not b.flow_run_id:  # stored, never sent: its instances go out again
             store.bundles.update(b.id, status=BundleStatus.FAILED, message=CRASHED)
@@ -100,7 +114,7 @@ def resume_point(store: Store, exp: Experiment) -> tuple[Resume, list[Bundle]]:
             if t.state != TaskState.CREATED:
                 again.append(t.instance_id)
     store.tasks.reset(exp.id, again, message=CRASHED)
-    return resume, bundles
+    return ResumePoint(resume, bundles, items)
 
 
 def final_status(summary: Summary) -> tuple[ExperimentStatus, str]:
@@ -114,8 +128,9 @@ async def execute(store: Store, claimed: Claimed, settings: Settings, hooks: Hoo
                   flow_run_id: str | None) -> tuple[ExperimentStatus, str, Summary]:
     """Run every instance to its end and store the experiment's status."""
     exp, graph = claimed.experiment, claimed.graph
-    resume, adopt = (resume_point(store, exp) if claimed.resumed_from or claimed.rerun
-                     else (Resume(), []))
+    point = (resume_point(store, exp) if claimed.resumed_from or claimed.rerun
+             else ResumePoint(Resume(), [], []))
+    resume, adopt = point.resume, point.bundles
 
     def is_cancelled() -> bool:  # `airavata experiment cancel`, or Cancel in the Prefect UI
         return (store.experiments.cancel_requested(exp.id)
@@ -124,8 +139,15 @@ async def execute(store: Store, claimed: Claimed, settings: Settings, hooks: Hoo
     def is_paused() -> bool:  # `airavata experiment pause`
         return store.experiments.get(exp.id).paused
 
-    local = LocalExecutor(graph, exp.id)
     placed = placed_resources(exp.plan, graph)
+    local: Executor = LocalExecutor(graph, exp.id)
+    pilot: PilotExecutor | None = None
+    if settings.local_mode == "pilot" or point.items:
+        pilot = PilotExecutor(store, exp.id, graph,
+                              lambda step, index: placed[step][index] if placed else LOCAL,
+                              lambda resource: agent_starters.LocalAgents(settings))
+        pilot.adopt(point.items, {iid: st for iid, (st, _) in resume.active.items()})
+        local = pilot  # (items an earlier run queued are followed even if the mode changed)
     remote: RemoteExecutor | None = None
     executor: Executor = local
     resource_of: Callable[[str, int], str] | None = None
@@ -145,7 +167,9 @@ async def execute(store: Store, claimed: Claimed, settings: Settings, hooks: Hoo
         store.tasks.apply_transitions(exp.id, batch)
 
     scheduler = Scheduler(
-        graph, executor, Recorder(sink), concurrency=settings.concurrency,
+        graph, executor, Recorder(sink),
+        # In pilot mode the agents' slots bound what runs at once; the queue takes the rest.
+        concurrency=REMOTE_SLOTS if local is pilot else settings.concurrency,
         cancel_poll=settings.cancel_poll_seconds, is_cancelled=is_cancelled, hooks=hooks,
         resource_of=resource_of, is_paused=is_paused, resume=resume)
     try:
@@ -153,10 +177,20 @@ async def execute(store: Store, claimed: Claimed, settings: Settings, hooks: Hoo
     finally:
         if remote is not None:
             await remote.close()
+        if pilot is not None:
+            await pilot.close()
     status, text = final_status(summary)
     store.experiments.update(exp.id, status=status, message=text)
     return status, text, summary
 
 
-__all__ = ["MAX_RESUMES", "Claimed", "NotWaiting", "claim", "execute", "final_status",
-           "resume_point"]
+__all__ = [
+    "MAX_RESUMES",
+    "Claimed",
+    "NotWaiting",
+    "ResumePoint",
+    "claim",
+    "execute",
+    "final_status",
+    "resume_point",
+]

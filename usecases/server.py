@@ -182,10 +182,36 @@ def start_api(settings: Settings) -> bool:
     return True
 
 
+def _listening(host: str, port: int) -> bool:
+    import socket
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def start_agent_service(settings: Settings) -> bool:
+    """Start the scheduler service pilot agents talk to unless this home's answers; True when
+    started."""
+    d = state_dir(settings)
+    d.mkdir(parents=True, exist_ok=True)
+    if _alive(_pid(d / "agents.pid")) or _listening(settings.agent_host, settings.agent_port):
+        return False
+    pid = _spawn(settings, "agents", [sys.executable, "-m", "airavata_prefect.api.agent_service"])
+    deadline = time.monotonic() + START_TIMEOUT
+    while not _listening(settings.agent_host, settings.agent_port):
+        if not _alive(pid) or time.monotonic() > deadline:
+            raise RuntimeError(f"the agent service did not start on port {settings.agent_port}"
+                               f"; last lines of {d / 'agents.log'}:\n" + _tail(d / "agents.log"))
+        time.sleep(0.2)
+    return True
+
+
 def status(settings: Settings) -> list[Service]:
     d = state_dir(settings)
     out = []
-    for name in ("prefect", "worker", "api"):
+    for name in ("prefect", "worker", "api", "agents"):
         pid = _pid(d / f"{name}.pid")
         detail = ""
         alive = _alive(pid)
@@ -195,6 +221,9 @@ def status(settings: Settings) -> list[Service]:
         if name == "api":
             alive = _answers(rest_url(settings) + "/api/v1/health")
             detail = rest_url(settings) + "/api/v1" if alive else ""
+        if name == "agents":
+            alive = alive and _listening(settings.agent_host, settings.agent_port)
+            detail = settings.agent_target if alive else ""
         out.append(Service(name, pid, alive, d / f"{name}.log", detail))
     return out
 
@@ -203,7 +232,7 @@ def stop(settings: Settings, timeout: float = 20.0) -> list[str]:
     """Stop the worker, then the server (their process groups); names of what was stopped."""
     d = state_dir(settings)
     stopped = []
-    for name in ("api", "worker", "prefect"):
+    for name in ("agents", "api", "worker", "prefect"):
         pid = _pid(d / f"{name}.pid")
         if _alive(pid) and pid:
             with contextlib.suppress(ProcessLookupError):
@@ -219,6 +248,7 @@ def stop(settings: Settings, timeout: float = 20.0) -> list[str]:
     return stopped
 
 
-__all__ = ["Service", "api_url", "recorded_api_url", "rest_url", "start_api", "start_prefect",
+__all__ = ["Service", "api_url", "recorded_api_url", "rest_url", "start_agent_service",
+           "start_api", "start_prefect",
            "start_worker",
            "state_dir", "status", "stop"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import getpass
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -67,6 +68,9 @@ class Settings(BaseSettings):
     agent_heartbeat_seconds: float = Field(5.0, gt=0)
     agent_idle_seconds: float = Field(30.0, gt=0)  # an agent with nothing to do stops
     agent_slots: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
+    # How the `local` resource runs instances: `process` (each a child of the experiment's
+    # flow) or `pilot` (agents pull them from the scheduler service, which must be running).
+    local_mode: Literal["process", "pilot"] = "process"
 
     @property
     def db_url(self) -> str:

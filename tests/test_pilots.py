@@ -1,0 +1,352 @@
+"""Pilot mode end to end, on real processes: the scheduler service (gRPC over TLS, its own
+process), agents it never started itself (the experiment's run starts them), the store.
+
+Every instance must end COMPLETED exactly once whatever dies on the way: an agent killed
+mid-instance (its lease expires, the instance runs again elsewhere), an agent told to stop
+(it hands its instances back at once), the service itself killed and restarted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import psutil
+import pytest
+
+from airavata_prefect.adapters.store import Store
+from airavata_prefect.domain.scheduler import Hooks
+from airavata_prefect.domain.states import ExperimentStatus, TaskState
+from airavata_prefect.proto import agent_pb2 as pb
+from airavata_prefect.proto import agent_pb2_grpc as pb_grpc
+from airavata_prefect.usecases import agent_tokens, run
+from airavata_prefect.usecases.context import Context
+from airavata_prefect.usecases.settings import Settings, get_settings
+from airavata_prefect.usecases.submit import submit as submit_experiment
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Service:
+    home: Path
+    port: int
+    env: dict[str, str]
+    proc: subprocess.Popen[bytes] | None = None
+    logs: list[Path] = field(default_factory=list)
+
+    def start(self) -> None:
+        log = self.home / f"service-{len(self.logs)}.log"
+        self.logs.append(log)
+        with open(log, "wb") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "airavata_prefect.api.agent_service"], env=self.env,
+                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if "listening" in log.read_text():
+                return
+            assert self.proc.poll() is None, log.read_text()
+            time.sleep(0.1)
+        raise AssertionError(f"the agent service did not start: {log.read_text()}")
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait()
+
+    def text(self) -> str:
+        return "".join(p.read_text(errors="replace") for p in self.logs)
+
+
+@pytest.fixture()
+def service(home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Service]:
+    """The agent service on a free port with short leases; runs of this test use pilots."""
+    port = _free_port()
+    settings = {"AIRAVATA_AGENT_PORT": str(port), "AIRAVATA_AGENT_LEASE_SECONDS": "3",
+                "AIRAVATA_AGENT_HEARTBEAT_SECONDS": "0.5", "AIRAVATA_AGENT_IDLE_SECONDS": "5",
+                "AIRAVATA_AGENT_SLOTS": "2", "AIRAVATA_LOCAL_MODE": "pilot"}
+    for k, v in settings.items():
+        monkeypatch.setenv(k, v)
+    home.mkdir(parents=True, exist_ok=True)
+    svc = Service(home, port, {**os.environ})
+    svc.start()
+    yield svc
+    if svc.proc is not None and svc.proc.poll() is None:
+        svc.proc.terminate()
+        svc.proc.wait(10)
+    for p in _agents(home):  # none may outlive its test
+        p.kill()
+
+
+def _agents(home: Path) -> list[psutil.Process]:
+    out = []
+    for p in psutil.process_iter(["cmdline"]):
+        cmd = p.info["cmdline"] or []
+        if "airavata_prefect.agent.pilot" in cmd and any(str(home) in c for c in cmd):
+            out.append(p)
+    return out
+
+
+def _submit(tmp_path: Path, text: str) -> tuple[Store, str]:
+    spec = tmp_path / "exp.yml"
+    spec.write_text(textwrap.dedent(text))
+    settings = get_settings()
+    ctx = Context(settings, Store(settings.db_url), "tester")
+    return ctx.store, submit_experiment(ctx, spec, [], authorize=False)
+
+
+class Run(threading.Thread):
+    """One experiment run (what the flow does, without Prefect) in a thread of its own."""
+
+    def __init__(self, store: Store, exp_id: str) -> None:
+        super().__init__(daemon=True)
+        self.store, self.exp_id = store, exp_id
+        self.result: Any = None
+
+    def run(self) -> None:
+        claimed = run.claim(self.store, self.exp_id, None)
+        self.result = asyncio.run(run.execute(self.store, claimed, get_settings(), Hooks(),
+                                              flow_run_id=None))
+
+    def finish(self, timeout: float = 120) -> ExperimentStatus:
+        self.join(timeout)
+        assert not self.is_alive(), "the experiment did not end"
+        return ExperimentStatus(self.result[0])
+
+
+def _wait(what: Callable[[], Any], timeout: float = 30, every: float = 0.1) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = what()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError("timed out waiting")
+
+
+def _terminal_events(store: Store, exp_id: str) -> Counter[str]:
+    """How many times each instance ended (per attempt item), from the agents' reports."""
+    return Counter(f"{e.instance_id}@{e.attempt}" for e in store.pilot.events_after(exp_id, 0)
+                   if e.state in (TaskState.COMPLETED, TaskState.FAILED, TaskState.CANCELED))
+
+
+SWEEP = """\
+tasks:
+  a: {command: 'echo "$X" > "$O"; echo out-$X; echo err-$X >&2', task_inputs: {X: 1..12},
+      task_outputs: {O: o.txt}}
+  b: {command: 'cat "$I" > copy.txt', foreach: [a], task_inputs: {I: "${a.O}"}}
+  c: {command: 'true', depends_on: [b]}
+"""
+
+
+def test_an_experiment_on_local_agents(service: Service, tmp_path: Path) -> None:
+    store, exp_id = _submit(tmp_path, SWEEP)
+    r = Run(store, exp_id)
+    r.start()
+    assert r.finish() == ExperimentStatus.COMPLETED
+    tasks = store.tasks.list(exp_id)
+    assert len(tasks) == 25 and {t.state for t in tasks} == {TaskState.COMPLETED}
+    ended = _terminal_events(store, exp_id)
+    assert len(ended) == 25 and set(ended.values()) == {1}  # each instance ended once
+    exp = store.experiments.get(exp_id)
+    for i in range(12):  # outputs and logs are in the experiment's directory
+        wd = Path(exp.workdir) / "a" / str(i)
+        assert (wd / "o.txt").read_text() == f"{i + 1}\n"
+        assert (wd / "stdout.log").read_text() == f"out-{i + 1}\n"
+        assert (wd / "stderr.log").read_text() == f"err-{i + 1}\n"
+        assert (Path(exp.workdir) / "b" / str(i) / "copy.txt").read_text() == f"{i + 1}\n"
+    # Every instance went through Airavata's states in order.
+    for e in [e for e in store.tasks.events(exp_id) if e.instance_id == "a[0]"][:1]:
+        assert e.to_state == TaskState.QUEUED
+    chain = [e.to_state for e in store.tasks.events(exp_id, "a[0]")]
+    assert chain == [TaskState.QUEUED, TaskState.DATA_STAGING, TaskState.ENV_SETUP,
+                     TaskState.RUNNING, TaskState.OUTPUT_STAGING, TaskState.COMPLETED]
+    # The agents stop by themselves once the experiment has ended.
+    _wait(lambda: not _agents(service.home), timeout=20)
+    _wait(lambda: not store.pilot.agents(None, exp_id), timeout=10)  # and are known as gone
+
+
+SLOW = """\
+tasks:
+  s: {command: 'sleep 2; echo "$X" > out.txt', task_inputs: {X: 1..4}, task_outputs: {O: out.txt}}
+"""
+
+
+def _running(store: Store, exp_id: str) -> bool:
+    return any(t.state == TaskState.RUNNING for t in store.tasks.list(exp_id))
+
+
+def test_a_killed_agent_loses_its_lease_and_the_instance_runs_again(
+        service: Service, tmp_path: Path) -> None:
+    store, exp_id = _submit(tmp_path, SLOW)
+    r = Run(store, exp_id)
+    r.start()
+    _wait(lambda: _running(store, exp_id))
+    victims = _agents(service.home)
+    assert len(victims) == 1
+    victims[0].send_signal(signal.SIGKILL)
+    assert r.finish() == ExperimentStatus.COMPLETED
+    assert {t.state for t in store.tasks.list(exp_id)} == {TaskState.COMPLETED}
+    events = store.pilot.events_after(exp_id, 0)
+    requeued = [e for e in events if e.state is None]
+    assert requeued and all("stopped heartbeating" in (e.message or "") for e in requeued)
+    ended = _terminal_events(store, exp_id)
+    assert len(ended) == 4 and set(ended.values()) == {1}
+
+
+def test_sigterm_hands_instances_back_at_once(service: Service, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    # Leases far longer than the test: only a hand-back can explain a quick re-run.
+    service.kill()
+    service.env["AIRAVATA_AGENT_LEASE_SECONDS"] = "300"
+    monkeypatch.setenv("AIRAVATA_AGENT_LEASE_SECONDS", "300")
+    service.start()
+    store, exp_id = _submit(tmp_path, SLOW)
+    r = Run(store, exp_id)
+    r.start()
+    _wait(lambda: _running(store, exp_id))
+    agent = _agents(service.home)[0]
+    stopped_at = time.monotonic()
+    agent.send_signal(signal.SIGTERM)
+    agent.wait(10)
+    back = _wait(lambda: [e for e in store.pilot.events_after(exp_id, 0) if e.state is None],
+                 timeout=5)
+    assert time.monotonic() - stopped_at < 5 and "handed back" in (back[0].message or "")
+    assert r.finish(timeout=60) == ExperimentStatus.COMPLETED
+    assert set(_terminal_events(store, exp_id).values()) == {1}
+
+
+def test_the_service_killed_and_restarted_loses_nothing(service: Service,
+                                                        tmp_path: Path) -> None:
+    store, exp_id = _submit(tmp_path, SLOW)
+    r = Run(store, exp_id)
+    r.start()
+    _wait(lambda: _running(store, exp_id))
+    service.kill()
+    time.sleep(1.0)
+    service.start()
+    assert r.finish() == ExperimentStatus.COMPLETED
+    ended = _terminal_events(store, exp_id)
+    assert len(ended) == 4 and set(ended.values()) == {1}
+    # Nothing went back to the queue: the agents reconnected and kept their leases.
+    assert not [e for e in store.pilot.events_after(exp_id, 0) if e.state is None]
+
+
+def test_a_walltime_overrun_is_killed_and_failed(service: Service, tmp_path: Path) -> None:
+    store, exp_id = _submit(tmp_path, """\
+        tasks:
+          w: {command: 'sleep 30', resources: {compute: {time: "0:00:01"}}}
+    """)
+    r = Run(store, exp_id)
+    r.start()
+    assert r.finish(timeout=60) == ExperimentStatus.FAILED
+    (t,) = store.tasks.list(exp_id)
+    assert t.state == TaskState.FAILED and "timeout" in (t.reason or "")
+
+
+# -- the service's refusals, through a gRPC client of our own ------------------------------
+
+
+def _channel(settings: Settings) -> grpc.Channel:
+    ca = (settings.home / "agent-tls" / "ca.pem").read_bytes()
+    return grpc.secure_channel(f"127.0.0.1:{settings.agent_port}",
+                               grpc.ssl_channel_credentials(root_certificates=ca))
+
+
+def _md(token: str, agent_id: str | None = None) -> list[tuple[str, str]]:
+    md = [("authorization", f"Bearer {token}")]
+    return [*md, ("x-agent-id", agent_id)] if agent_id else md
+
+
+def _register(stub: pb_grpc.AgentServiceStub, token: str) -> str:
+    reply = stub.RegisterWorker(pb.RegisterRequest(hostname="t", slots=1), metadata=_md(token))
+    return str(reply.agent_id)
+
+
+def _claim_one(stub: pb_grpc.AgentServiceStub, token: str, agent_id: str) -> pb.TaskSpec:
+    def messages() -> Iterator[pb.AgentMessage]:
+        yield pb.AgentMessage(credit=pb.Credit(n=1))
+        time.sleep(30)  # keep the stream open while the test reads
+
+    stream = stub.PollForTask(messages(), metadata=_md(token, agent_id))
+    for msg in stream:
+        if msg.HasField("assignment"):
+            stream.cancel()
+            return msg.assignment.tasks[0]
+    raise AssertionError("no assignment")
+
+
+def test_a_stale_report_after_a_lost_lease_is_rejected(service: Service,
+                                                       tmp_path: Path) -> None:
+    settings = get_settings()
+    store, exp_id = _submit(tmp_path, "tasks:\n  t: {command: 'true'}\n")
+    from airavata_prefect.usecases.pilot_dispatch import PilotExecutor
+    ex = PilotExecutor(store, exp_id, run.load_graph(store.experiments.get(exp_id)),
+                       lambda s, i: "local", lambda r: None)  # type: ignore[arg-type,return-value]
+    graph = ex.graph
+    from airavata_prefect.domain.pilot import WorkItem
+    store.pilot.enqueue([WorkItem(exp_id, "t[0]", 0, "local",
+                                  ex.payload(graph.instance("t", 0), 0))])
+    token = agent_tokens.mint(settings, resource="local", experiments=[exp_id], seconds=60)
+    stub = pb_grpc.AgentServiceStub(_channel(settings))
+    agent_id = _register(stub, token)
+    task = _claim_one(stub, token, agent_id)
+    # No heartbeat: the lease (3 s) expires and the item goes back with a new epoch.
+    _wait(lambda: [e for e in store.pilot.events_after(exp_id, 0) if e.state is None],
+          timeout=15)
+    late = pb.TaskStatus(lease=pb.Lease(item_id=task.item_id, epoch=task.epoch),
+                         state="COMPLETED", exit_code=0)
+    reply = stub.ReportTaskStatus(pb.StatusBatch(updates=[late]), metadata=_md(token, agent_id))
+    assert [(x.item_id, x.epoch) for x in reply.rejected] == [(task.item_id, task.epoch)]
+    assert not _terminal_events(store, exp_id)  # nothing ended on a stale lease
+
+
+def test_forged_expired_and_foreign_tokens_get_nothing(service: Service,
+                                                       tmp_path: Path) -> None:
+    settings = get_settings()
+    _store, exp_id = _submit(tmp_path, "tasks:\n  t: {command: 'true'}\n")
+    stub = pb_grpc.AgentServiceStub(_channel(settings))
+    other = Settings(home=tmp_path / "elsewhere")  # another server's signing key
+    forged = agent_tokens.mint(other, resource="local", experiments=[exp_id], seconds=60)
+    expired = agent_tokens.mint(settings, resource="local", experiments=[exp_id], seconds=1)
+    time.sleep(1.5)
+    for token, why in ((forged, "invalid"), (expired, "expired"), ("nonsense", "invalid")):
+        with pytest.raises(grpc.RpcError) as err:
+            _register(stub, token)
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert why in (err.value.details() or "")
+    with pytest.raises(grpc.RpcError) as err:  # no token at all
+        stub.RegisterWorker(pb.RegisterRequest(hostname="t", slots=1))
+    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    # A good token cannot speak for an agent another token started.
+    mine = agent_tokens.mint(settings, resource="local", experiments=[exp_id], seconds=60)
+    theirs = agent_tokens.mint(settings, resource="local", experiments=[exp_id], seconds=60)
+    their_agent = _register(stub, theirs)
+    with pytest.raises(grpc.RpcError) as err:
+        stub.SendHeartbeat(pb.Heartbeat(), metadata=_md(mine, their_agent))
+    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    # Nor does a plaintext client get anywhere.
+    with pytest.raises(grpc.RpcError) as err:
+        pb_grpc.AgentServiceStub(grpc.insecure_channel(f"127.0.0.1:{settings.agent_port}")
+                                 ).RegisterWorker(pb.RegisterRequest(slots=1),
+                                                  metadata=_md(mine), timeout=5)
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "Traceback" not in service.text() and mine not in service.text()
