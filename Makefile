@@ -30,6 +30,7 @@ test-kubernetes: install
 
 bench: install
 	@bash scripts/system_deps.sh
+	@bash scripts/bench_peers.sh
 	$(BIN)/python -m bench
 
 lint: install

@@ -152,6 +152,17 @@ def add_api_load_rows(table: Table) -> list[str]:
     return r.failures
 
 
+def add_pilot_rows(table: Table) -> None:
+    """Our pilot agents beside Parsl (HTEX, TPE), HyperQueue, Dask and xargs, same run, 2
+    slots (bench/peers.py installs the peers in .venv-peers)."""
+    from bench import peers, pilots
+
+    peer_results = peers.run_peers(peers.N_TRUE, peers.N_SLEEP)
+    ours = [pilots.run_ours(peers.N_TRUE, "true"), pilots.run_ours(peers.N_SLEEP, "sleep 0.01")]
+    for row in peers.rows(peer_results, ours):
+        table.add_row(*row)
+
+
 def main() -> None:
     console = Console(width=160)  # a wide table, also when piped to a file or CI log
     cpus = os.cpu_count() or 1
@@ -207,6 +218,7 @@ def main() -> None:
                   f"{sl['pool_s'] / sl['raw_s']:.2f}x")
     table.add_row("sbatch calls for that sweep", f"{sl['sbatch_calls']:.0f}",
                   "raw: 1 (one array)", f"{sl['sbatch_calls']:.0f}x")
+    add_pilot_rows(table)
     add_deployment_rows(table)
     failures = add_api_load_rows(table)
     console.print(table)
