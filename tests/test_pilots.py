@@ -28,12 +28,16 @@ import psutil
 import pytest
 
 from airavata_prefect.adapters.store import Store
+from airavata_prefect.domain.pilot import WorkItem
+from airavata_prefect.domain.records import load_graph
 from airavata_prefect.domain.scheduler import Hooks
 from airavata_prefect.domain.states import ExperimentStatus, TaskState
 from airavata_prefect.proto import agent_pb2 as pb
 from airavata_prefect.proto import agent_pb2_grpc as pb_grpc
 from airavata_prefect.usecases import agent_tokens, run
+from airavata_prefect.usecases.agent_starters import LocalAgents
 from airavata_prefect.usecases.context import Context
+from airavata_prefect.usecases.pilot_dispatch import PilotExecutor
 from airavata_prefect.usecases.settings import Settings, get_settings
 from airavata_prefect.usecases.submit import submit as submit_experiment
 
@@ -182,6 +186,7 @@ def test_an_experiment_on_local_agents(service: Service, tmp_path: Path) -> None
     # The agents stop by themselves once the experiment has ended.
     _wait(lambda: not _agents(service.home), timeout=20)
     _wait(lambda: not store.pilot.agents(None, exp_id), timeout=10)  # and are known as gone
+    assert not list((service.home / "agents").glob("*.token"))  # no token left on disk
 
 
 SLOW = """\
@@ -298,11 +303,9 @@ def test_a_stale_report_after_a_lost_lease_is_rejected(service: Service,
                                                        tmp_path: Path) -> None:
     settings = get_settings()
     store, exp_id = _submit(tmp_path, "tasks:\n  t: {command: 'true'}\n")
-    from airavata_prefect.usecases.pilot_dispatch import PilotExecutor
-    ex = PilotExecutor(store, exp_id, run.load_graph(store.experiments.get(exp_id)),
-                       lambda s, i: "local", lambda r: None)  # type: ignore[arg-type,return-value]
-    graph = ex.graph
-    from airavata_prefect.domain.pilot import WorkItem
+    graph = load_graph(store.experiments.get(exp_id))
+    ex = PilotExecutor(store, exp_id, graph, lambda s, i: "local",
+                       lambda r: LocalAgents(settings))
     store.pilot.enqueue([WorkItem(exp_id, "t[0]", 0, "local",
                                   ex.payload(graph.instance("t", 0), 0))])
     token = agent_tokens.mint(settings, resource="local", experiments=[exp_id], seconds=60)

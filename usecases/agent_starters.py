@@ -50,6 +50,7 @@ class LocalAgents:
         self.slots = slots or settings.agent_slots
         self.max_agents = max_agents
         self.procs: list[subprocess.Popen[bytes]] = []
+        self.token_files: list[Path] = []
 
     async def start(self, count: int, *, experiment_id: str, root: Path) -> list[str]:
         return await asyncio.to_thread(self._start, count, experiment_id, root)
@@ -60,6 +61,7 @@ class LocalAgents:
         token = agent_tokens.mint(self.settings, resource=LOCAL, experiments=[experiment_id],
                                   seconds=LOCAL_TOKEN_SECONDS)
         path = token_file(self.settings, token)
+        self.token_files.append(path)
         logs = self.settings.home / "agents"
         out = []
         for _ in range(count):
@@ -75,6 +77,12 @@ class LocalAgents:
             self.procs.append(proc)
             out.append(f"local agent pid {proc.pid}")
         return out
+
+    def close(self) -> None:
+        """The run is over: its agents read their tokens long ago; none stays on disk."""
+        for path in self.token_files:
+            path.unlink(missing_ok=True)
+        self.token_files.clear()
 
 
 __all__ = ["LocalAgents", "agent_command", "token_file"]

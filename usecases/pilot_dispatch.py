@@ -46,6 +46,10 @@ class AgentStarter(Protocol):
         when the agents run on this machine); a description of each (for logs)."""
         ...
 
+    def close(self) -> None:
+        """The run is over: remove what only starting agents needed (their token files)."""
+        ...
+
 
 @dataclass
 class _Waiter:
@@ -307,6 +311,8 @@ class PilotExecutor:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        for pool in self._pools.values():
+            pool.starter.close()
 
 
 def _key(item: WorkItem) -> str:
