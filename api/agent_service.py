@@ -246,9 +246,14 @@ async def serve(settings: Settings, *, ready: Callable[[int], None] | None = Non
                                       ("grpc.http2.min_ping_interval_without_data_ms", 10_000)])
     pb_grpc.add_AgentServiceServicer_to_server(AgentServicer(service), server)
     creds = grpc.ssl_server_credentials([(tls.key.read_bytes(), tls.cert.read_bytes())])
-    port = server.add_secure_port(f"{settings.agent_host}:{settings.agent_port}", creds)
+    address = f"{settings.agent_host}:{settings.agent_port}"
+    try:
+        port = server.add_secure_port(address, creds)
+    except RuntimeError:  # grpc's word for a port another process holds
+        port = 0
     if port == 0:
-        raise OSError(f"cannot listen on {settings.agent_host}:{settings.agent_port}")
+        store.close()
+        raise OSError(f"cannot listen on {address} (in use? set AIRAVATA_AGENT_PORT)")
     await server.start()
     log.info("agent service on %s:%d (TLS, CA %s)", settings.agent_host, port, tls.ca)
     if ready is not None:
@@ -277,7 +282,7 @@ def main() -> None:
 
     try:
         asyncio.run(run())
-    except OSError as exc:
+    except (OSError, BadInput, ValueError) as exc:  # a port, a TLS file, a setting
         sys.exit(f"airavata agent service: {exc}")
 
 

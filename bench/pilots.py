@@ -30,6 +30,21 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _start_service(home: Path) -> subprocess.Popen[bytes]:
+    """The agent service for this home, once it listens (its log: home/service.log)."""
+    with open(home / "service.log", "wb") as log:
+        service = subprocess.Popen([sys.executable, "-m",
+                                    "airavata_prefect.api.agent_service"],
+                                   stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 30
+    while b"listening" not in (home / "service.log").read_bytes():
+        if service.poll() is not None or time.monotonic() > deadline:
+            service.kill()
+            raise RuntimeError((home / "service.log").read_text())
+        time.sleep(0.05)
+    return service
+
+
 def measure(n: int, cmd: str, slots: int = 2) -> dict[str, object]:
     home = Path(tempfile.mkdtemp(prefix="airavata-bench-pilots-"))
     os.environ.update({"AIRAVATA_HOME": str(home), "AIRAVATA_LOCAL_MODE": "pilot",
@@ -49,15 +64,8 @@ def measure(n: int, cmd: str, slots: int = 2) -> dict[str, object]:
     spec = home / "bench.yml"
     spec.write_text(f"tasks:\n  t: {{command: {json.dumps(cmd)}, task_inputs: {{X: 1..{n}}}}}\n")
     exp_id = submit(Context(settings, store, "bench"), spec, [], authorize=False)
-    log = open(home / "service.log", "wb")  # noqa: SIM115  closed below
-    service = subprocess.Popen([sys.executable, "-m", "airavata_prefect.api.agent_service"],
-                               stdout=log, stderr=subprocess.STDOUT)
+    service = _start_service(home)
     try:
-        deadline = time.monotonic() + 30
-        while b"listening" not in (home / "service.log").read_bytes():
-            if service.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError((home / "service.log").read_text())
-            time.sleep(0.05)
         start = time.perf_counter()
         claimed = run.claim(store, exp_id, None)
         status, text, _ = asyncio.run(run.execute(store, claimed, settings, Hooks(),
@@ -66,7 +74,6 @@ def measure(n: int, cmd: str, slots: int = 2) -> dict[str, object]:
     finally:
         service.terminate()
         service.wait(10)
-        log.close()
     if str(status) != "COMPLETED":
         raise RuntimeError(f"the benchmark experiment ended {status}: {text}")
     events = store.tasks.events(exp_id)
@@ -105,15 +112,8 @@ def measure_queue(n: int, cmd: str, slots: int = 2) -> dict[str, object]:
     ex = PilotExecutor(store, exp_id, graph, lambda s, i: "local", lambda r: starter)
     items = [WorkItem(exp_id, f"t[{i}]", 0, "local", ex.payload(graph.instance("t", i), 0))
              for i in range(n)]
-    log = open(home / "service.log", "wb")  # noqa: SIM115  closed below
-    service = subprocess.Popen([sys.executable, "-m", "airavata_prefect.api.agent_service"],
-                               stdout=log, stderr=subprocess.STDOUT)
+    service = _start_service(home)
     try:
-        deadline = time.monotonic() + 30
-        while b"listening" not in (home / "service.log").read_bytes():
-            if service.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError((home / "service.log").read_text())
-            time.sleep(0.05)
         asyncio.run(starter.start(1, experiment_id=exp_id, root=Path(graph.root).parent))
         time.sleep(1.0)  # the agent is up (its start is not counted, as the peers')
         start = time.perf_counter()
@@ -124,7 +124,6 @@ def measure_queue(n: int, cmd: str, slots: int = 2) -> dict[str, object]:
     finally:
         service.terminate()
         service.wait(10)
-        log.close()
     done = [e for e in store.pilot.events_after(exp_id, 0, limit=10 * n)
             if e.state is not None and str(e.state) == "COMPLETED"]
     if len(done) != n:
