@@ -353,3 +353,50 @@ def test_forged_expired_and_foreign_tokens_get_nothing(service: Service,
                                                   metadata=_md(mine), timeout=5)
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE
     assert "Traceback" not in service.text() and mine not in service.text()
+
+
+CHAIN = """\
+tasks:
+  s: {command: 'sleep 1.5; echo "$X" > out.txt', task_inputs: {X: 1..6},
+      task_outputs: {O: out.txt}}
+  t: {command: 'cat "$I" > copy.txt', foreach: [s], task_inputs: {I: "${s.O}"}}
+"""
+
+_FLOW = """\
+import asyncio, sys
+from airavata_prefect.adapters.store import Store
+from airavata_prefect.domain.scheduler import Hooks
+from airavata_prefect.usecases import run
+from airavata_prefect.usecases.settings import get_settings
+settings = get_settings()
+store = Store(settings.db_url)
+claimed = run.claim(store, sys.argv[1], "flow-run-1")
+asyncio.run(run.execute(store, claimed, settings, Hooks(), flow_run_id=None))
+"""
+
+
+def test_a_killed_flow_resumes_and_follows_what_agents_hold(service: Service,
+                                                            tmp_path: Path) -> None:
+    """The experiment's own process dies mid-run: its agents keep working, and the resumed
+    run follows the instances they hold instead of running them again."""
+    store, exp_id = _submit(tmp_path, CHAIN)
+    flow = subprocess.Popen([sys.executable, "-c", _FLOW, exp_id], env={**os.environ},
+                            start_new_session=True)
+    _wait(lambda: _running(store, exp_id), timeout=60)
+    held = {iid for iid, _, _ in store.pilot.active_items(exp_id)}
+    assert held
+    flow.kill()
+    flow.wait()
+    claimed = run.claim(store, exp_id, "flow-run-2", is_dead=lambda _: True)
+    assert claimed.resumed_from == "flow-run-1"
+    status, _, _ = asyncio.run(run.execute(store, claimed, get_settings(), Hooks(),
+                                           flow_run_id=None))
+    assert status == ExperimentStatus.COMPLETED
+    assert {t.state for t in store.tasks.list(exp_id)} == {TaskState.COMPLETED}
+    ended = _terminal_events(store, exp_id)
+    assert len(ended) == 12 and set(ended.values()) == {1}  # nothing ran twice
+    reset = {e.instance_id for e in store.tasks.events(exp_id) if e.message == run.CRASHED}
+    assert not reset & held  # what agents held was followed, not reset and run again
+    exp = store.experiments.get(exp_id)
+    for i in range(6):
+        assert (Path(exp.workdir) / "t" / str(i) / "copy.txt").read_text() == f"{i + 1}\n"
