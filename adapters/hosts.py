@@ -58,8 +58,10 @@ def check(host: Host, command: str, *, stdin: bytes | None = None,
 Content = bytes | str | Path  # a Path is a local file (or directory tree) to send as it is
 
 
-def pack(files: Mapping[str, Content], *, executable: frozenset[str] = frozenset()) -> bytes:
-    """An in-memory tar.gz of relative paths -> contents."""
+def pack(files: Mapping[str, Content], *, executable: frozenset[str] = frozenset(),
+         private: frozenset[str] = frozenset()) -> bytes:
+    """An in-memory tar.gz of relative paths -> contents (`private` ones readable by the
+    owner only)."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz", compresslevel=1) as tar:
         for path, content in files.items():
@@ -69,16 +71,19 @@ def pack(files: Mapping[str, Content], *, executable: frozenset[str] = frozenset
             data = content.encode() if isinstance(content, str) else content
             info = tarfile.TarInfo(path)
             info.size = len(data)
-            info.mode = 0o755 if path in executable else 0o644
+            info.mode = 0o600 if path in private else 0o755 if path in executable else 0o644
             tar.addfile(info, io.BytesIO(data))
     return buf.getvalue()
 
 
 def upload(host: Host, directory: str, files: Mapping[str, Content], *,
-           executable: frozenset[str] = frozenset()) -> None:
-    """Write files under `directory` on the host (created as needed), in one round trip."""
+           executable: frozenset[str] = frozenset(),
+           private: frozenset[str] = frozenset()) -> None:
+    """Write files under `directory` on the host (created as needed), in one round trip;
+    `private` ones are created 0600 (tar keeps an archive's modes, less the umask)."""
     d = shlex.quote(directory)
-    check(host, f"mkdir -p {d} && tar xzf - -C {d}", stdin=pack(files, executable=executable),
+    check(host, f"mkdir -p {d} && tar xzf - -C {d}",
+          stdin=pack(files, executable=executable, private=private),
           what=f"upload to {directory}")
 
 

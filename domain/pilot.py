@@ -14,9 +14,22 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 from airavata_prefect.domain.states import TERMINAL, TaskState
+
+# The step name of a bundle that starts agents on a resource rather than running a step's
+# instances (spec step names cannot start with "@").
+AGENTS_STEP = "@agents"
+
+
+class ActiveItem(NamedTuple):
+    """A work item not yet ended, as a resumed run finds it."""
+
+    instance_id: str
+    attempt: int
+    item_id: int
+    resource: str
 
 
 class ItemStatus(StrEnum):

@@ -28,6 +28,7 @@ from airavata_prefect.adapters.store.schema import agents as agent_rows
 from airavata_prefect.domain.errors import NotFound
 from airavata_prefect.domain.pilot import (
     REPORTABLE,
+    ActiveItem,
     AgentInfo,
     AgentStatus,
     Claim,
@@ -353,11 +354,11 @@ class PilotRepo:
                 W.status == READY, W.resource == resource,
                 W.experiment_id.in_(list(experiments)))).scalar_one())
 
-    def active_items(self, experiment_id: str) -> list[tuple[str, int, int]]:
-        """(instance id, attempt, item id) of the experiment's items not DONE."""
+    def active_items(self, experiment_id: str) -> list[ActiveItem]:
+        """The experiment's items not DONE, oldest first."""
         with self.engine.connect() as conn:
-            return [(i, a, n) for i, a, n in conn.execute(
-                sa.select(W.instance_id, W.attempt, W.id)
+            return [ActiveItem(i, a, n, r) for i, a, n, r in conn.execute(
+                sa.select(W.instance_id, W.attempt, W.id, W.resource)
                 .where(W.experiment_id == experiment_id, W.status != DONE).order_by(W.id))]
 
     # -- agents -------------------------------------------------------------------------------
