@@ -8,11 +8,11 @@ kubernetes.py) and its import in blocks/__init__.py.
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from prefect.client.schemas.objects import FlowRun
 from prefect.workers.base import BaseJobConfiguration, BaseVariables, BaseWorker
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from airavata_prefect.adapters.launcher import Session
 from airavata_prefect.blocks.base import AiravataBlock
@@ -63,6 +63,7 @@ class ComputeBlock(AiravataBlock):
     # type's infrastructure (a Kubernetes Job) runs the `execute_bundle` flow, in place there.
     worker_base: ClassVar[type[BaseWorker] | None] = None
     enforce_walltime: ClassVar[bool] = False  # no scheduler stops an instance at its walltime
+    runs_pilots: ClassVar[bool] = True  # whether `mode: pilot` is possible on this kind
 
     work_pool_name: str = Field(..., description="The Prefect work pool that runs its tasks")
     nodes: int = Field(1, ge=1)
@@ -75,11 +76,25 @@ class ComputeBlock(AiravataBlock):
     egress_gb: dict[str, float] = Field(default_factory=dict,
                                         description="Price per GB moved in, by storage")
     credential: CredentialRef | None = Field(None, description="Where its secret lives")
+    mode: Literal["bundle", "pilot"] = Field(
+        "bundle", description="bundle: instances go out as job arrays / detached sessions; "
+        "pilot: agents started through the pool pull instances from the scheduler service "
+        "(compute nodes must reach it, and see the experiment's directory at the same path)")
+    agent_command: str = Field(
+        "airavata-agent", description="How an agent starts on the resource (pilot mode): the "
+        "console script of an airavata-prefect install there")
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if cls.__dict__.get("kind"):
             COMPUTE_KINDS[cls.kind] = cls
+
+    @model_validator(mode="after")
+    def _pilots_possible(self) -> ComputeBlock:
+        if self.mode == "pilot" and not self.runs_pilots:
+            raise ValueError(f"mode: pilot is not available on {self.kind} resources (use "
+                             "mode: bundle)")
+        return self
 
     # -- what placement sees -------------------------------------------------------------
 
@@ -111,6 +126,11 @@ class ComputeBlock(AiravataBlock):
     @classmethod
     def job_variables(cls, step: StepPlan) -> dict[str, Any]:
         """What a step asks of each task, in this kind's job variables."""
+        return {}
+
+    def agent_job_variables(self) -> dict[str, Any]:
+        """What one agent's job asks for (pilot mode): a node's worth, for the resource's
+        longest walltime."""
         return {}
 
     def pool_defaults(self) -> dict[str, Any]:

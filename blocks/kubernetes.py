@@ -131,6 +131,7 @@ class KubernetesCluster(ComputeBlock):
     job_configuration: ClassVar[type[BaseJobConfiguration]] = AiravataKubernetesJobConfiguration
     job_variables_schema: ClassVar[type[BaseVariables] | None] = None
     worker_base = KubernetesWorker  # its pod runs `execute_bundle`: the bundle runs in place
+    runs_pilots: ClassVar[bool] = False  # agents in pods: not yet (their pod runs the flow)
 
     namespace: str = "default"
     image: str = "python:3.11-slim"

@@ -105,6 +105,15 @@ class SlurmCluster(ComputeBlock):
             out["time_limit"] = c.time
         return out
 
+    def agent_job_variables(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"nodes": 1, "cpus_per_task": self.cores_per_node,
+                               "gpus": self.gpus_per_node}
+        if self.mem_gb_per_node:
+            out["mem_mb"] = mem_mb(self.mem_gb_per_node)
+        if self.max_walltime:
+            out["time_limit"] = self.max_walltime
+        return out
+
     def pool_defaults(self) -> dict[str, Any]:
         return {"partition": self.partition, "account": self.account,
                 "max_array_size": self.max_array_size}

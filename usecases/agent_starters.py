@@ -14,9 +14,15 @@ import sys
 import uuid
 from pathlib import Path
 
+from airavata_prefect.adapters.store import Store
+from airavata_prefect.blocks import ComputeBlock
 from airavata_prefect.domain.instance import host_environment
+from airavata_prefect.domain.pilot import AGENTS_STEP
 from airavata_prefect.domain.resources import LOCAL
+from airavata_prefect.domain.spec import parse_duration
+from airavata_prefect.domain.states import BundleStatus
 from airavata_prefect.usecases import agent_tokens, pilots
+from airavata_prefect.usecases.dispatch import Launch
 from airavata_prefect.usecases.settings import Settings
 
 LOCAL_TOKEN_SECONDS = 24 * 3600  # a local agent has no allocation to expire with
@@ -33,16 +39,25 @@ def token_file(settings: Settings, token: str) -> Path:
     return path
 
 
+def agent_arguments(settings: Settings, *, ca: str, token_path: str, root: str, slots: int,
+                    resource: str) -> list[str]:
+    """An agent's arguments, wherever it starts: where the service is and what to trust."""
+    return ["--server", settings.agent_target, "--ca", ca, "--token-file", token_path,
+            "--root", root, "--slots", str(slots), "--resource", resource]
+
+
 def agent_command(settings: Settings, *, token_path: Path, root: Path, slots: int,
                   resource: str, python: str = sys.executable) -> list[str]:
     ca = pilots.service_tls(settings).ca
-    return [python, "-m", "airavata_prefect.agent.pilot", "--server", settings.agent_target,
-            "--ca", str(ca), "--token-file", str(token_path), "--root", str(root),
-            "--slots", str(slots), "--resource", resource]
+    return [python, "-m", "airavata_prefect.agent.pilot",
+            *agent_arguments(settings, ca=str(ca), token_path=str(token_path), root=str(root),
+                             slots=slots, resource=resource)]
 
 
 class LocalAgents:
     """Agents as processes on this machine (the `local` resource in pilot mode)."""
+
+    startup_seconds = 30.0  # a process registers within this, or it died
 
     def __init__(self, settings: Settings, *, slots: int | None = None,
                  max_agents: int = 1) -> None:
@@ -78,6 +93,9 @@ class LocalAgents:
             out.append(f"local agent pid {proc.pid}")
         return out
 
+    def failed(self) -> str | None:
+        return None  # a process that dies at once is restarted, up to the executor's limit
+
     def close(self) -> None:
         """The run is over: its agents read their tokens long ago; none stays on disk."""
         for path in self.token_files:
@@ -85,4 +103,46 @@ class LocalAgents:
         self.token_files.clear()
 
 
-__all__ = ["LocalAgents", "agent_command", "token_file"]
+class PoolAgents:
+    """Agents on a registered resource in pilot mode, started through its work pool: each
+    start is an agents bundle, one flow run in the pool (shown under the experiment's in the
+    Prefect UI) whose worker submits them as one job array or detached processes, and mints
+    and stages their token (usecases/bundles/agents.py): nothing of it passes through here or
+    Prefect. One agent per node, one instance per core."""
+
+    def __init__(self, store: Store, launch: Launch, resource: str,
+                 block: ComputeBlock) -> None:
+        self.store, self.launch, self.resource, self.block = store, launch, resource, block
+        self.bundles: list[str] = []
+        self.slots = block.cores_per_node
+        self.max_agents = block.nodes
+        # A batch job may wait in its queue before it registers.
+        self.startup_seconds = 120.0 + parse_duration(block.queue_wait)
+
+    async def start(self, count: int, *, experiment_id: str, root: Path) -> list[str]:
+        bundle_id = await asyncio.to_thread(self.store.bundles.create, experiment_id,
+                                            self.resource, AGENTS_STEP,
+                                            [(k, 0) for k in range(count)])
+        flow_run = await self.launch.create(self.resource, bundle_id, "agents",
+                                            self.block.agent_job_variables())
+        await asyncio.to_thread(self.store.bundles.update, bundle_id, flow_run_id=flow_run)
+        self.bundles.append(bundle_id)
+        return [f"{count} agent(s) on {self.resource}: bundle {bundle_id}, flow run {flow_run}"]
+
+    def failed(self) -> str | None:
+        """The worker could not start the latest agents (the resource unreachable, no shared
+        filesystem, sbatch refused) and none of this experiment's ever registered."""
+        if not self.bundles:
+            return None
+        latest = self.store.bundles.get(self.bundles[-1])
+        if latest.status != BundleStatus.FAILED or latest.infrastructure:
+            return None
+        ever = self.store.pilot.agents(self.resource, latest.experiment_id, active_only=False)
+        return None if ever else latest.message or f"agents on {self.resource} did not start"
+
+    def close(self) -> None:
+        """Nothing to remove here: the worker removes the token when its agents end, and stops
+        agents still queued once the experiment is over."""
+
+
+__all__ = ["LocalAgents", "PoolAgents", "agent_arguments", "agent_command", "token_file"]

@@ -300,16 +300,21 @@ class RemoteExecutor:
 
 
 class Routing:
-    """Each instance to the executor of the resource it was placed on."""
+    """Each instance to the executor of the resource it was placed on: this machine's, the
+    pilot executor for resources in pilot mode, bundles for the rest."""
 
-    def __init__(self, local: Executor, remote: Executor,
-                 placed: dict[str, list[str]]) -> None:
+    def __init__(self, local: Executor, remote: Executor, placed: dict[str, list[str]], *,
+                 pilot: Executor | None = None, pilots: frozenset[str] = frozenset()) -> None:
         self.local, self.remote, self.placed = local, remote, placed
+        self.pilot, self.pilots = pilot, pilots
 
     async def __call__(self, inst: TaskInstance, attempt: int, report: Report,
                        cancel: asyncio.Event) -> Outcome:
-        on_local = self.placed[inst.step][inst.index] == LOCAL
-        return await (self.local if on_local else self.remote)(inst, attempt, report, cancel)
+        resource = self.placed[inst.step][inst.index]
+        executor = (self.local if resource == LOCAL
+                    else self.pilot if self.pilot is not None and resource in self.pilots
+                    else self.remote)
+        return await executor(inst, attempt, report, cancel)
 
 
 __all__ = ["BUNDLE_ENTRYPOINT", "BUNDLE_FLOW", "Launch", "RemoteExecutor", "Routing",

@@ -25,7 +25,14 @@ from airavata_prefect.adapters.store import Store
 from airavata_prefect.domain.dag import TaskGraph, TaskInstance
 from airavata_prefect.domain.endings import Outcome
 from airavata_prefect.domain.instance import instance_environment, render_script
-from airavata_prefect.domain.pilot import PROGRESS, PilotEvent, TaskPayload, WorkItem
+from airavata_prefect.domain.pilot import (
+    PROGRESS,
+    ActiveItem,
+    AgentStatus,
+    PilotEvent,
+    TaskPayload,
+    WorkItem,
+)
 from airavata_prefect.domain.scheduler import Report
 from airavata_prefect.domain.states import TERMINAL, TaskState
 
@@ -40,10 +47,15 @@ class AgentStarter(Protocol):
 
     slots: int  # instances one agent runs at once
     max_agents: int
+    startup_seconds: float  # how long a started agent may take to register (a queue wait)
 
     async def start(self, count: int, *, experiment_id: str, root: Path) -> list[str]:
         """Start `count` agents for the experiment (`root`: where workdirs are relative to,
         when the agents run on this machine); a description of each (for logs)."""
+        ...
+
+    def failed(self) -> str | None:
+        """Why its agents could not be started at all (nothing to wait for), if so."""
         ...
 
     def close(self) -> None:
@@ -129,15 +141,14 @@ class PilotExecutor:
 
     # -- the executor --------------------------------------------------------------------
 
-    def adopt(self, active: list[tuple[str, int, int]],
-              states: dict[str, TaskState]) -> set[str]:
+    def adopt(self, active: list[ActiveItem], states: dict[str, TaskState]) -> set[str]:
         """A resumed run follows the work items an earlier run enqueued (never twice);
         `states`: where the store says each instance is."""
-        self._adopted.update(item_id for _, _, item_id in active)
+        self._adopted.update(i.item_id for i in active)
         self._states.update(states)
         if active and (self._follower is None or self._follower.done()):
             self._follower = self._spawn(self._follow())
-        return {iid for iid, _, _ in active}
+        return {i.instance_id for i in active}
 
     async def __call__(self, inst: TaskInstance, attempt: int, report: Report,
                        cancel: asyncio.Event) -> Outcome:
@@ -257,10 +268,17 @@ class PilotExecutor:
                       if w.resource == resource and not w.future.done())
         if not waiting or self._canceled:
             return
-        live = await asyncio.to_thread(self.store.pilot.agents, resource, self.experiment_id)
+        failed = await asyncio.to_thread(pool.starter.failed)
+        if failed:
+            await self._fail_waiting(resource, failed)
+            return
+        known = await asyncio.to_thread(self.store.pilot.agents, resource, self.experiment_id,
+                                        False)
+        live = [a for a in known if a.status == AgentStatus.ACTIVE]
         wanted = min(pool.starter.max_agents, math.ceil(waiting / pool.starter.slots))
-        # Agents started but not yet registered count as live for a while.
-        starting = pool.started - len(live) if time.monotonic() - pool.last_start < 30 else 0
+        # Agents started but never registered count as live for a while (a queue wait).
+        starting = (pool.started - len(known)
+                    if time.monotonic() - pool.last_start < pool.starter.startup_seconds else 0)
         missing = wanted - len(live) - max(0, starting)
         if missing <= 0:
             return

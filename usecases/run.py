@@ -11,7 +11,9 @@ from dataclasses import dataclass
 
 from airavata_prefect.adapters import prefect_api
 from airavata_prefect.adapters.store import Store, utcnow
+from airavata_prefect.blocks import ComputeBlock
 from airavata_prefect.domain.dag import TaskGraph
+from airavata_prefect.domain.pilot import ActiveItem
 from airavata_prefect.domain.plan import placed_resources
 from airavata_prefect.domain.records import Bundle, Experiment, load_graph
 from airavata_prefect.domain.resources import LOCAL
@@ -34,9 +36,10 @@ from airavata_prefect.domain.states import (
     summarize,
 )
 from airavata_prefect.usecases import agent_starters
+from airavata_prefect.usecases.catalog import load_compute
 from airavata_prefect.usecases.dispatch import BUNDLE_FLOW, RemoteExecutor, Routing
 from airavata_prefect.usecases.local import LocalExecutor
-from airavata_prefect.usecases.pilot_dispatch import PilotExecutor
+from airavata_prefect.usecases.pilot_dispatch import AgentStarter, PilotExecutor
 from airavata_prefect.usecases.settings import Settings
 
 
@@ -86,7 +89,7 @@ def claim(store: Store, experiment_id: str, flow_run_id: str | None,
 class ResumePoint:
     resume: Resume
     bundles: list[Bundle]  # still out on registered resources: followed, never sent twice
-    items: list[tuple[str, int, int]]  # queued for agents or held by one: followed too
+    items: list[ActiveItem]  # queued for agents or held by one: followed too
 
 
 def resume_point(store: Store, exp: Experiment) -> ResumePoint:
@@ -98,7 +101,7 @@ def resume_point(store: Store, exp: Experiment) -> ResumePoint:
                if b.status not in BUNDLE_ENDED and b.flow_run_id]
     items = store.pilot.active_items(exp.id)
     out = {f"{b.step}[{index}]" for b in bundles for index, _ in b.instances}
-    out |= {iid for iid, _, _ in items}
+    out |= {i.instance_id for i in items}
     for b in store.bundles.of_experiment(exp.id, active_only=True):
         if not b.flow_run_id:  # stored, never sent: its instances go out again
             store.bundles.update(b.id, status=BundleStatus.FAILED, message=CRASHED)
@@ -115,6 +118,21 @@ def resume_point(store: Store, exp: Experiment) -> ResumePoint:
                 again.append(t.instance_id)
     store.tasks.reset(exp.id, again, message=CRASHED)
     return ResumePoint(resume, bundles, items)
+
+
+async def pilot_resources(placed: dict[str, list[str]] | None) -> dict[str, ComputeBlock]:
+    """The placed resources whose block says `mode: pilot`. One that cannot be read is left
+    to the bundle path, which says why it cannot reach it."""
+    names = {r for where in (placed or {}).values() for r in where} - {LOCAL}
+    out: dict[str, ComputeBlock] = {}
+    for name in sorted(names):
+        try:
+            block = await load_compute(name)
+        except Exception:
+            continue
+        if block.mode == "pilot":
+            out[name] = block
+    return out
 
 
 def final_status(summary: Summary) -> tuple[ExperimentStatus, str]:
@@ -140,14 +158,27 @@ async def execute(store: Store, claimed: Claimed, settings: Settings, hooks: Hoo
         return store.experiments.get(exp.id).paused
 
     placed = placed_resources(exp.plan, graph)
+    launch = prefect_api.FlowRuns(BUNDLE_FLOW, {"experiment_id": exp.id})
+    pilot_blocks = await pilot_resources(placed)
     local: Executor = LocalExecutor(graph, exp.id)
     pilot: PilotExecutor | None = None
-    if settings.local_mode == "pilot" or point.items:
+    local_items = any(i.resource == LOCAL for i in point.items)
+    if settings.local_mode == "pilot" or point.items or pilot_blocks:
+
+        def starter_for(resource: str) -> AgentStarter:
+            if resource == LOCAL:
+                return agent_starters.LocalAgents(settings)
+            if resource not in pilot_blocks:  # an earlier run's items; the mode changed since
+                raise RuntimeError(f"{resource} is not in pilot mode any more")
+            return agent_starters.PoolAgents(store, launch, resource, pilot_blocks[resource])
+
         pilot = PilotExecutor(store, exp.id, graph,
                               lambda step, index: placed[step][index] if placed else LOCAL,
-                              lambda resource: agent_starters.LocalAgents(settings))
-        pilot.adopt(point.items, {iid: st for iid, (st, _) in resume.active.items()})
-        local = pilot  # (items an earlier run queued are followed even if the mode changed)
+                              starter_for)
+        pilot.adopt(point.items,
+                    {iid: st for iid, (st, _) in resume.active.items()})
+        if settings.local_mode == "pilot" or local_items:
+            local = pilot  # (local items an earlier run queued are followed whatever the mode)
     remote: RemoteExecutor | None = None
     executor: Executor = local
     resource_of: Callable[[str, int], str] | None = None
@@ -157,9 +188,9 @@ async def execute(store: Store, claimed: Claimed, settings: Settings, hooks: Hoo
         def resource_of(step: str, index: int) -> str:
             return where[step][index]
 
-        launch = prefect_api.FlowRuns(BUNDLE_FLOW, {"experiment_id": exp.id})
         remote = RemoteExecutor(store, exp.id, graph, launch, resource_of)
-        executor = Routing(local, remote, placed)
+        executor = Routing(local, remote, placed, pilot=pilot,
+                           pilots=frozenset(pilot_blocks) | {i.resource for i in point.items})
         if adopt:
             remote.adopt(adopt, {iid: st for iid, (st, _) in resume.active.items()})
 
