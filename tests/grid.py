@@ -86,11 +86,20 @@ def _start_worker(pool: str, kind: str, env: dict[str, str], log: Path) -> subpr
                             env=env, stdout=out, stderr=subprocess.STDOUT)
 
 
+BUNDLE_ROLES = ("slurm", "slurm-ssh", "slurm-rest", "baremetal")
+AGENT = f"{sys.executable} -m airavata_prefect.agent.pilot"  # this install, on every node
+
+
 @contextmanager
-def grid(tmp: Path, openbao: tuple[str, str], slurm: Slurm, sshd: Sshd) -> Iterator[Grid]:
+def grid(tmp: Path, openbao: tuple[str, str], slurm: Slurm, sshd: Sshd,
+         roles: tuple[str, ...] = BUNDLE_ROLES) -> Iterator[Grid]:
+    """The resources of `roles`; `slurm-pilot` (the local SLURM in pilot mode: 2 nodes of 2
+    cores, an agent per node) and `baremetal-pilot` are asked for by name."""
     sfx = uuid.uuid4().hex[:4]
     names = {"slurm": f"sl-{sfx}", "slurm-ssh": f"ss-{sfx}", "slurm-rest": f"sr-{sfx}",
-             "baremetal": f"bm-{sfx}"}
+             "baremetal": f"bm-{sfx}", "slurm-pilot": f"sp-{sfx}",
+             "baremetal-pilot": f"bp-{sfx}"}
+    names = {r: n for r, n in names.items() if r in roles}
     url, root = openbao
     env = {"AIRAVATA_HOME": str(tmp / "home"), "AIRAVATA_USER": USER,
            "AIRAVATA_PROJECT": PROJECT, "AIRAVATA_OPENBAO_URL": url,
@@ -113,21 +122,32 @@ def grid(tmp: Path, openbao: tuple[str, str], slurm: Slurm, sshd: Sshd) -> Itera
         placement = {"nodes": 1, "cores_per_node": 16, "max_walltime": "0:10:00"}
         blocks = {
             "slurm": ("slurm", SlurmCluster(
-                work_pool_name=names["slurm"], submit_via="local", environment=conf,
+                work_pool_name=names.get("slurm", ""), submit_via="local", environment=conf,
                 working_directory=str(tmp / "cluster"), **placement)),
             "slurm-ssh": ("slurm", SlurmCluster(
-                work_pool_name=names["slurm-ssh"], submit_via="ssh", login_host=sshd.host,
+                work_pool_name=names.get("slurm-ssh", ""), submit_via="ssh", login_host=sshd.host,
                 port=sshd.port, username=sshd.user, host_key=sshd.host_key, environment=conf,
                 working_directory=f"~/grid-{sfx}", credential=ssh_ref, **placement)),
             "slurm-rest": ("slurm", SlurmCluster(
-                work_pool_name=names["slurm-rest"], submit_via="rest", rest_url=slurm.rest_url,
+                work_pool_name=names.get("slurm-rest", ""), submit_via="rest",
+                rest_url=slurm.rest_url,
                 rest_user="root", environment=conf, working_directory=str(tmp / "rest"),
                 credential=jwt_ref, **placement)),
             "baremetal": ("baremetal", BareMetalHost(
-                work_pool_name=names["baremetal"], host=sshd.host, port=sshd.port,
+                work_pool_name=names.get("baremetal", ""), host=sshd.host, port=sshd.port,
                 username=sshd.user, host_key=sshd.host_key, working_directory=f"~/bm-{sfx}",
                 credential=ssh_ref, nodes=1, cores_per_node=4)),
+            "slurm-pilot": ("slurm", SlurmCluster(
+                work_pool_name=names.get("slurm-pilot", ""), submit_via="local",
+                environment=conf, working_directory=str(tmp / "pilot"), mode="pilot",
+                agent_command=AGENT, nodes=2, cores_per_node=2, max_walltime="0:10:00")),
+            "baremetal-pilot": ("baremetal", BareMetalHost(
+                work_pool_name=names.get("baremetal-pilot", ""), host=sshd.host, port=sshd.port,
+                username=sshd.user, host_key=sshd.host_key, working_directory=f"~/bp-{sfx}",
+                credential=ssh_ref, nodes=1, cores_per_node=2, mode="pilot",
+                agent_command=AGENT)),
         }
+        blocks = {r: b for r, b in blocks.items() if r in roles}
         for role, (_, block) in blocks.items():
             registration.register_compute(ctx, project=PROJECT, name=names[role], block=block)
         g = Grid(tmp / "home", store, authz, bao, names, sshd, slurm)

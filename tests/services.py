@@ -1,4 +1,5 @@
-"""Real services the integration tests start: sshd, SLURM (with slurmrestd) and an S3 server.
+"""Real services the integration tests start: sshd, SLURM (with slurmrestd), an S3 server and
+our agent service.
 
 Each starts through the project's own scripts (the same ones `make run` and users call), in a
 temporary directory, on free ports, and is stopped at the end of the session.
@@ -16,7 +17,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -149,3 +150,37 @@ def stop_s3(s: S3Server) -> None:
     except subprocess.TimeoutExpired:
         s.proc.kill()
     shutil.rmtree(s.dir, ignore_errors=True)
+
+
+@dataclass
+class AgentService:
+    """Our agent service (gRPC over TLS) as its own process, restartable."""
+
+    home: Path
+    port: int
+    env: dict[str, str]
+    proc: subprocess.Popen[bytes] | None = None
+    logs: list[Path] = field(default_factory=list)
+
+    def start(self) -> None:
+        log = self.home / f"service-{len(self.logs)}.log"
+        self.logs.append(log)
+        with open(log, "wb") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "airavata_prefect.api.agent_service"], env=self.env,
+                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if "listening" in log.read_text():
+                return
+            assert self.proc.poll() is None, log.read_text()
+            time.sleep(0.1)
+        raise AssertionError(f"the agent service did not start: {log.read_text()}")
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait()
+
+    def text(self) -> str:
+        return "".join(p.read_text(errors="replace") for p in self.logs)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -19,7 +18,6 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,50 +38,14 @@ from airavata_prefect.usecases.context import Context
 from airavata_prefect.usecases.pilot_dispatch import PilotExecutor
 from airavata_prefect.usecases.settings import Settings, get_settings
 from airavata_prefect.usecases.submit import submit as submit_experiment
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass
-class Service:
-    home: Path
-    port: int
-    env: dict[str, str]
-    proc: subprocess.Popen[bytes] | None = None
-    logs: list[Path] = field(default_factory=list)
-
-    def start(self) -> None:
-        log = self.home / f"service-{len(self.logs)}.log"
-        self.logs.append(log)
-        with open(log, "wb") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "airavata_prefect.api.agent_service"], env=self.env,
-                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if "listening" in log.read_text():
-                return
-            assert self.proc.poll() is None, log.read_text()
-            time.sleep(0.1)
-        raise AssertionError(f"the agent service did not start: {log.read_text()}")
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.kill()
-        self.proc.wait()
-
-    def text(self) -> str:
-        return "".join(p.read_text(errors="replace") for p in self.logs)
+from tests.services import AgentService as Service
+from tests.services import free_port
 
 
 @pytest.fixture()
 def service(home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Service]:
     """The agent service on a free port with short leases; runs of this test use pilots."""
-    port = _free_port()
+    port = free_port()
     settings = {"AIRAVATA_AGENT_PORT": str(port), "AIRAVATA_AGENT_LEASE_SECONDS": "3",
                 "AIRAVATA_AGENT_HEARTBEAT_SECONDS": "0.5", "AIRAVATA_AGENT_IDLE_SECONDS": "5",
                 "AIRAVATA_AGENT_SLOTS": "2", "AIRAVATA_LOCAL_MODE": "pilot"}
@@ -383,7 +345,7 @@ def test_a_killed_flow_resumes_and_follows_what_agents_hold(service: Service,
     flow = subprocess.Popen([sys.executable, "-c", _FLOW, exp_id], env={**os.environ},
                             start_new_session=True)
     _wait(lambda: _running(store, exp_id), timeout=60)
-    held = {iid for iid, _, _ in store.pilot.active_items(exp_id)}
+    held = {i.instance_id for i in store.pilot.active_items(exp_id)}
     assert held
     flow.kill()
     flow.wait()
