@@ -184,14 +184,20 @@ class PilotExecutor:
         return task
 
     async def _flush_later(self) -> None:
+        # Until nothing is pending: instances that arrive while this one enqueues or starts
+        # agents (a flow run to create, a queue to ask) go out in its next round.
+        while await self._flush_once():
+            pass
+
+    async def _flush_once(self) -> bool:
         await asyncio.sleep(self.window)
         waiters, self._pending = self._pending, []
         if not waiters:
-            return
+            return False
         if self._canceled:
             for w in waiters:
                 w.future.set_result(Outcome(TaskState.CANCELED, None, "canceled"))
-            return
+            return True
         items = [WorkItem(self.experiment_id, w.inst.id, w.attempt, w.resource,
                           self.payload(w.inst, w.attempt)) for w in waiters]
         try:
@@ -201,7 +207,7 @@ class PilotExecutor:
             log.error("%s", reason)
             for w in waiters:
                 w.future.set_result(Outcome(TaskState.FAILED, None, reason))
-            return
+            return True
         for w, item in zip(waiters, items, strict=True):
             w.item_id = ids[_key(item)]
             self._by_item[w.item_id] = w
@@ -210,6 +216,7 @@ class PilotExecutor:
         log.debug("queued %d instance(s) for agents", len(waiters))
         for resource in {w.resource for w in waiters}:
             await self._supervise(resource)
+        return True
 
     # -- following -----------------------------------------------------------------------
 
