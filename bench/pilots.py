@@ -24,13 +24,13 @@ import time
 from pathlib import Path
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
 
-def _start_service(home: Path) -> subprocess.Popen[bytes]:
+def start_service(home: Path) -> subprocess.Popen[bytes]:
     """The agent service for this home, once it listens (its log: home/service.log)."""
     with open(home / "service.log", "wb") as log:
         service = subprocess.Popen([sys.executable, "-m",
@@ -48,7 +48,7 @@ def _start_service(home: Path) -> subprocess.Popen[bytes]:
 def measure(n: int, cmd: str, slots: int = 2) -> dict[str, object]:
     home = Path(tempfile.mkdtemp(prefix="airavata-bench-pilots-"))
     os.environ.update({"AIRAVATA_HOME": str(home), "AIRAVATA_LOCAL_MODE": "pilot",
-                       "AIRAVATA_AGENT_PORT": str(_free_port()),
+                       "AIRAVATA_AGENT_PORT": str(free_port()),
                        "AIRAVATA_AGENT_SLOTS": str(slots), "AIRAVATA_AGENT_IDLE_SECONDS": "5",
                        "AIRAVATA_CONCURRENCY": str(slots)})
     os.environ.pop("AIRAVATA_DATABASE_URL", None)
@@ -64,7 +64,7 @@ def measure(n: int, cmd: str, slots: int = 2) -> dict[str, object]:
     spec = home / "bench.yml"
     spec.write_text(f"tasks:\n  t: {{command: {json.dumps(cmd)}, task_inputs: {{X: 1..{n}}}}}\n")
     exp_id = submit(Context(settings, store, "bench"), spec, [], authorize=False)
-    service = _start_service(home)
+    service = start_service(home)
     try:
         start = time.perf_counter()
         claimed = run.claim(store, exp_id, None)
@@ -90,7 +90,7 @@ def measure_queue(n: int, cmd: str, slots: int = 2) -> dict[str, object]:
     between them; from the enqueue to the last report stored. Durable, exactly-once leases
     and every report in the store, but no experiment scheduler or task-state recording."""
     home = Path(tempfile.mkdtemp(prefix="airavata-bench-queue-"))
-    os.environ.update({"AIRAVATA_HOME": str(home), "AIRAVATA_AGENT_PORT": str(_free_port()),
+    os.environ.update({"AIRAVATA_HOME": str(home), "AIRAVATA_AGENT_PORT": str(free_port()),
                        "AIRAVATA_AGENT_SLOTS": str(slots), "AIRAVATA_AGENT_IDLE_SECONDS": "5"})
     os.environ.pop("AIRAVATA_DATABASE_URL", None)
     from airavata_prefect.adapters.store import Store
@@ -112,7 +112,7 @@ def measure_queue(n: int, cmd: str, slots: int = 2) -> dict[str, object]:
     ex = PilotExecutor(store, exp_id, graph, lambda s, i: "local", lambda r: starter)
     items = [WorkItem(exp_id, f"t[{i}]", 0, "local", ex.payload(graph.instance("t", i), 0))
              for i in range(n)]
-    service = _start_service(home)
+    service = start_service(home)
     try:
         asyncio.run(starter.start(1, experiment_id=exp_id, root=Path(graph.root).parent))
         time.sleep(1.0)  # the agent is up (its start is not counted, as the peers')
