@@ -94,6 +94,7 @@ class Session:
         self._sent_back: deque[pb.HandBack] = deque(maxlen=64)
         self.mode: Literal["drain", "preempt"] | None = None
         self._closing = False
+        self._stop_reason = ""  # why it drains or is preempted: its goodbye to the service
         self._lost_since: float | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self._stream_task: asyncio.Task[Any] | None = None
@@ -347,6 +348,7 @@ class Session:
         if self.mode is not None:
             return
         self.mode = "drain"
+        self._stop_reason = reason
         log.info("stopping: %s (%d running)", reason, len(self.work.running))
         if back := self.work.take_queued():
             self._hand_back(back, reason)
@@ -364,6 +366,7 @@ class Session:
             self.runner.kill_all()  # asked twice: no more grace
             return
         self.mode = "preempt"
+        self._stop_reason = reason
         if self._closer is not None:
             self._closer.cancel()  # a drain under way: this one closes
         self.runner.kill_grace = min(self.runner.kill_grace, self.config.stop_grace)
@@ -386,6 +389,9 @@ class Session:
         """End the stream (the service then takes back whatever is still leased) and exit."""
         self._closing = True
         if self._outbox is not None and self._stream_task is not None:
+            if self._stop_reason:  # a goodbye: the service marks it gone now, with the reason
+                self._outbox.put_nowait(pb.AgentMessage(hand_back=pb.HandBack(
+                    reason=f"stopped: {self._stop_reason}")))
             self._outbox.put_nowait(None)
             with contextlib.suppress(TimeoutError, grpc.aio.AioRpcError, AgentExit):
                 await asyncio.wait_for(asyncio.shield(self._stream_task), timeout)

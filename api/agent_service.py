@@ -134,17 +134,19 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
         credit = [0]
         wake = asyncio.Event()
         closed = asyncio.Event()  # the agent ended its side of the stream
-        goodbye = [False]  # it handed its work back first: it is stopping, not cut off
+        goodbye = [""]  # why it is stopping, said before it closed: not cut off
 
         async def read() -> None:
             async for msg in request_iterator:
                 if msg.HasField("credit"):
                     credit[0] = max(0, credit[0] + msg.credit.n)
                 elif msg.HasField("hand_back"):
-                    leases = [_ref(x) for x in msg.hand_back.leases]
-                    await self._call(context, self.service.hand_back, agent, leases,
-                                     msg.hand_back.reason[:500])
-                    goodbye[0] = True
+                    reason = msg.hand_back.reason[:500]
+                    if leases := [_ref(x) for x in msg.hand_back.leases]:
+                        await self._call(context, self.service.hand_back, agent, leases,
+                                         reason)
+                    else:  # no leases: its goodbye, the last thing it sends
+                        goodbye[0] = reason or "it said it is stopping"
                 wake.set()
             closed.set()
             wake.set()
@@ -177,11 +179,11 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(wake.wait(), IDLE_POLL)
             if closed.is_set() and goodbye[0]:
-                # Ended by the agent itself after a hand-back (drained, preempted): what it
-                # still holds goes back now. A stream that just ends (a killed agent, a broken
-                # connection) waits for its leases to expire instead: the agent may be alive
-                # behind it and come back, and its instances may still be running.
-                await asyncio.to_thread(self.service.stopped, agent, "it closed its stream")
+                # Ended by the agent itself after saying why (drained, preempted, idle): it is
+                # GONE now, and what it still holds goes back now. A stream that just ends (a
+                # killed agent, a broken connection) waits for its leases to expire instead:
+                # the agent may be alive behind it and come back, its instances still running.
+                await asyncio.to_thread(self.service.stopped, agent, goodbye[0])
         finally:
             reader.cancel()
 

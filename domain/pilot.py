@@ -160,6 +160,7 @@ class AgentInfo:
     status: AgentStatus = AgentStatus.ACTIVE
     registered_at: datetime | None = None
     heartbeat_at: datetime | None = None
+    stopped_reason: str = ""  # why it is GONE (what it said, or the service's verdict)
 
 
 __all__ = ["PROGRESS", "REPORTABLE", "AgentInfo", "AgentStatus", "Claim", "ItemStatus",
