@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
+from airavata_prefect.api import cli_dispatch  # noqa: F401  registers its commands
 from airavata_prefect.api.cli_auth import auth_app, config_app
 from airavata_prefect.api.cli_credentials import credential_app
 from airavata_prefect.api.cli_door import either

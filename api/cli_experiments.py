@@ -314,32 +314,6 @@ def events_cmd(
     out.print(table)
 
 
-@experiment_app.command("bundles")
-def bundles_cmd(experiment: str = ExperimentArg,
-                as_json: bool = typer.Option(False, "--json")) -> None:
-    """The bundles sent to registered resources: where, how many, their jobs and flow runs."""
-    if (c := cli_remote.remote()) is not None:
-        rows = c.call("GET", f"/experiments/{experiment}/bundles")
-    else:
-        with open_context() as ctx:
-            rows = [{"id": b.id, "resource": b.resource, "step": b.step,
-                     "instances": len(b.instances), "status": str(b.status),
-                     "jobs": list(b.infrastructure), "flow_run_id": b.flow_run_id,
-                     "message": b.message, "created_at": b.created_at.isoformat(),
-                     "finished_at": b.finished_at.isoformat() if b.finished_at else None}
-                    for b in queries.bundles(ctx, experiment)]
-    if as_json:
-        print(json.dumps(rows, indent=2))
-        return
-    table = Table()
-    for col in ("bundle", "resource", "step", "instances", "status", "jobs", "message"):
-        table.add_column(col, overflow="fold")
-    for b in rows:
-        table.add_row(b["id"][:8], b["resource"], b["step"], str(b["instances"]), b["status"],
-                      ", ".join(b["jobs"]), b["message"] or "")
-    out.print(table)
-
-
 @experiment_app.command("list")
 def list_cmd(limit: int = typer.Option(20, min=1, help="How many, newest first"),
              as_json: bool = typer.Option(False, "--json")) -> None:

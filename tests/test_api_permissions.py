@@ -250,6 +250,8 @@ CASES = [
     Case("member-reads-its-tasks", "bob", "GET", "/experiments/{exp}/tasks"),
     Case("member-reads-one-task", "bob", "GET", "/experiments/{exp}/tasks/{instance}"),
     Case("member-reads-its-events", "bob", "GET", "/experiments/{exp}/events"),
+    Case("member-reads-its-agents", "bob", "GET", "/experiments/{exp}/agents"),
+    Case("member-reads-its-bundles", "bob", "GET", "/experiments/{exp}/bundles"),
     Case("member-reads-its-logs", "bob", "GET", "/experiments/{exp}/tasks/{instance}/logs"),
     Case("member-watches-it", "bob", "GET", "/experiments/{exp}/watch"),
     Case("member-cancels-it", "bob", "POST", "/experiments/{exp}/cancel"),

@@ -9,6 +9,7 @@ mid-instance (its lease expires, the instance runs again elsewhere), an agent to
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -71,12 +72,13 @@ def _agents(home: Path) -> list[psutil.Process]:
     return out
 
 
-def _submit(tmp_path: Path, text: str) -> tuple[Store, str]:
+def _submit(tmp_path: Path, text: str, *, authorize: bool = False) -> tuple[Store, str]:
+    """As `tester`; `authorize`: with its permissions recorded (for the doors that check)."""
     spec = tmp_path / "exp.yml"
     spec.write_text(textwrap.dedent(text))
     settings = get_settings()
     ctx = Context(settings, Store(settings.db_url), "tester")
-    return ctx.store, submit_experiment(ctx, spec, [], authorize=False)
+    return ctx.store, submit_experiment(ctx, spec, [], authorize=authorize)
 
 
 class Run(threading.Thread):
@@ -123,8 +125,10 @@ tasks:
 """
 
 
-def test_an_experiment_on_local_agents(service: Service, tmp_path: Path) -> None:
-    store, exp_id = _submit(tmp_path, SWEEP)
+def test_an_experiment_on_local_agents(service: Service, tmp_path: Path,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)  # only `local`: no registry to ask
+    store, exp_id = _submit(tmp_path, SWEEP, authorize=True)
     r = Run(store, exp_id)
     r.start()
     assert r.finish() == ExperimentStatus.COMPLETED
@@ -149,6 +153,15 @@ def test_an_experiment_on_local_agents(service: Service, tmp_path: Path) -> None
     _wait(lambda: not _agents(service.home), timeout=20)
     _wait(lambda: not store.pilot.agents(None, exp_id), timeout=10)  # and are known as gone
     assert not list((service.home / "agents").glob("*.token"))  # no token left on disk
+    # `airavata experiment agents` shows who ran them, and why each stopped.
+    shown = subprocess.run([str(Path(sys.executable).parent / "airavata"), "experiment",
+                            "agents", exp_id[:8], "--json"], capture_output=True, text=True,
+                           env={**os.environ, "AIRAVATA_USER": "tester"}, timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    agents = json.loads(shown.stdout)
+    assert agents and sum(a["ended"] for a in agents) == 25
+    assert all(a["status"] == "GONE" and a["stopped_reason"] and a["slots"] == 2
+               and a["resource"] == "local" for a in agents), agents
 
 
 SLOW = """\
@@ -199,6 +212,12 @@ def test_sigterm_hands_instances_back_at_once(service: Service, tmp_path: Path,
     assert time.monotonic() - stopped_at < 5 and "handed back" in (back[0].message or "")
     assert r.finish(timeout=60) == ExperimentStatus.COMPLETED
     assert set(_terminal_events(store, exp_id).values()) == {1}
+    # Each agent said goodbye as it stopped: known as gone at once, with its reason, not
+    # after a 300 s lease.
+    _wait(lambda: not store.pilot.agents(None, exp_id), timeout=15)
+    reasons = [a.stopped_reason for a in store.pilot.agents(None, exp_id, active_only=False)]
+    assert len(reasons) >= 2 and all(r.startswith("stopped: ") for r in reasons), reasons
+    assert "SIGTERM" in reasons[0], reasons
 
 
 def test_the_service_killed_and_restarted_loses_nothing(service: Service,

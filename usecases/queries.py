@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import NamedTuple
 
+from airavata_prefect.domain.pilot import AgentInfo
 from airavata_prefect.domain.records import AuditEntry, Bundle, Experiment, Task, TaskEvent
 from airavata_prefect.domain.states import TaskState
 from airavata_prefect.usecases.authorization import allowed, require
@@ -71,6 +73,20 @@ def bundles(ctx: Context, ref: str) -> list[Bundle]:
     return ctx.store.bundles.of_experiment(experiment(ctx, ref).id)
 
 
+class AgentWork(NamedTuple):
+    agent: AgentInfo
+    ended: int  # the experiment's attempts it brought to an end
+
+
+def agents(ctx: Context, ref: str) -> list[AgentWork]:
+    """The pilot agents that worked (or may work) for an experiment, oldest first, with how
+    many of its attempts each ended; gone ones say why."""
+    exp = experiment(ctx, ref)
+    ended = ctx.store.pilot.ended_by_agent(exp.id)
+    return [AgentWork(a, ended.get(a.id, 0))
+            for a in ctx.store.pilot.agents(None, exp.id, active_only=False)]
+
+
 def my_audit(ctx: Context, correlation_id: str | None = None, limit: int = 200
              ) -> list[AuditEntry]:
     """The audit rows of the acting user's own actions (and refusals)."""
@@ -83,5 +99,5 @@ def ui_url() -> str | None:
     return api.rstrip("/").removesuffix("/api") if api else None
 
 
-__all__ = ["bundles", "events", "experiment", "experiments", "failed_tasks", "log_file", "my_audit",
-           "snapshot", "tasks", "ui_url"]
+__all__ = ["AgentWork", "agents", "bundles", "events", "experiment", "experiments",
+           "failed_tasks", "log_file", "my_audit", "snapshot", "tasks", "ui_url"]

@@ -393,6 +393,14 @@ class PilotRepo:
         found = self._agents(*where)
         return [a for a in found if experiment is None or experiment in a.experiments]
 
+    def ended_by_agent(self, experiment_id: str) -> dict[str, int]:
+        """How many of the experiment's attempts each agent brought to an end."""
+        query = (sa.select(W.agent_id, sa.func.count()).where(
+            W.experiment_id == experiment_id, W.status == DONE, W.agent_id.is_not(None))
+            .group_by(W.agent_id))
+        with self.engine.connect() as conn:
+            return {agent: int(n) for agent, n in conn.execute(query)}
+
     def stop_agent(self, agent_id: str, reason: str) -> None:
         with self._write() as conn:
             if not conn.execute(agent_rows.update().where(agent_rows.c.id == agent_id).values(
@@ -408,7 +416,8 @@ class PilotRepo:
                 hostname=r.hostname, slots=r.slots, cores=r.cores,
                 memory_bytes=r.memory_bytes, gpus=r.gpus, allocation_id=r.allocation_id,
                 status=AgentStatus(r.status), registered_at=utc(r.registered_at),
-                heartbeat_at=utc(r.heartbeat_at)) for r in conn.execute(query)]
+                heartbeat_at=utc(r.heartbeat_at), stopped_reason=r.stopped_reason or "")
+                for r in conn.execute(query)]
 
 
 __all__ = ["PilotRepo", "item_key"]

@@ -1,6 +1,6 @@
-"""`POST /plans` (where would this experiment run, without storing it), an experiment's bundles,
-and one task instance's state changes: what `airavata experiment plan|bundles|events TASK`
-show in server mode."""
+"""`POST /plans` (where would this experiment run, without storing it), an experiment's bundles
+and pilot agents, and one task instance's state changes: what `airavata experiment
+plan|bundles|agents|events TASK` show in server mode."""
 
 from __future__ import annotations
 
@@ -95,6 +95,32 @@ def bundles(ctx: Ctx, ref: Ref) -> list[BundleOut]:
                       status=str(b.status), jobs=list(b.infrastructure),
                       flow_run_id=b.flow_run_id, message=b.message, created_at=b.created_at,
                       finished_at=b.finished_at) for b in queries.bundles(ctx, ref)]
+
+
+class AgentOut(BaseModel):
+    id: str
+    resource: str
+    hostname: str
+    slots: int = Field(description="instances it runs at once")
+    cores: int
+    memory_bytes: int
+    gpus: int
+    allocation: str = Field(description="its batch job (a SLURM job id), if any")
+    status: str = Field(description="ACTIVE, or GONE (stopped or lost)")
+    stopped_reason: str = Field(description="why it is GONE")
+    registered_at: datetime | None
+    heartbeat_at: datetime | None
+    ended: int = Field(description="this experiment's attempts it brought to an end")
+
+
+@router.get("/experiments/{ref}/agents", response_model=list[AgentOut])
+def agents(ctx: Ctx, ref: Ref) -> list[AgentOut]:
+    """The pilot agents that worked for the experiment (pilot mode), oldest first."""
+    return [AgentOut(id=a.id, resource=a.resource, hostname=a.hostname, slots=a.slots,
+                     cores=a.cores, memory_bytes=a.memory_bytes, gpus=a.gpus,
+                     allocation=a.allocation_id, status=str(a.status),
+                     stopped_reason=a.stopped_reason, registered_at=a.registered_at,
+                     heartbeat_at=a.heartbeat_at, ended=n) for a, n in queries.agents(ctx, ref)]
 
 
 @router.get("/experiments/{ref}/tasks/{instance_id}/events", response_model=list[EventOut])
