@@ -11,6 +11,7 @@ import asyncio
 import os
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -96,6 +97,9 @@ class LocalAgents:
     def failed(self) -> str | None:
         return None  # a process that dies at once is restarted, up to the executor's limit
 
+    def pending(self) -> int:
+        return 0  # a process starts at once
+
     def close(self) -> None:
         """The run is over: its agents read their tokens long ago; none stays on disk."""
         for path in self.token_files:
@@ -114,12 +118,15 @@ class PoolAgents:
                  block: ComputeBlock) -> None:
         self.store, self.launch, self.resource, self.block = store, launch, resource, block
         self.bundles: list[str] = []
+        self._submitted: dict[str, float] = {}  # bundle -> when first seen SUBMITTED
+        self.experiment_id = ""
         self.slots = block.cores_per_node
         self.max_agents = block.nodes
         # A batch job may wait in its queue before it registers.
         self.startup_seconds = 120.0 + parse_duration(block.queue_wait)
 
     async def start(self, count: int, *, experiment_id: str, root: Path) -> list[str]:
+        self.experiment_id = experiment_id
         bundle_id = await asyncio.to_thread(self.store.bundles.create, experiment_id,
                                             self.resource, AGENTS_STEP,
                                             [(k, 0) for k in range(count)])
@@ -139,6 +146,28 @@ class PoolAgents:
             return None
         ever = self.store.pilot.agents(self.resource, latest.experiment_id, active_only=False)
         return None if ever else latest.message or f"agents on {self.resource} did not start"
+
+    def pending(self) -> int:
+        """Agents that cannot have registered yet: those of starts no worker has taken (its
+        pool has no worker, or a busy one), and those submitted less than `startup_seconds`
+        ago (a batch queue's wait counts from the submission, not from the start) that no
+        registration since accounts for. Another start would only wait behind them."""
+        now = time.monotonic()
+        waiting, submitted, since = 0, 0, None
+        for b in map(self.store.bundles.get, self.bundles):
+            if b.status in (BundleStatus.CREATED, BundleStatus.STAGING):
+                waiting += len(b.instances)
+            elif b.status == BundleStatus.SUBMITTED:
+                seen = self._submitted.setdefault(b.id, now)
+                if now - seen < self.startup_seconds:
+                    submitted += len(b.instances)
+                    since = min(since or b.created_at, b.created_at)
+        if submitted and since is not None:
+            came = sum(1 for a in self.store.pilot.agents(self.resource, self.experiment_id,
+                                                          active_only=False)
+                       if a.registered_at and a.registered_at >= since)
+            submitted = max(0, submitted - came)
+        return waiting + submitted
 
     def close(self) -> None:
         """Nothing to remove here: the worker removes the token when its agents end, and stops

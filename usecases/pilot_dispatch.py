@@ -58,6 +58,11 @@ class AgentStarter(Protocol):
         """Why its agents could not be started at all (nothing to wait for), if so."""
         ...
 
+    def pending(self) -> int:
+        """Agents started that cannot have registered yet, however long it takes (no worker
+        has taken their start yet): never started again meanwhile."""
+        ...
+
     def close(self) -> None:
         """The run is over: remove what only starting agents needed (their token files)."""
         ...
@@ -283,9 +288,11 @@ class PilotExecutor:
                                         False)
         live = [a for a in known if a.status == AgentStatus.ACTIVE]
         wanted = min(pool.starter.max_agents, math.ceil(waiting / pool.starter.slots))
-        # Agents started but never registered count as live for a while (a queue wait).
+        # Agents started but never registered count as live for a while (a queue wait), and
+        # for as long as their start waits for a worker.
         starting = (pool.started - len(known)
                     if time.monotonic() - pool.last_start < pool.starter.startup_seconds else 0)
+        starting = max(starting, await asyncio.to_thread(pool.starter.pending))
         missing = wanted - len(live) - max(0, starting)
         if missing <= 0:
             return
