@@ -270,8 +270,8 @@ def _status_local(ctx: Context, name: str | None) -> list[dict[str, Any]]:
 @resource_app.command("status")
 def status_cmd(name: str | None = typer.Argument(None, metavar="[NAME]"),
                as_json: bool = JsonOpt) -> None:
-    """How each compute resource stands: its work pool, the workers polling it, and the
-    instances queued and running there."""
+    """How each compute resource stands: its work pool, the workers polling it, the
+    instances queued and running there, and in pilot mode its live agents."""
     rows = either(lambda api: ([api.call("GET", f"/resources/compute/{name}/status")]
                                if name else list(api.call("GET", "/resources/status"))),
                   lambda ctx: _status_local(ctx, name))
@@ -279,11 +279,13 @@ def status_cmd(name: str | None = typer.Argument(None, metavar="[NAME]"),
         print_json(rows)
         return
     table = Table()
-    for col in ("name", "type", "work pool", "pool", "workers", "queued", "running", "ready"):
+    for col in ("name", "type", "mode", "work pool", "pool", "workers", "agents", "queued",
+                "running", "ready"):
         table.add_column(col)
     for r in rows:
-        table.add_row(r["name"], r["kind"], r.get("work_pool") or "-",
-                      r.get("pool_status") or "missing", str(len(r["workers"])),
+        agents = f"{r['agents']} ({r['agent_slots']} slots)" if r["agents"] else "-"
+        table.add_row(r["name"], r["kind"], r["mode"], r.get("work_pool") or "-",
+                      r.get("pool_status") or "missing", str(len(r["workers"])), agents,
                       str(r["queued"]), str(r["running"]), "yes" if r["ready"] else "no")
     out.print(table)
 

@@ -82,13 +82,17 @@ def _walk(run: Run, project: str) -> list[str]:
     assert "have no field 'portt'" in _one_line(
         go("resource", "compute", "update", name, "--set", "portt=3"), 2)
 
+    got = _json(go("resource", "compute", "update", name, "--set", "mode=pilot", "--json"))
+    assert isinstance(got, dict) and got["fields"]["mode"] == "pilot"
+
     rows = _json(go("resource", "compute", "list", "--json"))
     assert isinstance(rows, list) and rows[0]["name"] == "local"
     assert name in [r["name"] for r in rows]
     status = _json(go("resource", "status", name, "--json"))
     assert isinstance(status, list) and len(status) == 1
     assert (status[0]["work_pool"], status[0]["workers"], status[0]["queued"],
-            status[0]["ready"]) == (name, [], 0, False)
+            status[0]["ready"], status[0]["mode"], status[0]["agents"]) == (
+        name, [], 0, False, "pilot", 0)
     assert status[0]["pool_status"] in ("NOT_READY", "READY")
     every = _json(go("resource", "status", "--json"))
     assert isinstance(every, list) and {"local", name} <= {s["name"] for s in every}

@@ -283,8 +283,11 @@ def test_agents_register_list_and_stop(store: Store) -> None:
     assert got.registered_at is not None and got.registered_at.tzinfo is not None
     assert [x.id for x in store.pilot.agents(experiment="e2")] == ["ag1"]
     assert [x.id for x in store.pilot.agents("cloud")] == ["ag2"]
+    assert store.pilot.active_agents_by_resource() == {"hpc": (1, 4), "cloud": (1, 1)}
     store.pilot.stop_agent("ag1", "idle")
     assert [x.id for x in store.pilot.agents()] == ["ag2"]
+    assert store.pilot.get_agent("ag1").stopped_reason == "idle"
+    assert store.pilot.active_agents_by_resource() == {"cloud": (1, 1)}
     assert [x.id for x in store.pilot.agents(active_only=False)] == ["ag1", "ag2"]
     store.pilot.register(a)  # it comes back
     assert store.pilot.get_agent("ag1").status == AgentStatus.ACTIVE

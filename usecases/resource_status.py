@@ -1,6 +1,6 @@
 """How each compute resource stands now, for `airavata resource status` and
 `GET /resources/status`: its work pool (ready, paused, not ready, missing), the workers polling
-it, and how many instances are queued and running there.
+it, how many instances are queued and running there, and, in pilot mode, its live agents.
 
 The counts are of every user's instances (numbers only, never an id or a name), as `squeue`
 shows a cluster's queue to all its users; who may see a resource at all is `scheduler.node.read`.
@@ -28,6 +28,9 @@ class ResourceStatus:
     workers: list[str]  # polling the pool now
     queued: int
     running: int  # past the queue: staging, setting up, running, staging out
+    mode: str  # bundle | pilot (`local`: process | pilot)
+    agents: int  # pilot agents registered there and alive now, every experiment's
+    agent_slots: int  # the instances they can run at once
 
     @property
     def ready(self) -> bool:
@@ -35,7 +38,8 @@ class ResourceStatus:
         return self.pool_status == "READY" and bool(self.workers)
 
 
-def _one(view: resources.ResourceView, counts: dict[str, dict[str, int]]) -> ResourceStatus:
+def _one(view: resources.ResourceView, counts: dict[str, dict[str, int]],
+         agents: dict[str, tuple[int, int]], local_mode: str) -> ResourceStatus:
     # `local` runs inside the experiment's own flow run, so it stands as the default pool does.
     pool = DEFAULT_POOL if view.name == LOCAL else view.work_pool
     try:
@@ -44,9 +48,13 @@ def _one(view: resources.ResourceView, counts: dict[str, dict[str, int]]) -> Res
         raise Unavailable(str(exc)) from None
     mine = counts.get(view.name, {})
     queued = mine.get(TaskState.QUEUED, 0)
+    live, slots = agents.get(view.name, (0, 0))
     return ResourceStatus(name=view.name, kind=view.kind, work_pool=pool, pool_status=status,
                           workers=sorted(workers), queued=queued,
-                          running=sum(mine.values()) - queued)
+                          running=sum(mine.values()) - queued,
+                          mode=local_mode if view.name == LOCAL
+                          else str(view.fields.get("mode") or "bundle"),
+                          agents=live, agent_slots=slots)
 
 
 def status(ctx: Context, name: str | None = None) -> list[ResourceStatus]:
@@ -54,7 +62,8 @@ def status(ctx: Context, name: str | None = None) -> list[ResourceStatus]:
     views = ([resources.get(ctx, "compute", name)] if name is not None
              else resources.list_resources(ctx, "compute"))
     counts = ctx.store.tasks.active_by_resource()
-    return [_one(v, counts) for v in views]
+    agents = ctx.store.pilot.active_agents_by_resource()
+    return [_one(v, counts, agents, ctx.settings.local_mode) for v in views]
 
 
 __all__ = ["ResourceStatus", "status"]

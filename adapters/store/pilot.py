@@ -401,6 +401,14 @@ class PilotRepo:
         with self.engine.connect() as conn:
             return {agent: int(n) for agent, n in conn.execute(query)}
 
+    def active_agents_by_resource(self) -> dict[str, tuple[int, int]]:
+        """(active agents, their slots) per resource, every experiment's."""
+        query = (sa.select(agent_rows.c.resource, sa.func.count(), sa.func.sum(agent_rows.c.slots))
+                 .where(agent_rows.c.status == str(AgentStatus.ACTIVE))
+                 .group_by(agent_rows.c.resource))
+        with self.engine.connect() as conn:
+            return {r: (int(n), int(slots or 0)) for r, n, slots in conn.execute(query)}
+
     def stop_agent(self, agent_id: str, reason: str) -> None:
         with self._write() as conn:
             if not conn.execute(agent_rows.update().where(agent_rows.c.id == agent_id).values(

@@ -109,11 +109,15 @@ class StatusOut(BaseModel):
     queued: int = Field(description="instances queued there (every user's; a number only)")
     running: int = Field(description="instances past the queue: staging, running, staging out")
     ready: bool = Field(description="work placed here would start: a ready pool with a worker")
+    mode: str = Field(description="bundle or pilot (local: process or pilot)")
+    agents: int = Field(description="pilot agents alive there now (every user's; a number)")
+    agent_slots: int = Field(description="instances those agents run at once")
 
 
 def _status(s: resource_status.ResourceStatus) -> StatusOut:
     return StatusOut(name=s.name, kind=s.kind, work_pool=s.work_pool, pool_status=s.pool_status,
-                     workers=s.workers, queued=s.queued, running=s.running, ready=s.ready)
+                     workers=s.workers, queued=s.queued, running=s.running, ready=s.ready,
+                     mode=s.mode, agents=s.agents, agent_slots=s.agent_slots)
 
 
 def _resource(v: ResourceView) -> ResourceOut:
