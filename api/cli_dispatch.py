@@ -12,6 +12,7 @@ from rich.table import Table
 
 from airavata_prefect.api import cli_remote
 from airavata_prefect.api.cli_experiments import ExperimentArg, experiment_app, out
+from airavata_prefect.api.views import agent_out, bundle_out
 from airavata_prefect.usecases import queries
 from airavata_prefect.usecases.context import open_context
 
@@ -36,11 +37,7 @@ def bundles_cmd(experiment: str = ExperimentArg,
         rows = c.call("GET", f"/experiments/{experiment}/bundles")
     else:
         with open_context() as ctx:
-            rows = [{"id": b.id, "resource": b.resource, "step": b.step,
-                     "instances": len(b.instances), "status": str(b.status),
-                     "jobs": list(b.infrastructure), "flow_run_id": b.flow_run_id,
-                     "message": b.message, "created_at": b.created_at.isoformat(),
-                     "finished_at": b.finished_at.isoformat() if b.finished_at else None}
+            rows = [bundle_out(b).model_dump(mode="json")
                     for b in queries.bundles(ctx, experiment)]
     _show(rows, as_json, {
         "bundle": lambda b: b["id"][:8], "resource": lambda b: b["resource"],
@@ -58,13 +55,8 @@ def agents_cmd(experiment: str = ExperimentArg,
         rows = c.call("GET", f"/experiments/{experiment}/agents")
     else:
         with open_context() as ctx:
-            rows = [{"id": a.id, "resource": a.resource, "hostname": a.hostname,
-                     "slots": a.slots, "cores": a.cores, "memory_bytes": a.memory_bytes,
-                     "gpus": a.gpus, "allocation": a.allocation_id, "status": str(a.status),
-                     "stopped_reason": a.stopped_reason,
-                     "registered_at": a.registered_at.isoformat() if a.registered_at else None,
-                     "heartbeat_at": a.heartbeat_at.isoformat() if a.heartbeat_at else None,
-                     "ended": n} for a, n in queries.agents(ctx, experiment)]
+            rows = [agent_out(a, n).model_dump(mode="json")
+                    for a, n in queries.agents(ctx, experiment)]
     _show(rows, as_json, {
         "agent": lambda a: a["id"], "resource": lambda a: a["resource"],
         "host": lambda a: a["hostname"], "slots": lambda a: str(a["slots"]),

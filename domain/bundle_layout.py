@@ -66,17 +66,30 @@ def _array(items: Sequence[str]) -> str:
     return "(" + " ".join(_q(i) for i in items) + ")"
 
 
+def frame_files() -> dict[str, str]:
+    """What every bundle holds besides its steps and tasks."""
+    return {"run_one.sh": RUN_ONE, "run_all.sh": RUN_ALL, "results/.keep": ""}
+
+
+def position_file(step: str, workdir: str, *, walltime: int | None = None,
+                  keep_logs: Sequence[tuple[str, str]] = (), links: Sequence[Link] = (),
+                  env: dict[str, str] | None = None) -> str:
+    """`tasks/<k>.sh`: how run_one.sh runs position k (`steps/<step>.sh` in `workdir`)."""
+    lines = [f"AV_STEP={_q(step)}", f"AV_WORKDIR={_q(workdir)}",
+             f"AV_WALLTIME={walltime or ''}",
+             f"AV_KEEP_LOGS={_array([f'{a}|{b}' for a, b in keep_logs])}",
+             f"AV_LINKS={_array([f'{link.src}|{link.dst}' for link in links])}",
+             *(f"export {k}={_q(v)}" for k, v in (env or {}).items())]
+    return "\n".join(lines) + "\n"
+
+
 def task_file(member: Member, *, experiment_id: str, workdir: str,
               walltime: int | None = None, links: Sequence[Link] = ()) -> str:
     inst = member.instance
     env = instance_environment(inst, experiment_id=experiment_id, attempt=member.attempt,
                                workdir=workdir)
-    lines = [f"AV_STEP={_q(inst.step)}", f"AV_WORKDIR={_q(workdir)}",
-             f"AV_WALLTIME={walltime or ''}",
-             f"AV_KEEP_LOGS={_array([f'{a}|{b}' for a, b in earlier_logs(member.attempt)])}",
-             f"AV_LINKS={_array([f'{link.src}|{link.dst}' for link in links])}",
-             *(f"export {k}={_q(v)}" for k, v in env.items())]
-    return "\n".join(lines) + "\n"
+    return position_file(inst.step, workdir, walltime=walltime,
+                         keep_logs=earlier_logs(member.attempt), links=links, env=env)
 
 
 def bundle_files(graph: TaskGraph, step: str, members: Sequence[Member], *, experiment_id: str,
@@ -84,7 +97,7 @@ def bundle_files(graph: TaskGraph, step: str, members: Sequence[Member], *, expe
     """Every file of a bundle, by path relative to its directory. `graph` is rooted at the
     experiment's directory on the resource, so paths resolve there."""
     plan = graph.by_name[step]
-    files = {"run_one.sh": RUN_ONE, "run_all.sh": RUN_ALL, "results/.keep": "",
+    files = {**frame_files(),
              f"steps/{step}.sh": render_script(plan.script, plan.resources.environment)}
     for k, m in enumerate(members):
         files[f"tasks/{k}.sh"] = task_file(
@@ -144,4 +157,4 @@ def parse_markers(text: str) -> dict[int, Marker]:
 
 
 __all__ = ["EXECUTABLE", "Link", "Marker", "Member", "bundle_dir", "bundle_files",
-           "parse_end", "parse_markers", "task_file"]
+           "frame_files", "parse_end", "parse_markers", "position_file", "task_file"]

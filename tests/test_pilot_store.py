@@ -3,6 +3,7 @@ time, only the lease the store holds now may report, and each attempt ends exact
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections import Counter
@@ -291,6 +292,11 @@ def test_agents_register_list_and_stop(store: Store) -> None:
     assert [x.id for x in store.pilot.agents(active_only=False)] == ["ag1", "ag2"]
     store.pilot.register(a)  # it comes back
     assert store.pilot.get_agent("ag1").status == AgentStatus.ACTIVE
+    assert [x.id for x in store.pilot.agents("hpc", "e1")] == ["ag1"]
+    assert store.pilot.agents("cloud", "e2") == []
+    store.pilot.register(dataclasses.replace(a, experiments=("e3",)))  # a new token: other experiments
+    assert store.pilot.agents(experiment="e2") == []
+    assert [x.id for x in store.pilot.agents(experiment="e3")] == ["ag1"]
     with pytest.raises(NotFound):
         store.pilot.get_agent("nobody")
     with pytest.raises(NotFound):

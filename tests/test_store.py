@@ -151,3 +151,28 @@ def test_projects_known_only_to_the_journal_get_their_rows(tmp_path: Path) -> No
         assert store.projects.get("new") is None
     finally:
         store.close()
+
+
+def test_agents_from_before_0011_are_found_by_their_experiments(tmp_path: Path) -> None:
+    """0011 moved the experiments an agent may take into their own indexed rows: agents
+    registered before it are still found by each of theirs."""
+    import sqlalchemy as sa
+    from alembic import command
+
+    from airavata_prefect.adapters.store.engine import _alembic_config, make_engine
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'old.db'}")
+    with engine.begin() as conn:
+        command.upgrade(_alembic_config(conn), "0010")
+        conn.execute(sa.text(
+            "INSERT INTO agents (id, resource, experiments, hostname, slots, status, "
+            "registered_at) VALUES ('ag1', 'hpc', '[\"e1\", \"e2\"]', 'n1', 2, 'ACTIVE', "
+            "'2026-01-01 00:00:00')"))
+    engine.dispose()
+    store = Store(f"sqlite:///{tmp_path / 'old.db'}")
+    try:
+        assert [a.id for a in store.pilot.agents(experiment="e2")] == ["ag1"]
+        assert [a.id for a in store.pilot.agents("hpc", "e1")] == ["ag1"]
+        assert store.pilot.agents(experiment="e3") == []
+    finally:
+        store.close()

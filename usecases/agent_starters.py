@@ -154,7 +154,11 @@ class PoolAgents:
         registration since accounts for. Another start would only wait behind them."""
         now = time.monotonic()
         waiting, submitted, since = 0, 0, None
-        for b in map(self.store.bundles.get, self.bundles):
+        if not self.bundles:
+            return 0
+        mine = set(self.bundles)
+        live = self.store.bundles.of_experiment(self.experiment_id, active_only=True)
+        for b in (b for b in live if b.id in mine):
             if b.status in (BundleStatus.CREATED, BundleStatus.STAGING):
                 waiting += len(b.instances)
             elif b.status == BundleStatus.SUBMITTED:

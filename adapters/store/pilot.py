@@ -23,7 +23,12 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
 from airavata_prefect.adapters.store.engine import utcnow
-from airavata_prefect.adapters.store.schema import UtcDateTime, pilot_events, work_items
+from airavata_prefect.adapters.store.schema import (
+    UtcDateTime,
+    agent_experiments,
+    pilot_events,
+    work_items,
+)
 from airavata_prefect.adapters.store.schema import agents as agent_rows
 from airavata_prefect.domain.errors import NotFound
 from airavata_prefect.domain.pilot import (
@@ -375,6 +380,12 @@ class PilotRepo:
             if not conn.execute(agent_rows.update().where(agent_rows.c.id == info.id)
                                 .values(**values)).rowcount:
                 conn.execute(agent_rows.insert().values(id=info.id, **values))
+            conn.execute(agent_experiments.delete().where(
+                agent_experiments.c.agent_id == info.id))
+            if info.experiments:
+                conn.execute(agent_experiments.insert(), [
+                    {"agent_id": info.id, "experiment_id": e}
+                    for e in dict.fromkeys(info.experiments)])
 
     def get_agent(self, agent_id: str) -> AgentInfo:
         found = self._agents(agent_rows.c.id == agent_id)
@@ -390,8 +401,10 @@ class PilotRepo:
             where.append(agent_rows.c.resource == resource)
         if active_only:
             where.append(agent_rows.c.status == str(AgentStatus.ACTIVE))
-        found = self._agents(*where)
-        return [a for a in found if experiment is None or experiment in a.experiments]
+        if experiment is not None:
+            where.append(agent_rows.c.id.in_(sa.select(agent_experiments.c.agent_id).where(
+                agent_experiments.c.experiment_id == experiment)))
+        return self._agents(*where)
 
     def ended_by_agent(self, experiment_id: str) -> dict[str, int]:
         """How many of the experiment's attempts each agent brought to an end."""

@@ -285,3 +285,12 @@ agents = sa.Table(
     sa.Column("stopped_reason", sa.Text),
     sa.Index("ix_agents_resource", "resource", "status"),
 )
+
+# The experiments each agent may take (its token's), one row each: found by index.
+agent_experiments = sa.Table(
+    "agent_experiments", metadata,
+    sa.Column("agent_id", sa.String(64), sa.ForeignKey("agents.id", ondelete="CASCADE"),
+              primary_key=True),
+    sa.Column("experiment_id", sa.String(64), primary_key=True),
+    sa.Index("ix_agent_experiments_experiment", "experiment_id"),
+)

@@ -4,7 +4,6 @@ plan|bundles|agents|events TASK` show in server mode."""
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query
@@ -13,6 +12,7 @@ from pydantic import BaseModel, Field
 from airavata_prefect.api.rest.deps import Ctx, Writer
 from airavata_prefect.api.rest.errors import UNAVAILABLE
 from airavata_prefect.api.rest.routes_experiments import EventOut, event_out
+from airavata_prefect.api.views import AgentOut, BundleOut, agent_out, bundle_out
 from airavata_prefect.domain.plan import Plan
 from airavata_prefect.usecases import queries
 from airavata_prefect.usecases.plan import compile_file, plan_experiment
@@ -54,19 +54,6 @@ class PlanOut(BaseModel):
     reason: str | None = Field(description="why there is no plan, when infeasible")
 
 
-class BundleOut(BaseModel):
-    id: str
-    resource: str
-    step: str
-    instances: int
-    status: str
-    jobs: list[str] = Field(description="the resource's job ids (or session) that ran it")
-    flow_run_id: str | None
-    message: str | None
-    created_at: datetime
-    finished_at: datetime | None
-
-
 def plan_out(p: Plan) -> PlanOut:
     return PlanOut(status=p.status, objective=p.objective, total_cost=p.total_cost,
                    makespan_seconds=p.makespan_seconds, gap=p.gap,
@@ -91,36 +78,13 @@ def plan(body: PlanIn, ctx: Ctx, _: Writer) -> PlanOut:
 @router.get("/experiments/{ref}/bundles", response_model=list[BundleOut])
 def bundles(ctx: Ctx, ref: Ref) -> list[BundleOut]:
     """The bundles sent to registered resources: where, how many, their jobs and flow runs."""
-    return [BundleOut(id=b.id, resource=b.resource, step=b.step, instances=len(b.instances),
-                      status=str(b.status), jobs=list(b.infrastructure),
-                      flow_run_id=b.flow_run_id, message=b.message, created_at=b.created_at,
-                      finished_at=b.finished_at) for b in queries.bundles(ctx, ref)]
-
-
-class AgentOut(BaseModel):
-    id: str
-    resource: str
-    hostname: str
-    slots: int = Field(description="instances it runs at once")
-    cores: int
-    memory_bytes: int
-    gpus: int
-    allocation: str = Field(description="its batch job (a SLURM job id), if any")
-    status: str = Field(description="ACTIVE, or GONE (stopped or lost)")
-    stopped_reason: str = Field(description="why it is GONE")
-    registered_at: datetime | None
-    heartbeat_at: datetime | None
-    ended: int = Field(description="this experiment's attempts it brought to an end")
+    return [bundle_out(b) for b in queries.bundles(ctx, ref)]
 
 
 @router.get("/experiments/{ref}/agents", response_model=list[AgentOut])
 def agents(ctx: Ctx, ref: Ref) -> list[AgentOut]:
     """The pilot agents that worked for the experiment (pilot mode), oldest first."""
-    return [AgentOut(id=a.id, resource=a.resource, hostname=a.hostname, slots=a.slots,
-                     cores=a.cores, memory_bytes=a.memory_bytes, gpus=a.gpus,
-                     allocation=a.allocation_id, status=str(a.status),
-                     stopped_reason=a.stopped_reason, registered_at=a.registered_at,
-                     heartbeat_at=a.heartbeat_at, ended=n) for a, n in queries.agents(ctx, ref)]
+    return [agent_out(a, n) for a, n in queries.agents(ctx, ref)]
 
 
 @router.get("/experiments/{ref}/tasks/{instance_id}/events", response_model=list[EventOut])

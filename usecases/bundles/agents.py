@@ -27,7 +27,12 @@ from airavata_prefect.adapters.hosts import Host, HostError, upload
 from airavata_prefect.adapters.launcher import Launcher, read_markers
 from airavata_prefect.adapters.store import Store
 from airavata_prefect.blocks import ComputeBlock
-from airavata_prefect.domain.bundle_layout import EXECUTABLE, RUN_ALL, RUN_ONE, bundle_dir
+from airavata_prefect.domain.bundle_layout import (
+    EXECUTABLE,
+    bundle_dir,
+    frame_files,
+    position_file,
+)
 from airavata_prefect.domain.dag import TaskGraph
 from airavata_prefect.domain.endings import Exit, Requeue, judge
 from airavata_prefect.domain.records import Bundle, Experiment
@@ -60,11 +65,9 @@ def agent_files(settings: Settings, block: ComputeBlock, *, bdir: str, root: str
                            root=root, slots=block.cores_per_node, resource=resource)
     # `agent_command` is the resource admin's (a path, or `python -m ...`): not quoted.
     script = f"#!/bin/bash\nexec {block.agent_command} {shlex.join(args)}\n"
-    files: dict[str, str | bytes] = {"run_one.sh": RUN_ONE, "run_all.sh": RUN_ALL,
-                                     "results/.keep": "", "steps/agent.sh": script, CA: ca}
+    files: dict[str, str | bytes] = {**frame_files(), "steps/agent.sh": script, CA: ca}
     for k in range(count):
-        files[f"tasks/{k}.sh"] = (f"AV_STEP=agent\nAV_WORKDIR={shlex.quote(f'{bdir}/agent-{k}')}"
-                                  "\nAV_WALLTIME=\nAV_KEEP_LOGS=()\nAV_LINKS=()\n")
+        files[f"tasks/{k}.sh"] = position_file("agent", f"{bdir}/agent-{k}")
     return files
 
 
