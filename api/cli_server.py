@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from airavata_prefect.usecases import deployments, server
+from airavata_prefect.usecases import agent_tokens, deployments, server
 from airavata_prefect.usecases.context import open_context
 from airavata_prefect.usecases.errors import BadInput
 from airavata_prefect.usecases.settings import get_settings
@@ -68,6 +68,16 @@ def stop_cmd() -> None:
     """Stop what `server start` started under this AIRAVATA_HOME."""
     stopped = server.stop(get_settings())
     out.print(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
+
+
+@server_app.command("agent-key")
+def agent_key_cmd() -> None:
+    """Print the key that signs pilot agents' tokens (platform admins; audited), for where
+    agents' tokens are minted away from this server: the `agent-key` of a Kubernetes
+    resource's Secret. It signs nothing else: people's tokens need another key."""
+    with open_context() as ctx:
+        key = agent_tokens.export_key(ctx)
+    print(key)
 
 
 @server_app.command("status")

@@ -12,7 +12,7 @@ from typing import Any, ClassVar, Literal
 
 from prefect.client.schemas.objects import FlowRun
 from prefect.workers.base import BaseJobConfiguration, BaseVariables, BaseWorker
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from airavata_prefect.adapters.launcher import Session
 from airavata_prefect.blocks.base import AiravataBlock
@@ -63,7 +63,6 @@ class ComputeBlock(AiravataBlock):
     # type's infrastructure (a Kubernetes Job) runs the `execute_bundle` flow, in place there.
     worker_base: ClassVar[type[BaseWorker] | None] = None
     enforce_walltime: ClassVar[bool] = False  # no scheduler stops an instance at its walltime
-    runs_pilots: ClassVar[bool] = True  # whether `mode: pilot` is possible on this kind
 
     work_pool_name: str = Field(..., description="The Prefect work pool that runs its tasks")
     nodes: int = Field(1, ge=1)
@@ -88,13 +87,6 @@ class ComputeBlock(AiravataBlock):
         super().__init_subclass__(**kwargs)
         if cls.__dict__.get("kind"):
             COMPUTE_KINDS[cls.kind] = cls
-
-    @model_validator(mode="after")
-    def _pilots_possible(self) -> ComputeBlock:
-        if self.mode == "pilot" and not self.runs_pilots:
-            raise ValueError(f"mode: pilot is not available on {self.kind} resources (use "
-                             "mode: bundle)")
-        return self
 
     # -- what placement sees -------------------------------------------------------------
 

@@ -5,8 +5,10 @@ create NAME --type kubernetes`), then `prefect worker start --pool NAME`. Each b
 Job whose pod runs the standard `prefect flow-run execute`, i.e. the `execute_bundle` flow,
 which executes the bundle in place: the image must hold this package, the experiments' directory
 comes from a PersistentVolumeClaim mounted at the same path as on the submitting side
-(`runs_path`), and the store's URL from a Kubernetes Secret (`database_secret`) — never a value
-in Prefect.
+(`runs_path`), and the store's URL from a Kubernetes Secret (`secret_name`) — never a value
+in Prefect. In pilot mode each agent is a Job of its own (a node's worth of CPUs), which mints
+its agent's token with the agents' key from that Secret and tells it where the service is
+(`agent_url`).
 
 The only change to prefect-kubernetes' worker: its job configuration passes into the Job env
 what the pool or deployment set plus what `prefect flow-run execute` needs (PREFECT_API_URL and
@@ -21,6 +23,7 @@ from typing import Any, ClassVar
 
 from prefect.workers.base import BaseJobConfiguration, BaseVariables
 from prefect_kubernetes.worker import KubernetesWorker, KubernetesWorkerJobConfiguration
+from pydantic import Field, model_validator
 
 from airavata_prefect.blocks.compute import ComputeBlock, mem_mb
 from airavata_prefect.domain.dag import StepPlan
@@ -67,8 +70,8 @@ def base_job_template() -> dict[str, Any]:
     props = template["variables"]["properties"]
     props["secret_name"] = {
         "type": "string", "default": "airavata", "title": "Kubernetes Secret",
-        "description": "Holds database-url (the store) and optionally openbao-token; the pod "
-                       "reads them from there, Prefect never holds them"}
+        "description": "Holds database-url (the store) and optionally openbao-token and "
+                       "agent-key; the pod reads them from there, Prefect never holds them"}
     props["image"]["default"] = "airavata-prefect:latest"
     props["gpu_limit"] = {"type": "integer", "minimum": 0, "default": 0,
                           "title": "GPUs", "description": "nvidia.com/gpu per pod"}
@@ -82,6 +85,9 @@ def base_job_template() -> dict[str, Any]:
                                           "directory"}
     props["runs_path"] = {"type": "string", "default": "/airavata",
                           "title": "Where it is mounted (AIRAVATA_HOME)"}
+    props["agent_url"] = {"type": "string", "default": "", "title": "Agent service",
+                          "description": "host:port where pods reach the agent service "
+                                         "(pilot mode)"}
     container = {
         "name": "prefect-job", "args": "{{ command }}",
         # Written out, not "{{ env }}": the worker adds the pool's and deployment's env to
@@ -92,6 +98,11 @@ def base_job_template() -> dict[str, Any]:
                 "name": "{{ secret_name }}", "key": "database-url"}}},
             {"name": "AIRAVATA_OPENBAO_TOKEN", "valueFrom": {"secretKeyRef": {
                 "name": "{{ secret_name }}", "key": "openbao-token", "optional": True}}},
+            # Pilot mode: the pod mints its agent's token with the agents' key alone
+            # (`airavata server agent-key`) and tells it where to pull.
+            {"name": "AIRAVATA_AGENT_KEY", "valueFrom": {"secretKeyRef": {
+                "name": "{{ secret_name }}", "key": "agent-key", "optional": True}}},
+            {"name": "AIRAVATA_AGENT_URL", "value": "{{ agent_url }}"},
         ],
         "image": "{{ image }}", "imagePullPolicy": "{{ image_pull_policy }}",
         "resources": {
@@ -131,11 +142,19 @@ class KubernetesCluster(ComputeBlock):
     job_configuration: ClassVar[type[BaseJobConfiguration]] = AiravataKubernetesJobConfiguration
     job_variables_schema: ClassVar[type[BaseVariables] | None] = None
     worker_base = KubernetesWorker  # its pod runs `execute_bundle`: the bundle runs in place
-    runs_pilots: ClassVar[bool] = False  # agents in pods: not yet (their pod runs the flow)
 
     namespace: str = "default"
     image: str = "python:3.11-slim"
     service_account: str | None = None
+    agent_url: str | None = Field(
+        None, description="Where pods reach the agent service, host:port (pilot mode)")
+
+    @model_validator(mode="after")
+    def _agents_reach_the_service(self) -> KubernetesCluster:
+        if self.mode == "pilot" and not self.agent_url:
+            raise ValueError("mode: pilot on Kubernetes needs agent_url: where its pods reach "
+                             "the agent service (host:port)")
+        return self
 
     @classmethod
     def base_job_template(cls) -> dict[str, Any]:
@@ -151,9 +170,17 @@ class KubernetesCluster(ComputeBlock):
             out["memory_request"] = f"{mem_mb(c.ram_gb)}Mi"
         return out
 
+    def agent_job_variables(self) -> dict[str, Any]:
+        """One agent per pod, a node's worth: the pod runs the agents bundle in place."""
+        out: dict[str, Any] = {"cpu_request": str(self.cores_per_node),
+                               "gpu_limit": self.gpus_per_node}
+        if self.mem_gb_per_node:
+            out["memory_request"] = f"{mem_mb(self.mem_gb_per_node)}Mi"
+        return out
+
     def pool_defaults(self) -> dict[str, Any]:
         return {"namespace": self.namespace, "image": self.image,
-                "service_account_name": self.service_account}
+                "service_account_name": self.service_account, "agent_url": self.agent_url or ""}
 
 
 __all__ = ["AiravataKubernetesJobConfiguration", "KubernetesCluster", "base_job_template"]

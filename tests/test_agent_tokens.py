@@ -134,3 +134,44 @@ def test_mint_refuses_a_useless_scope(tmp_path: Path) -> None:
     for kw in cases:
         with pytest.raises(BadInput):
             mint(st, **kw)
+
+
+def test_the_agents_key_signs_agents_tokens_only(tmp_path: Path, home: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """`airavata server agent-key`: what a Kubernetes pod holds to mint its agent's token.
+    Tokens it mints verify on the server; it is not the key of people's tokens; only a
+    platform admin gets it, and both the export and a refusal are audited."""
+    import subprocess
+    import sys
+
+    from airavata_prefect.usecases.context import open_context
+    from airavata_prefect.usecases.errors import Forbidden
+
+    airavata = str(Path(sys.executable).parent / "airavata")
+    monkeypatch.setenv("AIRAVATA_USER", "root")  # the first acting user administers it
+    r = subprocess.run([airavata, "server", "agent-key"], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    key = r.stdout.strip()
+    server = _settings(home)
+    assert key == agent_tokens.agent_key(server) and len(key) == 64
+    assert key != identity.signing_key(server)
+    pod = _settings(tmp_path / "pod", agent_key=key)  # no access to the server's home
+    token = mint(pod, resource="k8s", experiments=["exp-1"], seconds=60)
+    assert verify(server, token, resource="k8s", experiment="exp-1").experiments == ("exp-1",)
+    with pytest.raises(jwt.InvalidSignatureError):  # it signs no access token of a person
+        jwt.decode(jwt.encode({"sub": "root"}, key, algorithm="HS256"),
+                   identity.signing_key(server), algorithms=["HS256"])
+
+    monkeypatch.setenv("AIRAVATA_USER", "bob")
+    r = subprocess.run([airavata, "server", "agent-key"], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode != 0 and key not in r.stdout + r.stderr
+    assert "bob lacks platform.manage" in r.stderr and "Traceback" not in r.stderr
+    with open_context() as ctx, pytest.raises(Forbidden):
+        agent_tokens.export_key(ctx)
+    with open_context() as ctx:
+        rows = [(a.actor, a.outcome, a.detail) for a in ctx.store.audit.trail()
+                if a.action == "platform.manage"]
+    assert ("root", "ok", "agent key exported") in rows
+    assert ("bob", "denied", None) in rows

@@ -294,7 +294,8 @@ def test_agents_register_list_and_stop(store: Store) -> None:
     assert store.pilot.get_agent("ag1").status == AgentStatus.ACTIVE
     assert [x.id for x in store.pilot.agents("hpc", "e1")] == ["ag1"]
     assert store.pilot.agents("cloud", "e2") == []
-    store.pilot.register(dataclasses.replace(a, experiments=("e3",)))  # a new token: other experiments
+    # A new token, other experiments: the old ones are no longer the agent's.
+    store.pilot.register(dataclasses.replace(a, experiments=("e3",)))
     assert store.pilot.agents(experiment="e2") == []
     assert [x.id for x in store.pilot.agents(experiment="e3")] == ["ag1"]
     with pytest.raises(NotFound):

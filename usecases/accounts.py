@@ -25,7 +25,7 @@ def check_name(what: str, name: str) -> None:
                        "'_' or '-', starting with a letter")
 
 
-def _ensure_platform(ctx: Context) -> None:
+def ensure_platform(ctx: Context) -> None:
     """An installation nobody administers yet is administered by its first acting user (the
     operator, in local mode on the server's machine)."""
     if not ctx.store.relationships.has_object("platform", PLATFORM):
@@ -38,7 +38,7 @@ def _ensure_platform(ctx: Context) -> None:
 
 def create_person(ctx: Context, name: str, password: str, *, admin: bool = False,
                   full_name: str | None = None, email: str | None = None) -> Account:
-    _ensure_platform(ctx)
+    ensure_platform(ctx)
     require(ctx, "platform.manage", PLATFORM)
     check_name("user", name)
     if name.startswith(SERVICE_PREFIX):

@@ -127,6 +127,12 @@ class PoolAgents:
 
     async def start(self, count: int, *, experiment_id: str, root: Path) -> list[str]:
         self.experiment_id = experiment_id
+        # Where the flow run's own infrastructure is the node (a Kubernetes pod runs the
+        # bundle in place), each agent is a flow run of its own; else one for all of them.
+        sizes = [1] * count if self.block.worker_base is not None else [count]
+        return [await self._start(n, experiment_id) for n in sizes]
+
+    async def _start(self, count: int, experiment_id: str) -> str:
         bundle_id = await asyncio.to_thread(self.store.bundles.create, experiment_id,
                                             self.resource, AGENTS_STEP,
                                             [(k, 0) for k in range(count)])
@@ -134,7 +140,7 @@ class PoolAgents:
                                             self.block.agent_job_variables())
         await asyncio.to_thread(self.store.bundles.update, bundle_id, flow_run_id=flow_run)
         self.bundles.append(bundle_id)
-        return [f"{count} agent(s) on {self.resource}: bundle {bundle_id}, flow run {flow_run}"]
+        return f"{count} agent(s) on {self.resource}: bundle {bundle_id}, flow run {flow_run}"
 
     def failed(self) -> str | None:
         """The worker could not start the latest agents (the resource unreachable, no shared

@@ -24,6 +24,9 @@ from typing import Any
 
 import jwt
 
+from airavata_prefect.usecases.accounts import PLATFORM, ensure_platform
+from airavata_prefect.usecases.authorization import audit, require
+from airavata_prefect.usecases.context import Context
 from airavata_prefect.usecases.errors import BadInput, Unauthenticated
 from airavata_prefect.usecases.identity import signing_key
 from airavata_prefect.usecases.settings import Settings
@@ -45,9 +48,25 @@ class AgentScope:
     expires_at: datetime
 
 
+def agent_key(settings: Settings) -> str:
+    """The agents' signing key: AIRAVATA_AGENT_KEY, else derived from, and never equal to,
+    the people's one (which it does not reveal)."""
+    if settings.agent_key is not None:
+        return settings.agent_key.get_secret_value()
+    return hmac.new(signing_key(settings).encode(), _KEY_LABEL, hashlib.sha256).hexdigest()
+
+
+def export_key(ctx: Context) -> str:
+    """The agents' signing key, for a place that mints agents' tokens away from the server
+    (a Kubernetes Secret's `agent-key`): platform admins only, audited."""
+    ensure_platform(ctx)
+    require(ctx, "platform.manage", PLATFORM)
+    audit(ctx, "platform.manage", f"platform:{PLATFORM}", "ok", "agent key exported")
+    return agent_key(ctx.settings)
+
+
 def _key(settings: Settings) -> bytes:
-    """The agents' signing key: derived from, and never equal to, the people's one."""
-    return hmac.new(signing_key(settings).encode(), _KEY_LABEL, hashlib.sha256).digest()
+    return agent_key(settings).encode()
 
 
 def mint(settings: Settings, *, resource: str, experiments: Sequence[str],
@@ -109,4 +128,4 @@ def _scope(claims: dict[str, Any]) -> AgentScope:
                       expires_at=datetime.fromtimestamp(exp, UTC))
 
 
-__all__ = ["AUDIENCE", "ISSUER", "AgentScope", "mint", "verify"]
+__all__ = ["AUDIENCE", "ISSUER", "AgentScope", "agent_key", "export_key", "mint", "verify"]

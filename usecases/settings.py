@@ -43,6 +43,10 @@ class Settings(BaseSettings):
     api_url: str | None = None
     # Signs access tokens (HS256); unset: a random key made on first use in `home`/api, 0600.
     jwt_secret: SecretStr | None = None
+    # Signs pilot agents' tokens only; unset: derived from the key above. Where agents' tokens
+    # are minted away from the server (a Kubernetes pod), that side holds this one alone
+    # (`airavata server agent-key`), never the key that signs people's tokens.
+    agent_key: SecretStr | None = None
     access_token_seconds: int = Field(900, ge=30)
     refresh_token_seconds: int = Field(14 * 24 * 3600, ge=60)
     api_token_days: int = Field(90, ge=1, le=3650)

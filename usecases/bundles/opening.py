@@ -61,8 +61,10 @@ class InPlace:
 
     def open(self, block: ComputeBlock, secret: dict[str, str] | None, home: TaskGraph,
              step: str) -> Session:
-        compute = home.by_name[step].resources.compute
         host = LocalHost()
+        if step not in home.by_name:  # an agents bundle: its agents run at once
+            return Session(host, BareMetalLauncher(host, block.nodes), str(Path(home.root).parent))
+        compute = home.by_name[step].resources.compute
         parallel = max(1, (os.cpu_count() or 1) // (compute.cpu if compute else 1))
         return Session(host, BareMetalLauncher(host, parallel), str(Path(home.root).parent))
 
