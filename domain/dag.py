@@ -82,8 +82,7 @@ class TaskGraph:
         return f"{self.root}/{step}/{index}"
 
     def output_path(self, step: str, index: int, name: str) -> str:
-        value = self.by_name[step].outputs[name]
-        return value if value.startswith("/") else f"{self.root}/{step}/{index}/{value}"
+        return f"{self.root}/{step}/{index}/{self.by_name[step].outputs[name]}"
 
     def upstream_indices(self, step: StepPlan, index: int) -> tuple[int, ...]:
         """Local indices of the foreach parents' instances this instance belongs to."""
@@ -146,9 +145,7 @@ class TaskGraph:
             if isinstance(p, str):
                 parts.append(p)
                 continue
-            value = self.by_name[p[0]].outputs[p[1]]
-            parts.append(value if value.startswith("/")
-                         else (f"{self.root}/{p[0]}/", f"/{value}", p[0]))
+            parts.append((f"{self.root}/{p[0]}/", f"/{self.by_name[p[0]].outputs[p[1]]}", p[0]))
         return lambda ups: "".join(x if isinstance(x, str) else x[0] + str(ups[x[2]]) + x[1]
                                    for x in parts)
 
@@ -159,9 +156,8 @@ class TaskGraph:
                        for _, v in step.axes]
         has_tpl = any(callable(x) for v in value_lists if isinstance(v, list) for x in v)
         templated = [(k, self._compile_tpl(t)) for k, t in step.templated.items()]
-        rel = [(k, "/" + v) for k, v in step.outputs.items() if not v.startswith("/")]
-        absolute = {k: v for k, v in step.outputs.items() if v.startswith("/")}
-        one_output = rel[0] if len(rel) == 1 and not absolute else None  # the common case
+        rel = [(k, "/" + v) for k, v in step.outputs.items()]  # inside the workdir (spec.py)
+        one_output = rel[0] if len(rel) == 1 else None  # the common case
         prefix = f"{self.root}/{step.name}/"
         up_names = (*step.foreach, *(s for s in step.single_refs if s not in step.foreach))
         n_single = len(up_names) - len(step.foreach)
@@ -188,8 +184,6 @@ class TaskGraph:
                     outputs = {one_output[0]: wd + one_output[1]}
                 else:
                     outputs = {k: wd + v for k, v in rel}
-                    if absolute:
-                        outputs.update(absolute)
                 env.update(outputs)
                 yield new(TaskInstance, (f"{name}[{index}]", name, index, env, deps, outputs))
                 index += 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path as FsPath
+from pathlib import PurePosixPath
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
@@ -83,11 +84,26 @@ class StorageMount(_Strict):
     local: str
 
 
+def inside_workdir(value: str, what: str) -> str:
+    """`value` names a place inside the task's own directory: relative, never leaving it.
+    Outputs and mount targets are written there on every resource; a path that could land
+    anywhere else (an absolute one, `~`, `..`) is refused before anything runs."""
+    if not value or value.startswith(("/", "~")):
+        raise ValueError(f"{what} {value!r} must be a relative path inside the task's "
+                         "directory")
+    if ".." in PurePosixPath(value).parts:
+        raise ValueError(f"{what} {value!r} must not leave the task's directory ('..')")
+    if any(c in value for c in "\0\n\r"):
+        raise ValueError(f"{what} {value!r}: no NUL or line breaks in a path")
+    return value
+
+
 def parse_mount(text: str) -> StorageMount:
     parts = text.split(":", 2)
     if len(parts) != 3 or not all(parts):
         raise ValueError(f"expected 'storage-resource:/remote/path:./local/path', got {text!r}")
-    return StorageMount(storage=parts[0], remote=parts[1], local=parts[2])
+    return StorageMount(storage=parts[0], remote=parts[1],
+                        local=inside_workdir(parts[2], "mount target"))
 
 
 class Resources(_Strict):
@@ -136,6 +152,13 @@ class TaskSpec(_Strict):
     sweep: Literal["product", "zip"] = "product"
     resources: Resources | None = None
     retries: int = Field(0, ge=0, le=100)
+
+    @field_validator("task_outputs")
+    @classmethod
+    def _outputs_inside(cls, v: dict[str, str]) -> dict[str, str]:
+        for name, path in v.items():
+            inside_workdir(path, f"output {name}")
+        return v
 
 
 class Constraints(_Strict):

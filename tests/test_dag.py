@@ -99,9 +99,11 @@ def test_parameters_overrides_and_interpolation() -> None:
     assert env["LABEL"] == "exp-x-${HOME}"  # `$$` escapes a literal dollar
 
 
-def test_declared_absolute_output_is_kept() -> None:
-    g = graph_of("tasks:\n  a: {command: echo, task_outputs: {O: /data/out.txt}}\n")
-    assert g.instance("a", 0).outputs == {"O": "/data/out.txt"}
+def test_outputs_are_inside_each_instance_directory() -> None:
+    g = graph_of("tasks:\n  a: {command: echo, task_outputs: {O: sub/out.txt, P: p.txt}, "
+                 "task_inputs: {X: 1..2}}\n")
+    assert g.instance("a", 1).outputs == {"O": f"{g.root}/a/1/sub/out.txt",
+                                          "P": f"{g.root}/a/1/p.txt"}
 
 
 def test_huge_ranges_stay_lazy() -> None:

@@ -227,3 +227,33 @@ def test_missing_file(tmp_path: Path) -> None:
         load_spec(tmp_path / "nope.yml")
     assert info.value.problems[0].render() == f"{tmp_path / 'nope.yml'}: error: <document>: " \
                                               "no such file"
+
+
+@pytest.mark.parametrize(("outputs", "message"), [
+    ('{OUT: "../../../../x"}', "output OUT '../../../../x' must not leave the task's directory "
+                               "('..')"),
+    ('{OUT: "/tmp/x"}', "output OUT '/tmp/x' must be a relative path inside the task's "
+                        "directory"),
+    ('{OUT: "~/x"}', "output OUT '~/x' must be a relative path inside the task's directory"),
+    ('{OUT: "a/../../x"}', "output OUT 'a/../../x' must not leave the task's directory ('..')"),
+    ('{OUT: ""}', "output OUT '' must be a relative path inside the task's directory"),
+])
+def test_outputs_stay_inside_the_task_directory(outputs: str, message: str) -> None:
+    got = problems_of(f"tasks:\n  a:\n    command: echo\n    task_outputs: {outputs}\n")
+    assert got == [f"exp.yml:4:19: error: tasks.a.task_outputs: {message}"]
+
+
+def test_mount_targets_stay_inside_the_task_directory() -> None:
+    got = problems_of("""\
+        tasks:
+          a:
+            command: echo
+            resources:
+              storage: ["s3:/data:../../etc", "s3:/data:/abs", "s3:/data:./in/ok"]
+        """)
+    assert got == [
+        "exp.yml:5:16: error: tasks.a.resources.storage: mount target '../../etc' must not "
+        "leave the task's directory ('..')"]
+    ok = parse_spec_text("tasks:\n  a: {command: echo, task_outputs: {O: sub/dir/o.txt}, "
+                         "resources: {storage: ['s3:/d:./in/ok']}}\n", "exp.yml")
+    assert ok.spec.tasks["a"].task_outputs == {"O": "sub/dir/o.txt"}
