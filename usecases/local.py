@@ -28,8 +28,8 @@ from airavata_prefect.domain.instance import (
     render_script,
 )
 from airavata_prefect.domain.scheduler import Report
-from airavata_prefect.domain.spec import parse_mount
 from airavata_prefect.domain.states import TaskState
+from airavata_prefect.usecases.local_mounts import LocalMounts, MountError
 
 KILL_GRACE_SECONDS = 5.0
 
@@ -72,10 +72,12 @@ def restore_signal_defaults() -> None:
 
 
 class LocalExecutor:
-    def __init__(self, graph: TaskGraph, experiment_id: str) -> None:
+    def __init__(self, graph: TaskGraph, experiment_id: str,
+                 mounts: LocalMounts | None = None) -> None:
         restore_signal_defaults()
         self.graph = graph
         self.experiment_id = experiment_id
+        self.mounts = mounts
         self.base_env = host_environment(os.environ)
         self._scripts: dict[str, str] = {}
 
@@ -96,13 +98,18 @@ class LocalExecutor:
         _fast_child_watcher()
         plan = self.graph.by_name[inst.step]
         workdir = Path(self.graph.workdir(inst.step, inst.index))
-        report(TaskState.DATA_STAGING, _staging_note(plan.resources.storage))
+        storage = plan.resources.storage
+        report(TaskState.DATA_STAGING, f"{len(storage)} storage mount(s)" if storage else None)
         try:
             script_path = self._script(inst.step)
             workdir.mkdir(parents=True, exist_ok=True)
             keep_earlier_logs(workdir, attempt)
+            if storage and self.mounts is not None:
+                await self.mounts.link(inst.step, workdir)
         except OSError as exc:
             return Outcome(TaskState.FAILED, None, f"cannot prepare {workdir}: {exc}")
+        except MountError as exc:
+            return Outcome(TaskState.FAILED, None, f"staging: {exc}")
         report(TaskState.ENV_SETUP, _env_note(plan.resources.conda, plan.resources.pip))
         env = {**self.base_env, **instance_environment(
             inst, experiment_id=self.experiment_id, attempt=attempt, workdir=str(workdir))}
@@ -158,14 +165,6 @@ async def _kill_group(proc: asyncio.subprocess.Process) -> None:
             return
         except TimeoutError:
             continue
-
-
-def _staging_note(storage: list[str]) -> str | None:
-    if not storage:
-        return None
-    names = sorted({parse_mount(m).storage for m in storage})
-    return ("storage mounts are staged on registered resources, not on the local one: "
-            f"{', '.join(names)}")
 
 
 def _env_note(conda: list[str], pip: list[str]) -> str | None:

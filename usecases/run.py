@@ -39,6 +39,7 @@ from airavata_prefect.usecases import agent_starters
 from airavata_prefect.usecases.catalog import load_compute
 from airavata_prefect.usecases.dispatch import BUNDLE_FLOW, RemoteExecutor, Routing
 from airavata_prefect.usecases.local import LocalExecutor
+from airavata_prefect.usecases.local_mounts import LocalMounts
 from airavata_prefect.usecases.pilot_dispatch import AgentStarter, PilotExecutor
 from airavata_prefect.usecases.settings import Settings
 
@@ -160,7 +161,8 @@ async def execute(store: Store, claimed: Claimed, settings: Settings, hooks: Hoo
     placed = placed_resources(exp.plan, graph)
     launch = prefect_api.FlowRuns(BUNDLE_FLOW, {"experiment_id": exp.id})
     pilot_blocks = await pilot_resources(placed)
-    local: Executor = LocalExecutor(graph, exp.id)
+    mounts = LocalMounts(store, settings, exp, graph)
+    local: Executor = LocalExecutor(graph, exp.id, mounts)
     pilot: PilotExecutor | None = None
     local_items = any(i.resource == LOCAL for i in point.items)
     if settings.local_mode == "pilot" or point.items or pilot_blocks:
@@ -206,6 +208,7 @@ async def execute(store: Store, claimed: Claimed, settings: Settings, hooks: Hoo
     try:
         summary = await scheduler.run()
     finally:
+        mounts.close()
         if remote is not None:
             await remote.close()
         if pilot is not None:

@@ -49,10 +49,11 @@ def mount_names(graph: TaskGraph, step: str) -> list[str]:
     return sorted({parse_mount(m).storage for m in graph.by_name[step].resources.storage})
 
 
-def stage_mounts(graph: TaskGraph, step: str, bundle_prefix: str,
-                 reader_for: Callable[[str], StorageReader], scratch: Path) -> Staged:
-    """Fetch each mount of the step once; instances link to the bundle's copy."""
-    staged = Staged()
+def fetch_mounts(graph: TaskGraph, step: str, reader_for: Callable[[str], StorageReader],
+                 scratch: Path) -> list[tuple[str, Path, str | None]]:
+    """Fetch each mount of the step once, into `scratch/mount<n>`: (where it is linked in
+    each instance's directory, its copy, the single file's name when it mounts one file)."""
+    out: list[tuple[str, Path, str | None]] = []
     for n, text in enumerate(graph.by_name[step].resources.storage):
         mount = parse_mount(text)
         reader = reader_for(mount.storage)
@@ -63,13 +64,22 @@ def stage_mounts(graph: TaskGraph, step: str, bundle_prefix: str,
             raise
         except Exception as exc:  # a library's own error: say which mount
             raise StorageError(f"staging {text!r}: {type(exc).__name__}: {exc}") from None
-        staged.files[f"{bundle_prefix}/mounts/{n}"] = dest
         # A single file mounts as that file, a prefix or directory as a directory.
         name = mount.remote.rstrip("/").rsplit("/", 1)[-1]
         entries = list(dest.iterdir())
         single = len(entries) == 1 and entries[0].is_file() and entries[0].name == name \
             and not mount.remote.endswith("/")
-        staged.links.append(Link(f"mounts/{n}/{name}" if single else f"mounts/{n}", mount.local))
+        out.append((mount.local, dest, name if single else None))
+    return out
+
+
+def stage_mounts(graph: TaskGraph, step: str, bundle_prefix: str,
+                 reader_for: Callable[[str], StorageReader], scratch: Path) -> Staged:
+    """Fetch each mount of the step once; instances link to the bundle's copy."""
+    staged = Staged()
+    for n, (local, dest, single) in enumerate(fetch_mounts(graph, step, reader_for, scratch)):
+        staged.files[f"{bundle_prefix}/mounts/{n}"] = dest
+        staged.links.append(Link(f"mounts/{n}/{single}" if single else f"mounts/{n}", local))
     return staged
 
 
@@ -77,4 +87,4 @@ def scratch_dir() -> tempfile.TemporaryDirectory[str]:
     return tempfile.TemporaryDirectory(prefix="airavata-staging-")
 
 
-__all__ = ["dependency_inputs", "mount_names", "scratch_dir", "stage_mounts"]
+__all__ = ["dependency_inputs", "fetch_mounts", "mount_names", "scratch_dir", "stage_mounts"]

@@ -1,0 +1,113 @@
+"""Storage mounts on the `local` resource (usecases/local_mounts.py): a real SeaweedFS S3 with
+its keys in a real OpenBao, and a local path, registered as users do; an experiment that runs
+on this machine reads them through links in each instance's directory. Each mount is fetched
+once per run; the S3 secret is nowhere on disk afterwards."""
+
+from __future__ import annotations
+
+import asyncio
+import textwrap
+import uuid
+from pathlib import Path
+
+import boto3
+import pytest
+
+from airavata_prefect.adapters.openbao import OpenBao, SecretRef
+from airavata_prefect.adapters.store import Store
+from airavata_prefect.blocks import LocalStorage, S3Storage
+from airavata_prefect.domain.scheduler import Hooks
+from airavata_prefect.domain.states import ExperimentStatus, TaskState
+from airavata_prefect.usecases import registration, run
+from airavata_prefect.usecases.authorization import ensure_project
+from airavata_prefect.usecases.context import Context
+from airavata_prefect.usecases.credentials import CredentialService
+from airavata_prefect.usecases.settings import get_settings
+from airavata_prefect.usecases.submit import submit
+
+pytestmark = pytest.mark.prefect
+
+
+def _run(store: Store, exp_id: str) -> ExperimentStatus:
+    claimed = run.claim(store, exp_id, None)
+    status, _, _ = asyncio.run(run.execute(store, claimed, get_settings(), Hooks(),
+                                           flow_run_id=None))
+    return status
+
+
+def test_mounts_on_the_local_resource(home: Path, prefect_api: str, s3, tmp_path: Path,
+                                      openbao_dev: tuple[str, str],
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    url, root = openbao_dev
+    monkeypatch.setenv("AIRAVATA_OPENBAO_URL", url)
+    monkeypatch.setenv("AIRAVATA_OPENBAO_TOKEN", root)
+    sfx = uuid.uuid4().hex[:6]
+    bucket = f"local-{sfx}"
+    client = boto3.client("s3", endpoint_url=s3.url, aws_access_key_id=s3.access_key,
+                          aws_secret_access_key=s3.secret_key, region_name="us-east-1")
+    client.create_bucket(Bucket=bucket)
+    client.put_object(Bucket=bucket, Key="run1/params.txt", Body=b"alpha=0.5\n")
+    client.put_object(Bucket=bucket, Key="run1/data/x.csv", Body=b"1,2\n")
+    shared = tmp_path / "nfs"
+    (shared / "ref").mkdir(parents=True)
+    (shared / "ref" / "genome.fa").write_text(">chr1\nACGT\n")
+
+    settings = get_settings()
+    store = Store(settings.db_url)
+    ctx = Context(settings, store, "alice")
+    ensure_project(ctx, "lab")
+    cid = f"s3-{sfx}"
+    ref = SecretRef(f"users/alice/{cid}")
+    CredentialService(store, ctx.authz, OpenBao(url, root)).create(
+        "alice", cid, ref, {"access_key": s3.access_key, "secret_key": s3.secret_key})
+    store.credentials.add(cid, owner="alice", mount=ref.mount, path=ref.path)
+    registration.register_storage(ctx, project="lab", name=f"s3-{sfx}", block=S3Storage(
+        bucket=bucket, endpoint_url=s3.url, credential=registration.credential_ref(ctx, cid)))
+    registration.register_storage(ctx, project="lab", name=f"nfs-{sfx}",
+                                  block=LocalStorage(path=str(shared)))
+    spec = tmp_path / "mounts.yml"
+    spec.write_text(textwrap.dedent(f"""\
+        tasks:
+          use:
+            command: 'cat params.txt in/data/x.csv ref/genome.fa > "$OUT"'
+            task_inputs: {{I: 1..3}}
+            task_outputs: {{OUT: out.txt}}
+            resources:
+              storage: ["s3-{sfx}:/run1/params.txt:./params.txt", "s3-{sfx}:/run1:./in",
+                        "nfs-{sfx}:/ref:./ref"]
+        """))
+    exp_id = submit(ctx, spec, [], project="lab")
+    assert _run(store, exp_id) == ExperimentStatus.COMPLETED, store.tasks.list(exp_id)
+    tasks = store.tasks.list(exp_id)
+    assert {(t.state, t.resource) for t in tasks} == {(TaskState.COMPLETED, "local")}
+    workdir = Path(store.experiments.get(exp_id).workdir)
+    for i in range(3):
+        assert (workdir / "use" / str(i) / "out.txt").read_text() == \
+            "alpha=0.5\n1,2\n>chr1\nACGT\n"
+    # Fetched once for the run, linked into each instance's directory.
+    copies = workdir / ".mounts" / "use"
+    assert sorted(p.name for p in copies.iterdir()) == ["mount0", "mount1", "mount2"]
+    assert (workdir / "use" / "2" / "in").resolve() == (copies / "mount1").resolve()
+    assert (workdir / "use" / "0" / "params.txt").resolve() == \
+        (copies / "mount0" / "params.txt").resolve()
+    # The S3 secret is in no file of the run and in no recorded event.
+    everything = b"".join(p.read_bytes() for p in home.rglob("*") if p.is_file())
+    assert s3.secret_key.encode() not in everything
+    assert b"alpha=0.5" in everything  # the haystack holds what was fetched
+
+    # A mount that cannot be fetched fails its instances, saying which and why.
+    bad = tmp_path / "bad.yml"
+    bad.write_text(textwrap.dedent(f"""\
+        tasks:
+          use:
+            command: 'true'
+            resources:
+              storage: ["s3-{sfx}:/no/such/key.txt:./k.txt"]
+        """))
+    bad_id = submit(ctx, bad, [], project="lab")
+    assert _run(store, bad_id) == ExperimentStatus.FAILED
+    (t,) = store.tasks.list(bad_id)
+    assert t.state == TaskState.FAILED and (t.reason or "").startswith("staging: ")
+    assert "no/such/key.txt" in (t.reason or ""), t.reason
+    ctx.close()
+    store.close()
