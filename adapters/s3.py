@@ -12,7 +12,7 @@ import boto3
 import botocore.exceptions
 from botocore.config import Config
 
-from airavata_prefect.adapters.storage import StorageError
+from airavata_prefect.adapters.storage import StorageError, confined
 
 
 class S3:
@@ -52,12 +52,14 @@ class S3:
             objects = [o["Key"] for page in pages for o in page.get("Contents", [])]
             exact = [k for k in objects if k == key]
             if exact:  # a single object: it becomes dest/<its name>
-                self._client.download_file(self.bucket, key, str(dest / Path(key).name))
+                target = confined(dest, Path(key).name, f"{self.name}: object {key!r}")
+                self._client.download_file(self.bucket, key, str(target))
                 return 1
             under = [k for k in objects if k.startswith(key.rstrip("/") + "/") or not key]
-            for k in under:
-                rel = k[len(key):].lstrip("/") if key else k
-                target = dest / rel
+            # Every name checked before anything is written: a hostile listing writes nothing.
+            targets = [(k, confined(dest, k[len(key):].lstrip("/") if key else k,
+                                    f"{self.name}: object {k!r}")) for k in under]
+            for k, target in targets:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 self._client.download_file(self.bucket, k, str(target))
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:

@@ -10,7 +10,7 @@ import paramiko
 
 from airavata_prefect.adapters.hosts import HostError
 from airavata_prefect.adapters.ssh import SSHHost
-from airavata_prefect.adapters.storage import StorageError
+from airavata_prefect.adapters.storage import StorageError, confined
 
 
 class SFTP:
@@ -32,24 +32,28 @@ class SFTP:
             except FileNotFoundError:
                 raise StorageError(f"{self.name} has nothing at {remote!r}") from None
             if not stat.S_ISDIR(st.st_mode or 0):
-                sftp.get(path, str(dest / posixpath.basename(path)))
+                sftp.get(path, str(confined(dest, posixpath.basename(path),
+                                            f"{self.name}: {remote!r}")))
                 return 1
-            return _get_tree(sftp, path, dest)
+            return _get_tree(sftp, path, dest, self.name)
         except (OSError, paramiko.SSHException) as exc:
             raise StorageError(f"{self.name} failed reading {remote!r}: {exc}") from None
         finally:
             sftp.close()
 
 
-def _get_tree(sftp: paramiko.SFTPClient, path: str, dest: Path) -> int:
+def _get_tree(sftp: paramiko.SFTPClient, path: str, dest: Path, name: str) -> int:
+    """Directories and regular files only (a symlink is neither: never followed), each name
+    as the server lists it checked to stay inside `dest`."""
     count = 0
     for entry in sftp.listdir_attr(path):
         src = posixpath.join(path, entry.filename)
         if stat.S_ISDIR(entry.st_mode or 0):
-            (dest / entry.filename).mkdir(exist_ok=True)
-            count += _get_tree(sftp, src, dest / entry.filename)
+            sub = confined(dest, entry.filename, f"{name}: {src!r}")
+            sub.mkdir(exist_ok=True)
+            count += _get_tree(sftp, src, sub, name)
         elif stat.S_ISREG(entry.st_mode or 0):
-            sftp.get(src, str(dest / entry.filename))
+            sftp.get(src, str(confined(dest, entry.filename, f"{name}: {src!r}")))
             count += 1
     return count
 

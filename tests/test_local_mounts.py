@@ -109,5 +109,23 @@ def test_mounts_on_the_local_resource(home: Path, prefect_api: str, s3, tmp_path
     (t,) = store.tasks.list(bad_id)
     assert t.state == TaskState.FAILED and (t.reason or "").startswith("staging: ")
     assert "no/such/key.txt" in (t.reason or ""), t.reason
+
+    # A storage resource nobody registered here (an example written for another site, like
+    # the peer's sample): its mounts are left out, and the instance's events say so.
+    elsewhere = tmp_path / "elsewhere.yml"
+    elsewhere.write_text(textwrap.dedent(f"""\
+        tasks:
+          use:
+            command: 'cat p.txt'
+            resources:
+              storage: ["global-scratch-{sfx}:/assets/example.txt:./example.txt",
+                        "s3-{sfx}:/run1/params.txt:./p.txt"]
+        """))
+    other_id = submit(ctx, elsewhere, [], project="lab")
+    assert _run(store, other_id) == ExperimentStatus.COMPLETED
+    notes = [e.message for e in store.tasks.events(other_id, "use[0]")
+             if e.to_state == TaskState.ENV_SETUP]
+    assert notes == [f"not mounted: no storage resource global-scratch-{sfx} is registered "
+                     "(airavata resource storage create)"]
     ctx.close()
     store.close()

@@ -100,17 +100,19 @@ class LocalExecutor:
         workdir = Path(self.graph.workdir(inst.step, inst.index))
         storage = plan.resources.storage
         report(TaskState.DATA_STAGING, f"{len(storage)} storage mount(s)" if storage else None)
+        skipped: str | None = None
         try:
             script_path = self._script(inst.step)
             workdir.mkdir(parents=True, exist_ok=True)
             keep_earlier_logs(workdir, attempt)
             if storage and self.mounts is not None:
-                await self.mounts.link(inst.step, workdir)
+                skipped = await self.mounts.link(inst.step, workdir)
         except OSError as exc:
             return Outcome(TaskState.FAILED, None, f"cannot prepare {workdir}: {exc}")
         except MountError as exc:
             return Outcome(TaskState.FAILED, None, f"staging: {exc}")
-        report(TaskState.ENV_SETUP, _env_note(plan.resources.conda, plan.resources.pip))
+        notes = [n for n in (skipped, _env_note(plan.resources.conda, plan.resources.pip)) if n]
+        report(TaskState.ENV_SETUP, "; ".join(notes) or None)
         env = {**self.base_env, **instance_environment(
             inst, experiment_id=self.experiment_id, attempt=attempt, workdir=str(workdir))}
         walltime = plan.resources.compute.walltime_seconds if plan.resources.compute else None

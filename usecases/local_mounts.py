@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 
 from airavata_prefect.adapters.openbao import SecretRef
+from airavata_prefect.adapters.prefect_api import PrefectUnavailable
 from airavata_prefect.adapters.storage import StorageReader
 from airavata_prefect.adapters.store import Store
 from airavata_prefect.blocks import StorageBlock
@@ -21,6 +22,7 @@ from airavata_prefect.domain.records import Experiment
 from airavata_prefect.usecases.bundles.secrets import BundleSecrets
 from airavata_prefect.usecases.bundles.staging import fetch_mounts, mount_names
 from airavata_prefect.usecases.catalog import load_storage
+from airavata_prefect.usecases.errors import BadInput
 from airavata_prefect.usecases.settings import Settings
 
 MOUNTS_DIR = ".mounts"
@@ -36,25 +38,35 @@ class LocalMounts:
                  graph: TaskGraph) -> None:
         self.store, self.settings, self.exp, self.graph = store, settings, exp, graph
         self._staged: dict[str, list[tuple[str, Path]]] = {}  # step -> (target, copy)
+        self._skipped: dict[str, list[str]] = {}  # step -> storage resources not registered
         self._locks: dict[str, asyncio.Lock] = {}
         self._secrets = BundleSecrets(store, settings)
 
-    async def link(self, step: str, workdir: Path) -> None:
-        """Link the step's mounts into `workdir`, fetching them first if this run has not."""
+    async def link(self, step: str, workdir: Path) -> str | None:
+        """Link the step's mounts into `workdir`, fetching them first if this run has not.
+        Returns a note when some were left out."""
         lock = self._locks.setdefault(step, asyncio.Lock())
         async with lock:
             if step not in self._staged:
                 self._staged[step] = await self._fetch(step)
         await asyncio.to_thread(_link_all, self._staged[step], workdir)
+        skipped = self._skipped.get(step)
+        return (f"not mounted: no storage resource {', '.join(skipped)} is registered "
+                "(airavata resource storage create)") if skipped else None
 
     async def _fetch(self, step: str) -> list[tuple[str, Path]]:
-        names = mount_names(self.graph, step)
         blocks: dict[str, StorageBlock] = {}
-        for name in names:
+        skipped: list[str] = []
+        for name in mount_names(self.graph, step):
             try:
                 blocks[name] = await load_storage(name)
+            except (BadInput, PrefectUnavailable):
+                # Not registered (or no registry at all): a run on this machine goes on
+                # without it, saying so, as an example written for another site does.
+                skipped.append(name)
             except Exception as exc:
                 raise MountError(f"storage resource {name!r}: {exc}") from None
+        self._skipped[step] = skipped
         refs: dict[str, SecretRef] = {f"storage:{n}": b.credential_ref.secret_ref()
                                       for n, b in blocks.items() if b.credential_ref is not None}
         try:
@@ -72,7 +84,8 @@ class LocalMounts:
         await asyncio.to_thread(shutil.rmtree, scratch, True)  # an earlier run's copy
         scratch.mkdir(parents=True)
         try:
-            fetched = await asyncio.to_thread(fetch_mounts, self.graph, step, reader, scratch)
+            fetched = await asyncio.to_thread(fetch_mounts, self.graph, step, reader, scratch,
+                                              frozenset(skipped))
         except Exception as exc:
             raise MountError(str(exc)) from None
         return [(target, dest / single if single else dest) for target, dest, single in fetched]

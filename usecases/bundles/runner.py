@@ -23,6 +23,7 @@ from pathlib import Path
 
 from airavata_prefect.adapters.hosts import Host, HostError, download, upload
 from airavata_prefect.adapters.launcher import Launcher, read_markers
+from airavata_prefect.adapters.storage import StorageError, write_inside
 from airavata_prefect.adapters.store import Store
 from airavata_prefect.domain.bundle_layout import (
     EXECUTABLE,
@@ -307,9 +308,12 @@ class BundleRunner:
         missing: dict[int, list[str]] = {}
         for rel, (k, name, target) in wanted.items():
             if rel in got:
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(got[rel])
-            elif name not in LOGS:
+                try:
+                    write_inside(Path(job.home.root), target, got[rel])
+                    continue
+                except StorageError as exc:  # an earlier attempt here left a link out
+                    job.log.warning("bundle %s: %s", job.id, exc)
+            if name not in LOGS:
                 missing.setdefault(k, []).append(
                     f"{name}={job.members[k].instance.outputs[name]}")
         return missing

@@ -50,12 +50,16 @@ def mount_names(graph: TaskGraph, step: str) -> list[str]:
 
 
 def fetch_mounts(graph: TaskGraph, step: str, reader_for: Callable[[str], StorageReader],
-                 scratch: Path) -> list[tuple[str, Path, str | None]]:
+                 scratch: Path, skip: frozenset[str] = frozenset()
+                 ) -> list[tuple[str, Path, str | None]]:
     """Fetch each mount of the step once, into `scratch/mount<n>`: (where it is linked in
-    each instance's directory, its copy, the single file's name when it mounts one file)."""
+    each instance's directory, its copy, the single file's name when it mounts one file).
+    Mounts of the storage resources in `skip` are left out."""
     out: list[tuple[str, Path, str | None]] = []
     for n, text in enumerate(graph.by_name[step].resources.storage):
         mount = parse_mount(text)
+        if mount.storage in skip:
+            continue
         reader = reader_for(mount.storage)
         dest = scratch / f"mount{n}"
         try:
