@@ -13,6 +13,7 @@ from pathlib import Path as FsPath
 from pathlib import PurePosixPath
 from typing import Annotated, Literal
 
+from packaging.requirements import InvalidRequirement, Requirement
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from airavata_prefect.domain.problems import Path, Problem
@@ -118,6 +119,20 @@ class Resources(_Strict):
     def _mounts(cls, v: list[str]) -> list[str]:
         for item in v:
             parse_mount(item)
+        return v
+
+    @field_validator("pip")
+    @classmethod
+    def _requirements(cls, v: list[str]) -> list[str]:
+        for item in v:
+            # A requirement, never a pip option (`--index-url`, `-r file`, `-e path`).
+            if item.strip().startswith("-"):
+                raise ValueError(f"{item!r}: pip options are not allowed here, only "
+                                 "requirements like 'numpy>=2' or 'tqdm'")
+            try:
+                Requirement(item)
+            except InvalidRequirement as exc:
+                raise ValueError(f"{item!r} is not a pip requirement: {exc}") from None
         return v
 
     @field_validator("environment")

@@ -30,6 +30,7 @@ from airavata_prefect.domain.instance import (
 from airavata_prefect.domain.scheduler import Report
 from airavata_prefect.domain.states import TaskState
 from airavata_prefect.usecases.local_mounts import LocalMounts, MountError
+from airavata_prefect.usecases.pip_envs import EnvironmentFailed, PipEnvironments, activate
 
 KILL_GRACE_SECONDS = 5.0
 
@@ -73,11 +74,13 @@ def restore_signal_defaults() -> None:
 
 class LocalExecutor:
     def __init__(self, graph: TaskGraph, experiment_id: str,
-                 mounts: LocalMounts | None = None) -> None:
+                 mounts: LocalMounts | None = None,
+                 envs: PipEnvironments | None = None) -> None:
         restore_signal_defaults()
         self.graph = graph
         self.experiment_id = experiment_id
         self.mounts = mounts
+        self.envs = envs
         self.base_env = host_environment(os.environ)
         self._scripts: dict[str, str] = {}
 
@@ -111,10 +114,18 @@ class LocalExecutor:
             return Outcome(TaskState.FAILED, None, f"cannot prepare {workdir}: {exc}")
         except MountError as exc:
             return Outcome(TaskState.FAILED, None, f"staging: {exc}")
-        notes = [n for n in (skipped, _env_note(plan.resources.conda, plan.resources.pip)) if n]
+        pip, conda = plan.resources.pip, plan.resources.conda
+        notes = [n for n in (skipped, pip and f"pip environment [{', '.join(pip)}]",
+                             conda and "conda environments are not built here; the host's "
+                                       "own is used") if n]
         report(TaskState.ENV_SETUP, "; ".join(notes) or None)
         env = {**self.base_env, **instance_environment(
             inst, experiment_id=self.experiment_id, attempt=attempt, workdir=str(workdir))}
+        if pip and self.envs is not None:
+            try:
+                env = activate(env, await self.envs.ensure(pip))
+            except EnvironmentFailed as exc:
+                return Outcome(TaskState.FAILED, None, f"environment: {exc}")
         walltime = plan.resources.compute.walltime_seconds if plan.resources.compute else None
         report(TaskState.RUNNING, None)
         fds: list[int] = []
@@ -167,9 +178,3 @@ async def _kill_group(proc: asyncio.subprocess.Process) -> None:
             return
         except TimeoutError:
             continue
-
-
-def _env_note(conda: list[str], pip: list[str]) -> str | None:
-    if not conda and not pip:
-        return None
-    return "conda/pip environments are not built; the host's own is used"

@@ -41,6 +41,7 @@ from airavata_prefect.usecases.dispatch import BUNDLE_FLOW, RemoteExecutor, Rout
 from airavata_prefect.usecases.local import LocalExecutor
 from airavata_prefect.usecases.local_mounts import LocalMounts
 from airavata_prefect.usecases.pilot_dispatch import AgentStarter, PilotExecutor
+from airavata_prefect.usecases.pip_envs import PipEnvironments
 from airavata_prefect.usecases.settings import Settings
 
 
@@ -162,7 +163,7 @@ async def execute(store: Store, claimed: Claimed, settings: Settings, hooks: Hoo
     launch = prefect_api.FlowRuns(BUNDLE_FLOW, {"experiment_id": exp.id})
     pilot_blocks = await pilot_resources(placed)
     mounts = LocalMounts(store, settings, exp, graph)
-    local: Executor = LocalExecutor(graph, exp.id, mounts)
+    local: Executor = LocalExecutor(graph, exp.id, mounts, PipEnvironments(settings))
     pilot: PilotExecutor | None = None
     local_items = any(i.resource == LOCAL for i in point.items)
     if settings.local_mode == "pilot" or point.items or pilot_blocks:
