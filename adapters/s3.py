@@ -12,7 +12,7 @@ import boto3
 import botocore.exceptions
 from botocore.config import Config
 
-from airavata_prefect.adapters.storage import StorageError, confined
+from airavata_prefect.adapters.storage import Entry, StorageError, confined, local_files
 
 
 class S3:
@@ -67,6 +67,35 @@ class S3:
         if not under:
             raise StorageError(f"{self.name} has nothing at {remote!r}")
         return len(under)
+
+    def put(self, local: Path, remote: str) -> int:
+        files = local_files(local)
+        base = remote.strip("/")
+        try:
+            for path, rel in files:
+                key = self._key(base if local.is_file() else f"{base}/{rel}")
+                self._client.upload_file(str(path), self.bucket, key)
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+            raise self._fail(f"writing {remote}", exc) from None
+        return len(files)
+
+    def list(self, remote: str, limit: int) -> list[Entry]:
+        key = self._key(remote)
+        out: list[Entry] = []
+        try:
+            pages = self._client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=key)
+            for page in pages:
+                for o in page.get("Contents", []):
+                    k = o["Key"]
+                    if k == key or not key or k.startswith(key.rstrip("/") + "/"):
+                        out.append(Entry(k[len(self.prefix):].lstrip("/") if self.prefix
+                                         else k, int(o.get("Size", 0))))
+                    if len(out) >= limit:
+                        return out
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+            raise self._fail(f"listing {remote}", exc) from None
+        return out
 
 
 __all__ = ["S3"]

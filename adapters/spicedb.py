@@ -55,6 +55,7 @@ PERMISSION_KEYS: dict[str, tuple[str, str]] = {
     "project.manage": ("project", "manage"),
     "project.read": ("project", "read"),
     "storage.read": ("storage_resource", "read"),
+    "storage.use": ("storage_resource", "use"),
     "storage.operate": ("storage_resource", "operate"),
     "platform.manage": ("platform", "manage"),
     "group.manage": ("group", "manage"),

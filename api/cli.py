@@ -18,9 +18,10 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
-from airavata_prefect.api import cli_dispatch  # noqa: F401  registers its commands
+from airavata_prefect.api import cli_dispatch, cli_outputs  # noqa: F401  register their commands
 from airavata_prefect.api.cli_auth import auth_app, config_app
 from airavata_prefect.api.cli_credentials import credential_app
+from airavata_prefect.api.cli_data import data_app
 from airavata_prefect.api.cli_door import either
 from airavata_prefect.api.cli_experiments import experiment_app
 from airavata_prefect.api.cli_people import project_app, user_app
@@ -51,6 +52,7 @@ app.add_typer(credential_app, name="credential")
 app.add_typer(resource_app, name="resource")
 app.add_typer(server_app, name="server")
 app.add_typer(deployment_app, name="deployment")
+app.add_typer(data_app, name="data")
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 

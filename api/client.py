@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -153,6 +154,29 @@ class ApiClient:
             return None
         ctype = r.headers.get("content-type", "")
         return r.json() if ctype.startswith("application/json") else r.text
+
+    @contextmanager
+    def download(self, path: str, params: dict[str, Any] | None = None,
+                 chunk: int = 1 << 20) -> Iterator[Iterator[bytes]]:
+        """A binary answer as it arrives, chunk by chunk (`call` reads whole answers)."""
+        if not self.tokens().get("access_token"):
+            raise RemoteError(401, "unauthenticated", f"not signed in to {self.api}: "
+                              "run `airavata auth login`")
+        try:
+            for attempt in (1, 2):  # an expired access token is refreshed once
+                headers = {"Authorization": f"Bearer {self.tokens().get('access_token', '')}"}
+                with self._http.stream("GET", self.api + path, params=params, headers=headers,
+                                       timeout=httpx.Timeout(60.0, read=None)) as r:
+                    if r.status_code == 401 and attempt == 1 and self._refresh():
+                        continue
+                    if r.status_code >= 400:
+                        r.read()
+                        raise _error(r)
+                    yield r.iter_bytes(chunk)
+                    return
+        except httpx.HTTPError as exc:
+            raise RemoteError(0, "unavailable", f"the API at {self.api} failed while sending "
+                              f"{path}: {type(exc).__name__}") from None
 
     def stream(self, path: str, params: dict[str, Any] | None = None
                ) -> Iterator[tuple[str, dict[str, Any]]]:

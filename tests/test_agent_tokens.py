@@ -146,6 +146,7 @@ def test_the_agents_key_signs_agents_tokens_only(tmp_path: Path, home: Path,
 
     from airavata_prefect.usecases.context import open_context
     from airavata_prefect.usecases.errors import Forbidden
+    from tests.cli_inproc import airavata as in_process
 
     airavata = str(Path(sys.executable).parent / "airavata")
     monkeypatch.setenv("AIRAVATA_USER", "root")  # the first acting user administers it
@@ -164,8 +165,7 @@ def test_the_agents_key_signs_agents_tokens_only(tmp_path: Path, home: Path,
                    identity.signing_key(server), algorithms=["HS256"])
 
     monkeypatch.setenv("AIRAVATA_USER", "bob")
-    r = subprocess.run([airavata, "server", "agent-key"], capture_output=True, text=True,
-                       timeout=120)
+    r = in_process("server", "agent-key")
     assert r.returncode != 0 and key not in r.stdout + r.stderr
     assert "bob lacks platform.manage" in r.stderr and "Traceback" not in r.stderr
     with open_context() as ctx, pytest.raises(Forbidden):

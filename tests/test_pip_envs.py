@@ -63,7 +63,7 @@ def test_a_pip_environment_is_built_once_and_used(home: Path, tmp_path: Path,
              if e.to_state == TaskState.ENV_SETUP]
     assert notes == ["pip environment [six==1.16.0]"]
     # A later run asking for the same set reuses it, untouched.
-    store, again, status = _run(tmp_path, SIX, "six-again")
+    store, _, status = _run(tmp_path, SIX, "six-again")
     assert status == ExperimentStatus.COMPLETED
     assert (venv / COMPLETE).stat().st_mtime_ns == built
     assert len([p for p in (home / "envs").iterdir() if p.is_dir()]) == 1

@@ -5,17 +5,15 @@ none of these, naming what was given."""
 
 from __future__ import annotations
 
-import asyncio
 import re
 import tempfile
 from pathlib import Path
 
-from airavata_prefect.adapters.openbao import SecretRef
 from airavata_prefect.adapters.storage import StorageError
 from airavata_prefect.domain.problems import Problem, SpecError
 from airavata_prefect.domain.spec import LoadedSpec, parse_spec_text
-from airavata_prefect.usecases.authorization import require
 from airavata_prefect.usecases.context import Context
+from airavata_prefect.usecases.errors import Unavailable
 
 MAX_SPEC_BYTES = 4 * 1024 * 1024  # an experiment is text a person wrote, not data
 
@@ -30,23 +28,16 @@ ON_STORAGE = re.compile(r"^([a-z0-9][a-z0-9-]{0,62}):(/\S*)$")
 
 
 def _from_storage(ctx: Context, storage: str, path: str) -> str:
-    from airavata_prefect.usecases.catalog import credential_id, load_storage
-    from airavata_prefect.usecases.credentials import _service
+    from airavata_prefect.usecases.data import open_storage
 
     where = f"{storage}:{path}"
-    block = asyncio.run(load_storage(storage))  # (the flow calls this from a worker thread)
-    require(ctx, "storage.read", storage)
-    secret = None
-    if block.credential_ref is not None:
-        ref = block.credential_ref
-        cid = credential_id(ctx, ref)
-        if cid is None:
-            raise SpecError([Problem(f"no credential is registered at {ref.mount}/{ref.path}",
-                                     (), where)])
-        secret = _service(ctx).read(ctx.user, cid, SecretRef(ref.path, ref.mount))
+    try:
+        reader = open_storage(ctx, storage, "storage.read")
+    except Unavailable as exc:
+        raise SpecError([Problem(str(exc), (), where)]) from None
     with tempfile.TemporaryDirectory(prefix="airavata-spec-") as tmp:
         try:
-            count = block.reader(storage, secret).fetch(path.lstrip("/"), Path(tmp))
+            count = reader.fetch(path.lstrip("/"), Path(tmp))
         except (StorageError, OSError) as exc:
             raise SpecError([Problem(f"cannot read: {exc}", (), where)]) from None
         files = [f for f in Path(tmp).rglob("*") if f.is_file()]

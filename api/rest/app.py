@@ -98,7 +98,9 @@ class HealthOut(BaseModel):
 def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     from airavata_prefect.api.rest import (
         routes_auth,
+        routes_data,
         routes_experiments,
+        routes_outputs,
         routes_people,
         routes_plans,
         routes_resources,
@@ -128,7 +130,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         return JSONResponse(body.model_dump(), status_code=200 if body.status == "ok" else 503)
 
     for module in (routes_auth, routes_people, routes_experiments, routes_plans, routes_watch,
-                   routes_resources):
+                   routes_resources, routes_outputs, routes_data):
         v1.include_router(module.router, responses=errors.RESPONSES)
     app.include_router(v1)
     app.add_middleware(_Guard, max_body=settings.api_max_body_bytes)

@@ -309,7 +309,8 @@ class BundleRunner:
         for rel, (k, name, target) in wanted.items():
             if rel in got:
                 try:
-                    write_inside(Path(job.home.root), target, got[rel])
+                    write_inside(Path(job.home.root),
+                                 str(target.relative_to(job.home.root)), [got[rel]])
                     continue
                 except StorageError as exc:  # an earlier attempt here left a link out
                     job.log.warning("bundle %s: %s", job.id, exc)
