@@ -13,19 +13,15 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import boto3
 import pytest
 
-from airavata_prefect.adapters.openbao import OpenBao, SecretRef
 from airavata_prefect.adapters.store import Store
-from airavata_prefect.blocks import LocalStorage, S3Storage
-from airavata_prefect.usecases import registration
 from airavata_prefect.usecases.authorization import ensure_project
 from airavata_prefect.usecases.context import Context
-from airavata_prefect.usecases.credentials import CredentialService
 from airavata_prefect.usecases.settings import get_settings
 from tests.api_harness import ApiServer, api_server
 from tests.cli_inproc import Ran, airavata
+from tests.storages import register_path, register_s3
 
 pytestmark = pytest.mark.prefect
 AIRAVATA = str(Path(sys.executable).parent / "airavata")
@@ -51,24 +47,12 @@ def stores(home: Path, prefect_api: str, s3, openbao_dev: tuple[str, str], tmp_p
                  "AIRAVATA_USER": "alice"}.items():
         monkeypatch.setenv(k, v)
     sfx = uuid.uuid4().hex[:6]
-    boto3.client("s3", endpoint_url=s3.url, aws_access_key_id=s3.access_key,
-                 aws_secret_access_key=s3.secret_key,
-                 region_name="us-east-1").create_bucket(Bucket=f"data-{sfx}")
     settings = get_settings()
     store = Store(settings.db_url)
     ctx = Context(settings, store, "alice")
     ensure_project(ctx, "lab")
-    cid = f"s3-{sfx}"
-    ref = SecretRef(f"users/alice/{cid}")
-    CredentialService(store, ctx.authz, OpenBao(url, root)).create(
-        "alice", cid, ref, {"access_key": s3.access_key, "secret_key": s3.secret_key})
-    store.credentials.add(cid, owner="alice", mount=ref.mount, path=ref.path)
-    registration.register_storage(ctx, project="lab", name=f"s3-{sfx}", block=S3Storage(
-        bucket=f"data-{sfx}", endpoint_url=s3.url,
-        credential=registration.credential_ref(ctx, cid)))
-    (tmp_path / "share").mkdir()
-    registration.register_storage(ctx, project="lab", name=f"nfs-{sfx}",
-                                  block=LocalStorage(path=str(tmp_path / "share")))
+    register_s3(ctx, s3, openbao_dev, name=f"s3-{sfx}", bucket=f"data-{sfx}")
+    register_path(ctx, tmp_path / "share", name=f"nfs-{sfx}")
     ctx.close()
     store.close()
     yield f"s3-{sfx}", f"nfs-{sfx}", s3.secret_key

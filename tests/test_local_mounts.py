@@ -10,20 +10,17 @@ import textwrap
 import uuid
 from pathlib import Path
 
-import boto3
 import pytest
 
-from airavata_prefect.adapters.openbao import OpenBao, SecretRef
 from airavata_prefect.adapters.store import Store
-from airavata_prefect.blocks import LocalStorage, S3Storage
 from airavata_prefect.domain.scheduler import Hooks
 from airavata_prefect.domain.states import ExperimentStatus, TaskState
-from airavata_prefect.usecases import registration, run
+from airavata_prefect.usecases import run
 from airavata_prefect.usecases.authorization import ensure_project
 from airavata_prefect.usecases.context import Context
-from airavata_prefect.usecases.credentials import CredentialService
 from airavata_prefect.usecases.settings import get_settings
 from airavata_prefect.usecases.submit import submit
+from tests.storages import register_path, register_s3, s3_client
 
 pytestmark = pytest.mark.prefect
 
@@ -42,29 +39,18 @@ def test_mounts_on_the_local_resource(home: Path, prefect_api: str, s3, tmp_path
     monkeypatch.setenv("AIRAVATA_OPENBAO_URL", url)
     monkeypatch.setenv("AIRAVATA_OPENBAO_TOKEN", root)
     sfx = uuid.uuid4().hex[:6]
-    bucket = f"local-{sfx}"
-    client = boto3.client("s3", endpoint_url=s3.url, aws_access_key_id=s3.access_key,
-                          aws_secret_access_key=s3.secret_key, region_name="us-east-1")
-    client.create_bucket(Bucket=bucket)
-    client.put_object(Bucket=bucket, Key="run1/params.txt", Body=b"alpha=0.5\n")
-    client.put_object(Bucket=bucket, Key="run1/data/x.csv", Body=b"1,2\n")
-    shared = tmp_path / "nfs"
-    (shared / "ref").mkdir(parents=True)
-    (shared / "ref" / "genome.fa").write_text(">chr1\nACGT\n")
-
     settings = get_settings()
     store = Store(settings.db_url)
     ctx = Context(settings, store, "alice")
     ensure_project(ctx, "lab")
-    cid = f"s3-{sfx}"
-    ref = SecretRef(f"users/alice/{cid}")
-    CredentialService(store, ctx.authz, OpenBao(url, root)).create(
-        "alice", cid, ref, {"access_key": s3.access_key, "secret_key": s3.secret_key})
-    store.credentials.add(cid, owner="alice", mount=ref.mount, path=ref.path)
-    registration.register_storage(ctx, project="lab", name=f"s3-{sfx}", block=S3Storage(
-        bucket=bucket, endpoint_url=s3.url, credential=registration.credential_ref(ctx, cid)))
-    registration.register_storage(ctx, project="lab", name=f"nfs-{sfx}",
-                                  block=LocalStorage(path=str(shared)))
+    register_s3(ctx, s3, openbao_dev, name=f"s3-{sfx}", bucket=f"local-{sfx}")
+    client = s3_client(s3)
+    client.put_object(Bucket=f"local-{sfx}", Key="run1/params.txt", Body=b"alpha=0.5\n")
+    client.put_object(Bucket=f"local-{sfx}", Key="run1/data/x.csv", Body=b"1,2\n")
+    shared = tmp_path / "nfs"
+    register_path(ctx, shared, name=f"nfs-{sfx}")
+    (shared / "ref").mkdir(parents=True)
+    (shared / "ref" / "genome.fa").write_text(">chr1\nACGT\n")
     spec = tmp_path / "mounts.yml"
     spec.write_text(textwrap.dedent(f"""\
         tasks:
