@@ -192,6 +192,34 @@ def test_a_killed_agent_loses_its_lease_and_the_instance_runs_again(
     assert len(ended) == 4 and set(ended.values()) == {1}
 
 
+def test_canceling_the_experiment_stops_its_agents_instances(service: Service,
+                                                             tmp_path: Path) -> None:
+    """`airavata experiment cancel` in pilot mode: running instances are killed by their
+    agent and end CANCELED, queued ones never start, nothing ends twice, the agents stop."""
+    store, exp_id = _submit(tmp_path, """\
+        tasks:
+          s: {command: 'sleep 60', task_inputs: {X: 1..6}}
+        """)
+    r = Run(store, exp_id)
+    r.start()
+    _wait(lambda: _running(store, exp_id))
+    started = time.monotonic()
+    assert store.experiments.request_cancel(exp_id)
+    assert r.finish(timeout=60) == ExperimentStatus.CANCELED
+    assert time.monotonic() - started < 30  # not the instances' 60 s
+    tasks = store.tasks.list(exp_id)
+    assert {t.state for t in tasks} == {TaskState.CANCELED}, [(t.instance_id, t.state)
+                                                              for t in tasks]
+    ended = _terminal_events(store, exp_id)
+    assert set(ended.values()) <= {1}  # whatever an agent reported, it reported once
+    _wait(lambda: not _agents(service.home), timeout=30)  # the agents drained and stopped
+    workdir = store.experiments.get(exp_id).workdir
+    left = [p for p in psutil.process_iter(["cmdline", "cwd"])
+            if (p.info["cmdline"] or [])[:2] == ["sleep", "60"]
+            and str(p.info["cwd"] or "").startswith(workdir)]
+    assert left == []  # each instance's process group was killed
+
+
 def test_sigterm_hands_instances_back_at_once(service: Service, tmp_path: Path,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     # Leases far longer than the test: only a hand-back can explain a quick re-run.
