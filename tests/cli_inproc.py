@@ -39,3 +39,8 @@ def airavata(*args: str, env: Mapping[str, str] | None = None, stdin: str = "") 
         finally:
             context._local_refusal.clear()  # server mode is per invocation, as in a process
     return Ran(code, out.getvalue(), err.getvalue())
+
+
+def cli(*args: str, timeout: float | None = None) -> Ran:
+    """tests.test_cli.cli's signature, in process (`timeout` is for the subprocess one)."""
+    return airavata(*args)

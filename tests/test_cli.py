@@ -13,14 +13,22 @@ from pathlib import Path
 
 import pytest
 
+from tests.cli_inproc import Ran, airavata
 from tests.conftest import SAMPLE, Stack, experiment_stack
 
 AIRAVATA = str(Path(sys.executable).parent / "airavata")
 
 
-def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def script(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """The installed console script, in a process of its own."""
     return subprocess.run([AIRAVATA, *args], capture_output=True, text=True, timeout=timeout,
                           env=os.environ.copy())
+
+
+def cli(*args: str, timeout: float = 120) -> Ran:
+    """The CLI's main() in this process: the same parsing, errors and exit codes as the
+    script, without a new Python's seconds of imports (tests/cli_inproc.py)."""
+    return airavata(*args)
 
 
 @pytest.fixture()
@@ -38,7 +46,7 @@ def write(tmp_path: Path, text: str, name: str = "exp.yml") -> str:
 
 
 def test_compile_json_of_the_sample(home: Path) -> None:
-    r = cli("experiment", "compile", str(SAMPLE), "--json", "--workdir", "/w")
+    r = script("experiment", "compile", str(SAMPLE), "--json", "--workdir", "/w")  # the script
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)
     assert doc["name"] == "airavata_sample" and len(doc["tasks"]) == 1000

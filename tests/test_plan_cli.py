@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT, SAMPLE
-from tests.test_cli import cli, write
+from tests.test_cli import cli, script, write
 
 RESOURCES = str(ROOT / "examples" / "resources.yml")
 
@@ -145,7 +145,7 @@ def test_online_plan_with_prefect_down_is_one_line(home: Path, monkeypatch: pyte
     dead = f"http://127.0.0.1:{_free_port()}/api"
     monkeypatch.setenv("PREFECT_API_URL", dead)
     spec = write(tmp_path, "tasks:\n  a: {command: x}\n")
-    r = cli("experiment", "plan", spec, timeout=120)
+    r = script("experiment", "plan", spec, timeout=120)  # a new process reads the URL
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert r.stderr.startswith(f"error: cannot list registered resources: the Prefect API at "
                                f"{dead} does not answer")
