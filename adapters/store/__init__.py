@@ -10,7 +10,8 @@ production. One engine, and one repository per concept:
 - `service_accounts` — who each deployment of the experiment flow acts as, in which project;
 - `accounts` — who may sign in to the REST API (people, API service accounts) and their tokens;
 - `idempotency` — the experiment each API Idempotency-Key created;
-- `pilot` — the pilot work queue: work items leased to pilot agents, their events, the agents.
+- `pilot` — the pilot work queue: work items leased to pilot agents, their events, the agents;
+- `staging` — per-resource cache totals and the files each step's storage mounts held.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from airavata_prefect.adapters.store.pilot import PilotRepo
 from airavata_prefect.adapters.store.projects import ProjectRepo
 from airavata_prefect.adapters.store.relationships import RelationshipJournal
 from airavata_prefect.adapters.store.service_accounts import ServiceAccount, ServiceAccountRepo
+from airavata_prefect.adapters.store.staging import StagingRepo
 from airavata_prefect.adapters.store.tasks import TaskRepo
 
 
@@ -44,6 +46,7 @@ class Store:
         self.idempotency = IdempotencyKeys(self.engine)
         self.projects = ProjectRepo(self.engine)
         self.pilot = PilotRepo(self.engine)
+        self.staging = StagingRepo(self.engine)
 
     def owner(self, login: str) -> str:
         """The OS login that owns this store: the first to ask (`login`) claims it."""

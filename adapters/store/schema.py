@@ -294,3 +294,28 @@ agent_experiments = sa.Table(
     sa.Column("experiment_id", sa.String(64), primary_key=True),
     sa.Index("ix_agent_experiments_experiment", "experiment_id"),
 )
+
+# Data staging (issue 14): what each resource's content-addressed cache was asked for, and the
+# files each step's storage mounts held when staged (their checksums feed lineage).
+staging_totals = sa.Table(
+    "staging_totals", metadata,
+    sa.Column("resource", sa.String(200), primary_key=True),
+    sa.Column("hits", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("misses", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("bytes_moved", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("bytes_saved", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("retries", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("updated_at", UtcDateTime, nullable=False),
+)
+
+staged_files = sa.Table(
+    "staged_files", metadata,
+    sa.Column("experiment_id", sa.String(36),
+              sa.ForeignKey("experiments.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("step", sa.String(200), primary_key=True),
+    sa.Column("mount", sa.Text, primary_key=True),  # the spec's "storage:/remote:./local"
+    sa.Column("path", sa.Text, primary_key=True),  # under the mount's target
+    sa.Column("sha256", sa.String(64), nullable=False),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("staged_at", UtcDateTime, nullable=False),
+)
