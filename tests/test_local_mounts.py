@@ -6,6 +6,7 @@ once per run; the S3 secret is nowhere on disk afterwards."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import textwrap
 import uuid
 from pathlib import Path
@@ -76,6 +77,13 @@ def test_mounts_on_the_local_resource(home: Path, prefect_api: str, s3, tmp_path
     assert (workdir / "use" / "2" / "in").resolve() == (copies / "mount1").resolve()
     assert (workdir / "use" / "0" / "params.txt").resolve() == \
         (copies / "mount0" / "params.txt").resolve()
+    # What each mount held is recorded with its checksum (lineage reads it).
+    held = sorted((f.mount.rsplit(":", 1)[-1], f.path, f.size)
+                  for f in store.staging.inputs(exp_id, "use"))
+    assert held == [("./in", "data/x.csv", 4), ("./in", "params.txt", 10),
+                    ("./params.txt", "params.txt", 10), ("./ref", "genome.fa", 11)]
+    assert {f.sha256 for f in store.staging.inputs(exp_id, "use") if f.path == "genome.fa"} \
+        == {hashlib.sha256(b">chr1\nACGT\n").hexdigest()}
     # The S3 secret is in no file of the run and in no recorded event.
     everything = b"".join(p.read_bytes() for p in home.rglob("*") if p.is_file())
     assert s3.secret_key.encode() not in everything

@@ -378,6 +378,17 @@ def test_s3_mounts_on_bare_metal_and_no_secret_anywhere(g: Grid, tmp_path: Path,
     assert g.run(exp_id).is_completed(), g.tasks(exp_id)
     home = Path(g.store.experiments.get(exp_id).workdir)
     assert (home / "use" / "1" / "out.txt").read_text() == "alpha=0.5\n1,2\n"
+    # Staged once into the resource's cache, verified there; what each mount held is kept.
+    import hashlib
+
+    staged = {(f.mount.rsplit(":", 1)[-1], f.path): f.sha256
+              for f in g.store.staging.inputs(exp_id, "use")}
+    digest = {b: hashlib.sha256(b).hexdigest() for b in (b"alpha=0.5\n", b"1,2\n")}
+    assert staged == {("./params.txt", "params.txt"): digest[b"alpha=0.5\n"],
+                      ("./inputs", "params.txt"): digest[b"alpha=0.5\n"],
+                      ("./inputs", "data/x.csv"): digest[b"1,2\n"]}
+    totals = {t.resource: t for t in g.store.staging.totals()}[g.names["baremetal"]]
+    assert (totals.misses + totals.hits, totals.retries) == (2, 0)
     ssh_exp = g.submit(g.spec(tmp_path, "tasks:\n  e: {command: 'env > env.txt'}\n",
                               on="slurm-ssh", name="ssh.yml"))
     assert g.run(ssh_exp).is_completed()

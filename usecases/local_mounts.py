@@ -19,8 +19,9 @@ from airavata_prefect.adapters.store import Store
 from airavata_prefect.blocks import StorageBlock
 from airavata_prefect.domain.dag import TaskGraph
 from airavata_prefect.domain.records import Experiment
+from airavata_prefect.usecases.bundles.resource_cache import describe
 from airavata_prefect.usecases.bundles.secrets import BundleSecrets
-from airavata_prefect.usecases.bundles.staging import fetch_mounts, mount_names
+from airavata_prefect.usecases.bundles.staging import fetch_mounts, mount_names, staged_files
 from airavata_prefect.usecases.catalog import load_storage
 from airavata_prefect.usecases.errors import BadInput
 from airavata_prefect.usecases.settings import Settings
@@ -86,9 +87,14 @@ class LocalMounts:
         try:
             fetched = await asyncio.to_thread(fetch_mounts, self.graph, step, reader, scratch,
                                               frozenset(skipped))
+            described = await asyncio.to_thread(lambda: [describe(m.copy) for m in fetched])
         except Exception as exc:
             raise MountError(str(exc)) from None
-        return [(target, dest / single if single else dest) for target, dest, single in fetched]
+        # What each mount held, for lineage (no cache here: the copies are on this machine).
+        await asyncio.to_thread(self.store.staging.record_inputs, self.exp.id, step, [
+            s for m, files in zip(fetched, described, strict=True)
+            for s in staged_files(m, files)])
+        return [(m.target, m.copy / m.single if m.single else m.copy) for m in fetched]
 
     def close(self) -> None:
         """Revoke the run's child token (the copies stay: later steps may read them)."""

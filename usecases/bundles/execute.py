@@ -32,6 +32,7 @@ from airavata_prefect.usecases.bundles.opening import (
     open_resource,
     resolve_directory,
 )
+from airavata_prefect.usecases.bundles.resource_cache import ResourceCache
 from airavata_prefect.usecases.bundles.runner import BundleJob, BundleRunner
 from airavata_prefect.usecases.bundles.staging import (
     dependency_inputs,
@@ -102,10 +103,16 @@ async def _run(store: Store, settings: Settings, experiment_id: str, bundle_id: 
             members = [Member(remote.instance(bundle.step, idx), attempt)
                        for idx, attempt in bundle.instances]
             scratch = Path(stack.enter_context(scratch_dir()))
-            prefix = bundle_dir(remote.root, bundle.id).removeprefix(remote.root + "/")
-            staged = await asyncio.to_thread(
-                stage_mounts, remote, bundle.step, prefix,
-                lambda n: storage[n].reader(n, values.get(f"storage:{n}")), scratch)
+            staged, totals, inputs = await asyncio.to_thread(
+                stage_mounts, remote, bundle.step, bundle_dir(remote.root, bundle.id),
+                lambda n: storage[n].reader(n, values.get(f"storage:{n}")), scratch,
+                ResourceCache(session.host, base, bundle.resource))
+            if inputs:
+                store.staging.add_totals(totals)
+                store.staging.record_inputs(exp.id, bundle.step, inputs)
+                logger.info("bundle %s: %d staged file(s), %d from the cache on %s, %d bytes "
+                            "sent", bundle.id, totals.hits + totals.misses, totals.hits,
+                            bundle.resource, totals.bytes_moved)
             staged.files |= dependency_inputs(store, exp.id, bundle.resource, members,
                                               remote, home)
         except Exception as exc:  # nothing was submitted: the bundle fails as a whole

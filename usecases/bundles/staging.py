@@ -3,22 +3,27 @@
 - Inputs from elsewhere: an instance whose upstream ran on another resource (or locally) gets
   that upstream's declared outputs from the experiment's home copy, at the same relative path,
   so `${t.OUT}` resolves on this resource too.
-- Storage mounts (`"storage:/remote/path:./local/path"`): fetched once per bundle from the
-  storage resource (S3, SFTP or a local path) and linked into each instance's working
-  directory. Mounts are read-only inputs; results come home as declared outputs.
+- Storage mounts (`"storage:/remote/path:./local/path"`): fetched from the storage resource
+  (S3, SFTP or a local path), hashed, sent to the resource's content-addressed cache only when
+  it lacks them (verified there on arrival: usecases/bundles/resource_cache.py) and linked into
+  each instance's working directory. Mounts are read-only inputs; results come home as
+  declared outputs.
 """
 
 from __future__ import annotations
 
 import tempfile
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from airavata_prefect.adapters.storage import StorageError, StorageReader
 from airavata_prefect.adapters.store import Store
+from airavata_prefect.adapters.store.staging import CacheTotals, StagedFile
 from airavata_prefect.domain.bundle_layout import Link, Member
 from airavata_prefect.domain.dag import TaskGraph
 from airavata_prefect.domain.spec import parse_mount
+from airavata_prefect.usecases.bundles.resource_cache import CachedFile, ResourceCache, describe
 from airavata_prefect.usecases.bundles.runner import Staged
 
 
@@ -49,13 +54,22 @@ def mount_names(graph: TaskGraph, step: str) -> list[str]:
     return sorted({parse_mount(m).storage for m in graph.by_name[step].resources.storage})
 
 
+@dataclass(frozen=True)
+class Fetched:
+    """One mount fetched: its spec text, where it is linked in each instance's directory, its
+    copy here, and the single file's name when it mounts one file."""
+
+    spec: str
+    target: str
+    copy: Path
+    single: str | None
+
+
 def fetch_mounts(graph: TaskGraph, step: str, reader_for: Callable[[str], StorageReader],
-                 scratch: Path, skip: frozenset[str] = frozenset()
-                 ) -> list[tuple[str, Path, str | None]]:
-    """Fetch each mount of the step once, into `scratch/mount<n>`: (where it is linked in
-    each instance's directory, its copy, the single file's name when it mounts one file).
-    Mounts of the storage resources in `skip` are left out."""
-    out: list[tuple[str, Path, str | None]] = []
+                 scratch: Path, skip: frozenset[str] = frozenset()) -> list[Fetched]:
+    """Fetch each mount of the step once, into `scratch/mount<n>`. Mounts of the storage
+    resources in `skip` are left out."""
+    out: list[Fetched] = []
     for n, text in enumerate(graph.by_name[step].resources.storage):
         mount = parse_mount(text)
         if mount.storage in skip:
@@ -73,22 +87,37 @@ def fetch_mounts(graph: TaskGraph, step: str, reader_for: Callable[[str], Storag
         entries = list(dest.iterdir())
         single = len(entries) == 1 and entries[0].is_file() and entries[0].name == name \
             and not mount.remote.endswith("/")
-        out.append((mount.local, dest, name if single else None))
+        out.append(Fetched(text, mount.local, dest, name if single else None))
     return out
 
 
-def stage_mounts(graph: TaskGraph, step: str, bundle_prefix: str,
-                 reader_for: Callable[[str], StorageReader], scratch: Path) -> Staged:
-    """Fetch each mount of the step once; instances link to the bundle's copy."""
+def staged_files(fetched: Fetched, files: list[CachedFile]) -> list[StagedFile]:
+    return [StagedFile(fetched.spec, f.rel, f.sha256, f.size) for f in files]
+
+
+def stage_mounts(graph: TaskGraph, step: str, bundle_dir: str,
+                 reader_for: Callable[[str], StorageReader], scratch: Path,
+                 cache: ResourceCache) -> tuple[Staged, CacheTotals, list[StagedFile]]:
+    """Fetch each mount of the step once, place its files in the resource's cache and link
+    them under `bundle_dir/mounts/<n>`; instances link to that. Returns what to link, what
+    the cache saved, and every file staged (its digest, for lineage)."""
     staged = Staged()
-    for n, (local, dest, single) in enumerate(fetch_mounts(graph, step, reader_for, scratch)):
-        staged.files[f"{bundle_prefix}/mounts/{n}"] = dest
-        staged.links.append(Link(f"mounts/{n}/{single}" if single else f"mounts/{n}", local))
-    return staged
+    fetched = fetch_mounts(graph, step, reader_for, scratch)
+    described = [describe(m.copy) for m in fetched]
+    unique: dict[str, CachedFile] = {f.sha256: f for files in described for f in files}
+    totals = cache.place(unique)
+    for n, (m, files) in enumerate(zip(fetched, described, strict=True)):
+        cache.link(f"{bundle_dir}/mounts/{n}", [(f.rel, f.sha256) for f in files])
+        staged.links.append(Link(f"mounts/{n}/{m.single}" if m.single else f"mounts/{n}",
+                                 m.target))
+    inputs = [s for m, files in zip(fetched, described, strict=True)
+              for s in staged_files(m, files)]
+    return staged, totals, inputs
 
 
 def scratch_dir() -> tempfile.TemporaryDirectory[str]:
     return tempfile.TemporaryDirectory(prefix="airavata-staging-")
 
 
-__all__ = ["dependency_inputs", "fetch_mounts", "mount_names", "scratch_dir", "stage_mounts"]
+__all__ = ["Fetched", "dependency_inputs", "fetch_mounts", "mount_names", "scratch_dir",
+           "stage_mounts", "staged_files"]
