@@ -164,6 +164,44 @@ def test_an_experiment_on_local_agents(service: Service, tmp_path: Path,
                and a["resource"] == "local" for a in agents), agents
 
 
+def test_storage_mounts_reach_local_agents(service: Service, tmp_path: Path,
+                                           prefect_api: str) -> None:
+    """Pilot mode: the experiment's process fetches a step's mounts once and links them into
+    each instance's directory, which the agents share; agents hold no storage credential."""
+    from airavata_prefect.usecases.authorization import ensure_project
+    from tests.storages import register_path
+
+    settings = get_settings()
+    ctx = Context(settings, Store(settings.db_url), "tester")
+    ensure_project(ctx, "lab")
+    name = f"nfs-{os.getpid()}-{time.monotonic_ns() % 100000}"
+    register_path(ctx, tmp_path / "nfs", name=name)
+    (tmp_path / "nfs" / "ref").mkdir()
+    (tmp_path / "nfs" / "ref" / "genome.fa").write_text(">chr1\nACGT\n")
+    spec = tmp_path / "mounts.yml"
+    spec.write_text(textwrap.dedent(f"""\
+        tasks:
+          use:
+            command: 'cat ref/genome.fa > "$OUT"'
+            task_inputs: {{I: 1..3}}
+            task_outputs: {{OUT: out.txt}}
+            resources: {{storage: ["{name}:/ref:./ref"]}}
+        """))
+    exp_id = submit_experiment(ctx, spec, [], project="lab")
+    r = Run(ctx.store, exp_id)
+    r.start()
+    assert r.finish() == ExperimentStatus.COMPLETED, ctx.store.tasks.list(exp_id)
+    assert len(_terminal_events(ctx.store, exp_id)) == 3  # the agents ran them
+    workdir = Path(ctx.store.experiments.get(exp_id).workdir)
+    for i in range(3):
+        assert (workdir / "use" / str(i) / "out.txt").read_text() == ">chr1\nACGT\n"
+    chain = [(e.to_state, e.message) for e in ctx.store.tasks.events(exp_id, "use[1]")]
+    assert chain[:2] == [(TaskState.QUEUED, None),
+                         (TaskState.DATA_STAGING, "1 storage mount(s)")], chain
+    assert [f.path for f in ctx.store.staging.inputs(exp_id, "use")] == ["genome.fa"]
+    ctx.close()
+
+
 SLOW = """\
 tasks:
   s: {command: 'sleep 2; echo "$X" > out.txt', task_inputs: {X: 1..4}, task_outputs: {O: out.txt}}

@@ -35,6 +35,7 @@ from airavata_prefect.domain.pilot import (
 )
 from airavata_prefect.domain.scheduler import Report
 from airavata_prefect.domain.states import TERMINAL, TaskState
+from airavata_prefect.usecases.local_mounts import LocalMounts, MountError
 
 log = logging.getLogger("airavata.pilots")
 CANCEL_CONFIRM_SECONDS = 60.0  # after which a cancel no agent confirmed is assumed
@@ -97,8 +98,10 @@ class PilotExecutor:
                  resource_of: Callable[[str, int], str],
                  starter_for: Callable[[str], AgentStarter], *, window: float = 0.02,
                  poll: float = 0.1, supervise_every: float = 2.0,
-                 cancel_confirm: float = CANCEL_CONFIRM_SECONDS) -> None:
+                 cancel_confirm: float = CANCEL_CONFIRM_SECONDS,
+                 mounts: LocalMounts | None = None) -> None:
         self.store = store
+        self.mounts = mounts
         self.experiment_id = experiment_id
         self.graph = graph
         self.resource_of = resource_of
@@ -160,8 +163,15 @@ class PilotExecutor:
         if cancel.is_set() or self._canceled:
             return Outcome(TaskState.CANCELED, None, "canceled before it was dispatched")
         resource = self.resource_of(inst.step, inst.index)
+        state = self._states.pop(inst.id, TaskState.QUEUED)
+        if self.graph.by_name[inst.step].resources.storage and self.mounts is not None:
+            try:
+                await self._mount(inst, report)
+            except (OSError, MountError) as exc:
+                return Outcome(TaskState.FAILED, None, f"staging: {exc}")
+            state = max(state, TaskState.DATA_STAGING, key=_CHAIN.index)
         waiter = _Waiter(inst, attempt, report, asyncio.get_running_loop().create_future(),
-                         resource, self._states.pop(inst.id, TaskState.QUEUED))
+                         resource, state)
         self._pending.append(waiter)
         if self._flusher is None or self._flusher.done():
             self._flusher = self._spawn(self._flush_later())
@@ -181,6 +191,18 @@ class PilotExecutor:
         finally:
             canceller.cancel()
         return waiter.future.result()
+
+    async def _mount(self, inst: TaskInstance, report: Report) -> None:
+        """Storage mounts, fetched here once per run and linked into the instance's directory:
+        pilot mode shares that directory with the agents, so they find the links, and agents
+        never hold a storage credential (or a URL standing for one)."""
+        assert self.mounts is not None
+        workdir = Path(self.graph.workdir(inst.step, inst.index))
+        await asyncio.to_thread(workdir.mkdir, parents=True, exist_ok=True)
+        note = await self.mounts.link(inst.step, workdir)
+        count = len(self.graph.by_name[inst.step].resources.storage)
+        report(TaskState.DATA_STAGING, f"{count} storage mount(s)" + (f"; {note}" if note
+                                                                       else ""))
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.ensure_future(coro)

@@ -35,8 +35,9 @@ from airavata_prefect.domain.states import (
     Transition,
     summarize,
 )
-from airavata_prefect.usecases import agent_starters
+from airavata_prefect.usecases import agent_starters, lineage
 from airavata_prefect.usecases.catalog import load_compute
+from airavata_prefect.usecases.conda_envs import CondaEnvironments
 from airavata_prefect.usecases.dispatch import BUNDLE_FLOW, RemoteExecutor, Routing
 from airavata_prefect.usecases.local import LocalExecutor
 from airavata_prefect.usecases.local_mounts import LocalMounts
@@ -163,7 +164,8 @@ async def execute(store: Store, claimed: Claimed, settings: Settings, hooks: Hoo
     launch = prefect_api.FlowRuns(BUNDLE_FLOW, {"experiment_id": exp.id})
     pilot_blocks = await pilot_resources(placed)
     mounts = LocalMounts(store, settings, exp, graph)
-    local: Executor = LocalExecutor(graph, exp.id, mounts, PipEnvironments(settings))
+    local: Executor = LocalExecutor(graph, exp.id, mounts, PipEnvironments(settings),
+                                    CondaEnvironments(settings))
     pilot: PilotExecutor | None = None
     local_items = any(i.resource == LOCAL for i in point.items)
     if settings.local_mode == "pilot" or point.items or pilot_blocks:
@@ -177,7 +179,7 @@ async def execute(store: Store, claimed: Claimed, settings: Settings, hooks: Hoo
 
         pilot = PilotExecutor(store, exp.id, graph,
                               lambda step, index: placed[step][index] if placed else LOCAL,
-                              starter_for)
+                              starter_for, mounts=mounts)
         pilot.adopt(point.items,
                     {iid: st for iid, (st, _) in resume.active.items()})
         if settings.local_mode == "pilot" or local_items:
@@ -196,6 +198,10 @@ async def execute(store: Store, claimed: Claimed, settings: Settings, hooks: Hoo
                            pilots=frozenset(pilot_blocks) | {i.resource for i in point.items})
         if adopt:
             remote.adopt(adopt, {iid: st for iid, (st, _) in resume.active.items()})
+
+    # Every mode's attempts end through this one executor: lineage is recorded there, once.
+    executor = lineage.recording(executor, store, exp.id, graph,
+                                 resource_of or (lambda step, index: LOCAL))
 
     def sink(batch: list[Transition]) -> None:
         store.tasks.apply_transitions(exp.id, batch)
