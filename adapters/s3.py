@@ -6,13 +6,27 @@ carries them (botocore's own messages do not either).
 
 from __future__ import annotations
 
+import hashlib
+import re
 from pathlib import Path
+from typing import Any
 
 import boto3
 import botocore.exceptions
 from botocore.config import Config
 
 from airavata_prefect.adapters.storage import Entry, StorageError, confined, local_files
+
+ATTEMPTS = 2
+_MD5 = re.compile(r"[0-9a-f]{32}")  # a multipart upload's ETag is not an MD5 ("...-N")
+
+
+def _md5(path: Path) -> str:
+    h = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 class S3:
@@ -49,24 +63,43 @@ class S3:
         try:
             pages = self._client.get_paginator("list_objects_v2").paginate(
                 Bucket=self.bucket, Prefix=key)
-            objects = [o["Key"] for page in pages for o in page.get("Contents", [])]
-            exact = [k for k in objects if k == key]
+            objects = [o for page in pages for o in page.get("Contents", [])]
+            exact = [o for o in objects if o["Key"] == key]
             if exact:  # a single object: it becomes dest/<its name>
                 target = confined(dest, Path(key).name, f"{self.name}: object {key!r}")
-                self._client.download_file(self.bucket, key, str(target))
+                self._get(exact[0], target)
                 return 1
-            under = [k for k in objects if k.startswith(key.rstrip("/") + "/") or not key]
+            under = [o for o in objects if o["Key"].startswith(key.rstrip("/") + "/") or not key]
             # Every name checked before anything is written: a hostile listing writes nothing.
-            targets = [(k, confined(dest, k[len(key):].lstrip("/") if key else k,
-                                    f"{self.name}: object {k!r}")) for k in under]
-            for k, target in targets:
+            targets = [(o, confined(dest, o["Key"][len(key):].lstrip("/") if key else o["Key"],
+                                    f"{self.name}: object {o['Key']!r}")) for o in under]
+            for o, target in targets:
                 target.parent.mkdir(parents=True, exist_ok=True)
-                self._client.download_file(self.bucket, k, str(target))
+                self._get(o, target)
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
             raise self._fail(f"reading {remote}", exc) from None
         if not under:
             raise StorageError(f"{self.name} has nothing at {remote!r}")
         return len(under)
+
+    def _get(self, listed: dict[str, Any], target: Path) -> None:
+        """Download one object and check it against its listing: its size, and its MD5 when
+        the ETag is one (a single-part upload). A damaged copy is fetched again, then refused;
+        boto3 writes under a temporary name, so a broken transfer never stands as the file."""
+        key = listed["Key"]
+        size = int(listed["Size"]) if "Size" in listed else None
+        etag = str(listed.get("ETag", "")).strip('"')
+        md5 = etag if _MD5.fullmatch(etag) else None
+        for _ in range(ATTEMPTS):
+            self._client.download_file(self.bucket, key, str(target))
+            got_size = target.stat().st_size
+            got_md5 = _md5(target) if md5 else None
+            if got_size == (got_size if size is None else size) and got_md5 == md5:
+                return
+        target.unlink(missing_ok=True)
+        found = f"{got_size} bytes" + (f", MD5 {got_md5}" if md5 else "")
+        raise StorageError(f"{self.name}: {key!r} arrived damaged {ATTEMPTS} times "
+                           f"(listed {size} bytes{f', MD5 {md5}' if md5 else ''}; got {found})")
 
     def put(self, local: Path, remote: str) -> int:
         files = local_files(local)
