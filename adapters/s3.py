@@ -1,7 +1,10 @@
-"""S3 (boto3): fetch a prefix into a local directory, and put files back.
+"""S3: fetch a prefix into a local directory, and put files back.
 
-Keys come from OpenBao and live only in the boto3 client of this object; an error message never
-carries them (botocore's own messages do not either).
+prefect-aws does the listing and the uploads (`S3Bucket`, with an `AwsCredentials` built here
+in memory from what OpenBao gave and never saved as a block); downloads use its boto3 client
+directly, because each must land under a temporary name and be checked against its listing
+before it stands as the file (`S3Bucket.download_object_to_path` writes in place, unchecked).
+Keys live only in this object; an error message never carries them (botocore's do not either).
 """
 
 from __future__ import annotations
@@ -9,11 +12,12 @@ from __future__ import annotations
 import hashlib
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-import boto3
 import botocore.exceptions
-from botocore.config import Config
+from prefect_aws import AwsCredentials, S3Bucket
+from prefect_aws.client_parameters import AwsClientParameters
+from pydantic import SecretStr
 
 from airavata_prefect.adapters.storage import Entry, StorageError, confined, local_files
 
@@ -36,11 +40,16 @@ class S3:
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.name = f"s3://{bucket}" + (f" at {endpoint_url}" if endpoint_url else "")
-        self._client = boto3.client(
-            "s3", endpoint_url=endpoint_url, region_name=region or "us-east-1",
-            aws_access_key_id=access_key, aws_secret_access_key=secret_key,
-            config=Config(retries={"max_attempts": 3, "mode": "standard"},
-                          connect_timeout=10, read_timeout=60))
+        credentials = AwsCredentials(
+            aws_access_key_id=access_key, aws_secret_access_key=SecretStr(secret_key),
+            region_name=region or "us-east-1",
+            aws_client_parameters=AwsClientParameters(
+                endpoint_url=endpoint_url,
+                config={"retries": {"max_attempts": 3, "mode": "standard"},
+                        "connect_timeout": 10, "read_timeout": 60}))
+        self._bucket = S3Bucket(bucket_name=bucket, bucket_folder=self.prefix,
+                                credentials=credentials)
+        self._client = credentials.get_s3_client()  # the one S3Bucket uses (prefect-aws caches)
 
     def _key(self, path: str) -> str:
         path = path.strip("/")
@@ -61,9 +70,7 @@ class S3:
         key = self._key(remote)
         dest.mkdir(parents=True, exist_ok=True)
         try:
-            pages = self._client.get_paginator("list_objects_v2").paginate(
-                Bucket=self.bucket, Prefix=key)
-            objects = [o for page in pages for o in page.get("Contents", [])]
+            objects = self._list(remote)
             exact = [o for o in objects if o["Key"] == key]
             if exact:  # a single object: it becomes dest/<its name>
                 target = confined(dest, Path(key).name, f"{self.name}: object {key!r}")
@@ -106,26 +113,30 @@ class S3:
         base = remote.strip("/")
         try:
             for path, rel in files:
-                key = self._key(base if local.is_file() else f"{base}/{rel}")
-                self._client.upload_file(str(path), self.bucket, key)
+                self._bucket.upload_from_path(path, base if local.is_file() else f"{base}/{rel}",
+                                              _sync=True)  # type: ignore[arg-type]
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
             raise self._fail(f"writing {remote}", exc) from None
         return len(files)
+
+    def _list(self, remote: str, limit: int | None = None) -> list[dict[str, Any]]:
+        """The listing under `remote` (keys from the bucket's root, sizes, ETags)."""
+        # _sync: a plain call, even from a thread where an event loop runs
+        listed = self._bucket.list_objects(folder=remote.strip("/"), max_items=limit,
+                                           _sync=True)  # type: ignore[call-arg]
+        return cast(list[dict[str, Any]], listed)
 
     def list(self, remote: str, limit: int) -> list[Entry]:
         key = self._key(remote)
         out: list[Entry] = []
         try:
-            pages = self._client.get_paginator("list_objects_v2").paginate(
-                Bucket=self.bucket, Prefix=key)
-            for page in pages:
-                for o in page.get("Contents", []):
-                    k = o["Key"]
-                    if k == key or not key or k.startswith(key.rstrip("/") + "/"):
-                        out.append(Entry(k[len(self.prefix):].lstrip("/") if self.prefix
-                                         else k, int(o.get("Size", 0))))
-                    if len(out) >= limit:
-                        return out
+            for o in self._list(remote):
+                k = o["Key"]
+                if k == key or not key or k.startswith(key.rstrip("/") + "/"):
+                    out.append(Entry(k[len(self.prefix):].lstrip("/") if self.prefix else k,
+                                     int(o.get("Size", 0))))
+                if len(out) >= limit:
+                    return out
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
             raise self._fail(f"listing {remote}", exc) from None
         return out

@@ -47,7 +47,7 @@ def test_a_hostile_s3_key_writes_nothing_outside(s3, tmp_path: Path) -> None:
         with Stubber(reader._client) as stub:
             stub.add_response("list_objects_v2", {"Contents": [{"Key": "run/ok.txt"},
                                                                {"Key": key}]},
-                              {"Bucket": "hostile", "Prefix": "run"})
+                              {"Bucket": "hostile", "Prefix": "run", "Delimiter": ""})
             with pytest.raises(StorageError, match="refused"):
                 reader.fetch("run", dest)
     assert not list(tmp_path.rglob("escaped.txt"))
