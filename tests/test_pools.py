@@ -217,6 +217,9 @@ def test_inputs_follow_their_upstream_across_resources(g: Grid, tmp_path: Path) 
     home = Path(g.store.experiments.get(exp_id).workdir)
     lines = (home / "c" / "1" / "c.txt").read_text().splitlines()
     assert lines[0] == "from a" and lines[1].startswith("b in job ") and lines[1][9:].isdigit()
+    # a's outputs reached SLURM through its cache (one content, verified there, moved once).
+    totals = {x.resource: x for x in g.store.staging.totals()}[g.names["slurm"]]
+    assert totals.misses + totals.hits == 1 and totals.retries == 0, totals
 
 
 def test_a_credential_unshared_after_submit_stops_the_bundle(g: Grid, tmp_path: Path) -> None:

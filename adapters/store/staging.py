@@ -24,6 +24,12 @@ class CacheTotals:
     retries: int = 0
 
 
+    def __add__(self, other: CacheTotals) -> CacheTotals:
+        return CacheTotals(self.resource, self.hits + other.hits, self.misses + other.misses,
+                           self.bytes_moved + other.bytes_moved,
+                           self.bytes_saved + other.bytes_saved, self.retries + other.retries)
+
+
 @dataclass(frozen=True)
 class StagedFile:
     """One file of a storage mount as staged for a step: `path` under the mount's target."""

@@ -38,6 +38,7 @@ from airavata_prefect.usecases.bundles.staging import (
     dependency_inputs,
     mount_names,
     scratch_dir,
+    stage_dependencies,
     stage_mounts,
 )
 from airavata_prefect.usecases.correlation import correlated
@@ -103,18 +104,20 @@ async def _run(store: Store, settings: Settings, experiment_id: str, bundle_id: 
             members = [Member(remote.instance(bundle.step, idx), attempt)
                        for idx, attempt in bundle.instances]
             scratch = Path(stack.enter_context(scratch_dir()))
+            cache = ResourceCache(session.host, base, bundle.resource)
             staged, totals, inputs = await asyncio.to_thread(
                 stage_mounts, remote, bundle.step, bundle_dir(remote.root, bundle.id),
-                lambda n: storage[n].reader(n, values.get(f"storage:{n}")), scratch,
-                ResourceCache(session.host, base, bundle.resource))
-            if inputs:
+                lambda n: storage[n].reader(n, values.get(f"storage:{n}")), scratch, cache)
+            upstream = dependency_inputs(store, exp.id, bundle.resource, members, remote, home)
+            if upstream:
+                totals += await asyncio.to_thread(stage_dependencies, upstream, remote.root,
+                                                  cache)
+            store.staging.record_inputs(exp.id, bundle.step, inputs)
+            if totals.hits or totals.misses:
                 store.staging.add_totals(totals)
-                store.staging.record_inputs(exp.id, bundle.step, inputs)
-                logger.info("bundle %s: %d staged file(s), %d from the cache on %s, %d bytes "
-                            "sent", bundle.id, totals.hits + totals.misses, totals.hits,
-                            bundle.resource, totals.bytes_moved)
-            staged.files |= dependency_inputs(store, exp.id, bundle.resource, members,
-                                              remote, home)
+                logger.info("bundle %s: %d staged file(s), %d already in the cache on %s, "
+                            "%d bytes sent", bundle.id, totals.hits + totals.misses,
+                            totals.hits, bundle.resource, totals.bytes_moved)
         except Exception as exc:  # nothing was submitted: the bundle fails as a whole
             reason = f"could not prepare bundle on {bundle.resource}: {exc}"
             logger.error(reason)

@@ -23,7 +23,12 @@ from airavata_prefect.adapters.store.staging import CacheTotals, StagedFile
 from airavata_prefect.domain.bundle_layout import Link, Member
 from airavata_prefect.domain.dag import TaskGraph
 from airavata_prefect.domain.spec import parse_mount
-from airavata_prefect.usecases.bundles.resource_cache import CachedFile, ResourceCache, describe
+from airavata_prefect.usecases.bundles.resource_cache import (
+    CachedFile,
+    ResourceCache,
+    describe,
+    sha256_of,
+)
 from airavata_prefect.usecases.bundles.runner import Staged
 
 
@@ -47,6 +52,17 @@ def dependency_inputs(store: Store, experiment_id: str, resource: str, members: 
             if local.exists() and there.startswith(remote.root + "/"):
                 files[there.removeprefix(remote.root + "/")] = local
     return files
+
+
+def stage_dependencies(files: dict[str, Path], experiment_root: str,
+                       cache: ResourceCache) -> CacheTotals:
+    """Upstream outputs from elsewhere (`dependency_inputs`) through the resource's cache,
+    verified on arrival, linked at their paths under the experiment's directory there."""
+    described = [CachedFile(rel, path, sha256_of(path), path.stat().st_size)
+                 for rel, path in sorted(files.items())]
+    totals = cache.place({f.sha256: f for f in described})
+    cache.link(experiment_root, [(f.rel, f.sha256) for f in described])
+    return totals
 
 
 def mount_names(graph: TaskGraph, step: str) -> list[str]:
@@ -120,4 +136,5 @@ def scratch_dir() -> tempfile.TemporaryDirectory[str]:
 
 
 __all__ = ["Fetched", "dependency_inputs", "fetch_mounts", "mount_names", "scratch_dir",
+           "stage_dependencies",
            "stage_mounts", "staged_files"]
