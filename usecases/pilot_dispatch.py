@@ -10,7 +10,6 @@ token scoped to this experiment and resource that expires with them.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 import math
@@ -123,6 +122,7 @@ class PilotExecutor:
         self._follower: asyncio.Task[None] | None = None
         self._cursor = 0
         self._canceled = False
+        self._watched: asyncio.Event | None = None
 
     # -- payloads ------------------------------------------------------------------------
 
@@ -177,20 +177,24 @@ class PilotExecutor:
             self._flusher = self._spawn(self._flush_later())
         if self._follower is None or self._follower.done():
             self._follower = self._spawn(self._follow())
-        canceller = asyncio.ensure_future(cancel.wait())
-        either: set[asyncio.Future[Any]] = {waiter.future, canceller}
-        try:
-            await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
-            if not waiter.future.done():  # the experiment is being canceled
-                await self._cancel_all()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(waiter.future), self.cancel_confirm)
-                if not waiter.future.done():
-                    waiter.future.set_result(Outcome(
-                        TaskState.CANCELED, None, "canceled (its agent did not confirm)"))
-        finally:
-            canceller.cancel()
-        return waiter.future.result()
+        if self._watched is not cancel:  # one watcher for the run, not a task per instance
+            self._watched = cancel
+            self._spawn(self._watch_cancel(cancel))
+        # Shielded: the scheduler giving up on this call must not cancel the shared future.
+        return await asyncio.shield(waiter.future)
+
+    async def _watch_cancel(self, cancel: asyncio.Event) -> None:
+        """When the experiment is canceled: cancel everything queued or running, and wait a
+        while for the agents to confirm each instance ended."""
+        await cancel.wait()
+        await self._cancel_all()
+        running = [w.future for w in self._by_item.values() if not w.future.done()]
+        if running:
+            await asyncio.wait(running, timeout=self.cancel_confirm)
+        for future in running:
+            if not future.done():
+                future.set_result(Outcome(TaskState.CANCELED, None,
+                                          "canceled (its agent did not confirm)"))
 
     async def _mount(self, inst: TaskInstance, report: Report) -> None:
         """Storage mounts, fetched here once per run and linked into the instance's directory:
@@ -240,6 +244,10 @@ class PilotExecutor:
             self._by_item[w.item_id] = w
             for e in self._early.pop(w.item_id, []):
                 self._apply(e)
+        if self._canceled:  # canceled while these were being queued: they end too
+            await asyncio.to_thread(self.store.pilot.cancel, self.experiment_id,
+                                    [w.inst.id for w in waiters])
+            return True
         log.debug("queued %d instance(s) for agents", len(waiters))
         for resource in {w.resource for w in waiters}:
             await self._supervise(resource)
