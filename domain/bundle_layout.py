@@ -4,10 +4,14 @@ Layout under the experiment's directory on the resource (`<working_directory>/<e
 
     <step>/<index>/                  each instance's working directory (stdout.log, outputs)
     .bundles/<bundle>/run_one.sh     runs one instance (bash, coreutils, util-linux only)
+    .bundles/<bundle>/envs.sh        builds its conda / pip environments (sourced by run_one.sh)
     .bundles/<bundle>/run_all.sh     runs them all, P at a time (bare metal)
     .bundles/<bundle>/steps/<step>.sh   the step's script, its `environment` exported
     .bundles/<bundle>/tasks/<k>.sh   instance k: its variables (exported) and a few AV_ settings
     .bundles/<bundle>/results/       k.start / k.exit markers, written by run_one.sh
+
+and beside the experiments, `<working_directory>/.airavata-envs/` caches the environments
+instances ask for (domain/environments.py), shared by every bundle and experiment there.
 
 Nothing secret is in any of these: instance variables come from the experiment YAML, and the
 scripts' environment is rebuilt from scratch (`env -i`) so nothing of the host's leaks in.
@@ -22,6 +26,7 @@ from pathlib import Path
 
 from airavata_prefect.domain.dag import TaskGraph, TaskInstance
 from airavata_prefect.domain.endings import Exit
+from airavata_prefect.domain.environments import ENVS_SH, conda_name, pip_name, resource_cache
 from airavata_prefect.domain.instance import (
     PASSTHROUGH,
     PASSTHROUGH_PREFIXES,
@@ -68,28 +73,53 @@ def _array(items: Sequence[str]) -> str:
 
 def frame_files() -> dict[str, str]:
     """What every bundle holds besides its steps and tasks."""
-    return {"run_one.sh": RUN_ONE, "run_all.sh": RUN_ALL, "results/.keep": ""}
+    return {"run_one.sh": RUN_ONE, "run_all.sh": RUN_ALL, "envs.sh": ENVS_SH,
+            "results/.keep": ""}
+
+
+@dataclass(frozen=True)
+class Environments:
+    """The conda specs and pip requirements a step runs with, and the resource's cache."""
+
+    cache: str
+    conda: Sequence[str] = ()
+    pip: Sequence[str] = ()
+
+    def lines(self) -> list[str]:
+        """Their settings for run_one.sh (envs.sh); none when the step asks for neither."""
+        if not (self.conda or self.pip):
+            return []
+        lines = [f"AV_ENVS={_q(self.cache)}"]
+        if self.conda:
+            lines += [f"AV_CONDA_ENV={conda_name(self.conda)}", f"AV_CONDA={_array(self.conda)}"]
+        if self.pip:
+            lines += [f"AV_PIP_ENV={pip_name(self.pip, self.conda)}",
+                      f"AV_PIP={_array(self.pip)}"]
+        return lines
 
 
 def position_file(step: str, workdir: str, *, walltime: int | None = None,
                   keep_logs: Sequence[tuple[str, str]] = (), links: Sequence[Link] = (),
-                  env: dict[str, str] | None = None) -> str:
+                  env: dict[str, str] | None = None, envs: Environments | None = None) -> str:
     """`tasks/<k>.sh`: how run_one.sh runs position k (`steps/<step>.sh` in `workdir`)."""
     lines = [f"AV_STEP={_q(step)}", f"AV_WORKDIR={_q(workdir)}",
              f"AV_WALLTIME={walltime or ''}",
              f"AV_KEEP_LOGS={_array([f'{a}|{b}' for a, b in keep_logs])}",
              f"AV_LINKS={_array([f'{link.src}|{link.dst}' for link in links])}",
+             *(envs.lines() if envs else []),
              *(f"export {k}={_q(v)}" for k, v in (env or {}).items())]
     return "\n".join(lines) + "\n"
 
 
 def task_file(member: Member, *, experiment_id: str, workdir: str,
-              walltime: int | None = None, links: Sequence[Link] = ()) -> str:
+              walltime: int | None = None, links: Sequence[Link] = (),
+              envs: Environments | None = None) -> str:
     inst = member.instance
     env = instance_environment(inst, experiment_id=experiment_id, attempt=member.attempt,
                                workdir=workdir)
     return position_file(inst.step, workdir, walltime=walltime,
-                         keep_logs=earlier_logs(member.attempt), links=links, env=env)
+                         keep_logs=earlier_logs(member.attempt), links=links, env=env,
+                         envs=envs)
 
 
 def bundle_files(graph: TaskGraph, step: str, members: Sequence[Member], *, experiment_id: str,
@@ -99,9 +129,10 @@ def bundle_files(graph: TaskGraph, step: str, members: Sequence[Member], *, expe
     plan = graph.by_name[step]
     files = {**frame_files(),
              f"steps/{step}.sh": render_script(plan.script, plan.resources.environment)}
+    envs = Environments(resource_cache(graph.root), plan.resources.conda, plan.resources.pip)
     for k, m in enumerate(members):
         files[f"tasks/{k}.sh"] = task_file(
-            m, experiment_id=experiment_id, walltime=walltime, links=links,
+            m, experiment_id=experiment_id, walltime=walltime, links=links, envs=envs,
             workdir=graph.workdir(m.instance.step, m.instance.index))
     return files
 
@@ -156,5 +187,5 @@ def parse_markers(text: str) -> dict[int, Marker]:
     return out
 
 
-__all__ = ["EXECUTABLE", "Link", "Marker", "Member", "bundle_dir", "bundle_files",
+__all__ = ["EXECUTABLE", "Environments", "Link", "Marker", "Member", "bundle_dir", "bundle_files",
            "frame_files", "parse_end", "parse_markers", "position_file", "task_file"]

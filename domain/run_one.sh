@@ -3,8 +3,9 @@
 #
 # Writes results/POSITION.start when the step's script starts and results/POSITION.exit when it
 # ends, one line: "exit N", "signal S", "timeout" (stopped at its walltime) or "error N WHY"
-# (this runner could not start it). A task killed from outside (scancel, a scheduler's time
-# limit, a dead node) leaves no .exit, and its scheduler says why.
+# (this runner could not start it: its directory, a link, an environment). A task killed from
+# outside (scancel, a scheduler's time limit, a dead node) leaves no .exit, and its scheduler
+# says why. Its conda / pip environments are built by envs.sh, shipped beside this file.
 # Needs bash, coreutils and util-linux only: nothing of Airavata is installed where this runs.
 # @PASSTHROUGH@ is filled in when the bundle is written (domain/bundle_layout.py).
 b=$1
@@ -12,6 +13,8 @@ k=$2
 res="$b/results"
 # shellcheck source=/dev/null
 . "$b/tasks/$k.sh" || { echo "run_one: cannot read task $k of $b" >&2; exit 70; }
+# shellcheck source=envs.sh
+. "$b/envs.sh" || { echo "run_one: cannot read $b/envs.sh" >&2; exit 70; }
 
 finish() {  # finish STATUS-LINE EXIT-CODE
   rm -f "$res/$k.said"
@@ -28,14 +31,17 @@ for link in "${AV_LINKS[@]}"; do  # staged storage mounts, shared by the bundle'
   dst=${link#*|}
   mkdir -p "$(dirname "$dst")" && ln -sfn "$b/$src" "$dst" || finish "error 72 cannot link $dst" 72
 done
+# Its conda / pip environments, built if need be (the instance shows ENV_SETUP until .start).
+env_prepare
 
 # The script sees its own variables and a few of the host's, nothing else of this shell's.
 keep=()
 for v in $(compgen -e); do
   case $v in
-    @PASSTHROUGH@) keep+=("$v=${!v}") ;;
+    @PASSTHROUGH@) [ "$v" = PATH ] || keep+=("$v=${!v}") ;;
   esac
 done
+keep+=("PATH=$env_path$PATH" "${env_active[@]}")  # its environments first, then the host's
 # Default signal dispositions whatever this shell inherited (a background job of a
 # non-interactive shell ignores SIGINT and SIGQUIT, and bash cannot undo that): coreutils 8.31+.
 reset=()

@@ -21,6 +21,10 @@ from airavata_prefect.domain.yamldoc import Located, parse_located, read_source
 
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 STEP_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
+# A conda package spec: [CHANNEL::]NAME[ VERSION[ BUILD]], NAME=VERSION[=BUILD], NAME>=1,<2,
+# NAME[version='>=1'], matched whole. Never an option (`--file x`, `-c chan`), a path or a URL.
+CONDA_SPEC = re.compile(r"(?:[A-Za-z0-9][A-Za-z0-9_.-]*::)?[A-Za-z0-9_][A-Za-z0-9_.-]*"
+                        r"[ =<>!~,|*.+A-Za-z0-9_\[\]'\"-]*")
 _DURATION = re.compile(r"^(?:(\d+)-)?(\d+):([0-5]?\d):([0-5]?\d)$")
 ParamType = Literal["string", "int", "float", "bool", "path"]
 Scalar = str | int | float | bool
@@ -133,6 +137,19 @@ class Resources(_Strict):
                 Requirement(item)
             except InvalidRequirement as exc:
                 raise ValueError(f"{item!r} is not a pip requirement: {exc}") from None
+        return v
+
+    @field_validator("conda")
+    @classmethod
+    def _conda_specs(cls, v: list[str]) -> list[str]:
+        for item in v:
+            # A package spec, never a conda option (`--file x`, `-c chan`, `--prefix p`).
+            if item.strip().startswith("-"):
+                raise ValueError(f"{item!r}: conda options are not allowed here, only package "
+                                 "specs like 'python=3.12' or 'numpy'")
+            if not CONDA_SPEC.fullmatch(item):
+                raise ValueError(f"{item!r} is not a conda package spec (NAME, NAME=VERSION, "
+                                 "NAME>=VERSION, CHANNEL::NAME)")
         return v
 
     @field_validator("environment")

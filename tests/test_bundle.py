@@ -89,8 +89,8 @@ def test_bundle_files_and_markers() -> None:
     g = graph("/r/exp1")
     files = bundle_files(g, "sim", [Member(g.instance("sim", i), 0) for i in (4, 0)],
                          experiment_id="exp1")
-    assert sorted(files) == ["results/.keep", "run_all.sh", "run_one.sh", "steps/sim.sh",
-                             "tasks/0.sh", "tasks/1.sh"]
+    assert sorted(files) == ["envs.sh", "results/.keep", "run_all.sh", "run_one.sh",
+                             "steps/sim.sh", "tasks/0.sh", "tasks/1.sh"]
     assert "export SEED=5" in files["tasks/0.sh"]  # position 0 is instance 4
     assert files["steps/sim.sh"].splitlines()[:2] == ["#!/bin/bash",
                                                        'export EXTRA="/opt/x:$PATH"']

@@ -2,9 +2,11 @@
 
 Each instance gets its own working directory (`<experiment>/<step>/<index>`), the environment
 domain/instance.py gives it (nothing of ours: the runner's own variables may hold secrets, such
-as a database URL), its own session and process group (so cancel and timeout kill the whole
-tree) with default signal dispositions, stdout/stderr in its logs, and its declared outputs
-checked after a zero exit. How it ended becomes a state through domain/endings.py.
+as a database URL) with its step's conda / pip environments active (built once each, while it
+is in ENV_SETUP: usecases/conda_envs.py, usecases/pip_envs.py), its own session and process
+group (so cancel and timeout kill the whole tree) with default signal dispositions,
+stdout/stderr in its logs, and its declared outputs checked after a zero exit. How it ended
+becomes a state through domain/endings.py.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pathlib import Path
 
 from airavata_prefect.domain.dag import TaskGraph, TaskInstance
 from airavata_prefect.domain.endings import Exit, Outcome, judge
+from airavata_prefect.domain.environments import describe
 from airavata_prefect.domain.instance import (
     LOGS,
     host_environment,
@@ -29,8 +32,11 @@ from airavata_prefect.domain.instance import (
 )
 from airavata_prefect.domain.scheduler import Report
 from airavata_prefect.domain.states import TaskState
+from airavata_prefect.usecases import conda_envs, pip_envs
+from airavata_prefect.usecases.conda_envs import CondaEnvironments
+from airavata_prefect.usecases.env_cache import EnvironmentFailed
 from airavata_prefect.usecases.local_mounts import LocalMounts, MountError
-from airavata_prefect.usecases.pip_envs import EnvironmentFailed, PipEnvironments, activate
+from airavata_prefect.usecases.pip_envs import PipEnvironments
 
 KILL_GRACE_SECONDS = 5.0
 
@@ -75,12 +81,14 @@ def restore_signal_defaults() -> None:
 class LocalExecutor:
     def __init__(self, graph: TaskGraph, experiment_id: str,
                  mounts: LocalMounts | None = None,
-                 envs: PipEnvironments | None = None) -> None:
+                 envs: PipEnvironments | None = None,
+                 conda: CondaEnvironments | None = None) -> None:
         restore_signal_defaults()
         self.graph = graph
         self.experiment_id = experiment_id
         self.mounts = mounts
         self.envs = envs
+        self.conda = conda
         self.base_env = host_environment(os.environ)
         self._scripts: dict[str, str] = {}
 
@@ -95,6 +103,18 @@ class LocalExecutor:
             target.write_text(render_script(plan.script, plan.resources.environment))
             path = self._scripts[step] = str(target)
         return path
+
+    async def _environments(self, env: dict[str, str], conda: list[str],
+                            pip: list[str]) -> dict[str, str]:
+        """`env` with the step's environments active, built first if need be; conda first, as
+        a virtual environment is layered on it."""
+        prefix: Path | None = None
+        if conda and self.conda is not None:
+            prefix = await self.conda.ensure(conda)
+            env = conda_envs.activate(env, prefix)
+        if pip and self.envs is not None:
+            env = pip_envs.activate(env, await self.envs.ensure(pip, over=prefix))
+        return env
 
     async def __call__(self, inst: TaskInstance, attempt: int, report: Report,
                        cancel: asyncio.Event) -> Outcome:
@@ -115,17 +135,15 @@ class LocalExecutor:
         except MountError as exc:
             return Outcome(TaskState.FAILED, None, f"staging: {exc}")
         pip, conda = plan.resources.pip, plan.resources.conda
-        notes = [n for n in (skipped, pip and f"pip environment [{', '.join(pip)}]",
-                             conda and "conda environments are not built here; the host's "
-                                       "own is used") if n]
+        notes = [n for n in (skipped, conda and describe("conda", conda),
+                             pip and describe("pip", pip)) if n]
         report(TaskState.ENV_SETUP, "; ".join(notes) or None)
         env = {**self.base_env, **instance_environment(
             inst, experiment_id=self.experiment_id, attempt=attempt, workdir=str(workdir))}
-        if pip and self.envs is not None:
-            try:
-                env = activate(env, await self.envs.ensure(pip))
-            except EnvironmentFailed as exc:
-                return Outcome(TaskState.FAILED, None, f"environment: {exc}")
+        try:
+            env = await self._environments(env, conda, pip)
+        except EnvironmentFailed as exc:
+            return Outcome(TaskState.FAILED, None, f"environment: {exc}")
         walltime = plan.resources.compute.walltime_seconds if plan.resources.compute else None
         report(TaskState.RUNNING, None)
         fds: list[int] = []
