@@ -131,6 +131,18 @@ class TaskGraph:
         deps = tuple(f"{s}[{i}]" for s, i in ups.items()) + tuple(f"{b}[*]" for b in step.barriers)
         return TaskInstance(f"{step.name}[{index}]", step.name, index, env, deps, outputs)
 
+    def consumed_outputs(self, step_name: str, index: int) -> list[tuple[str, int, str]]:
+        """The upstream outputs this instance's inputs name (`${t.OUT}`), each once, in the
+        order its inputs name them: (step, index, output)."""
+        step = self.by_name[step_name]
+        tpls = [*step.templated.values(), *(v for _, v in self._sweep_values(step, index))]
+        refs = [p for tpl in tpls if not isinstance(tpl, str) for p in tpl
+                if isinstance(p, tuple)]
+        if not refs:
+            return []
+        ups = dict(zip(step.foreach, self.upstream_indices(step, index), strict=True))
+        return list(dict.fromkeys((s, ups.get(s, 0), out) for s, out in refs))
+
     def iter_instances(self) -> Iterator[TaskInstance]:
         """Every instance in order; the same values as `instance()`, ~5x faster."""
         for step in self.steps:

@@ -71,6 +71,12 @@ def test_mounts_on_the_local_resource(home: Path, prefect_api: str, s3, tmp_path
     for i in range(3):
         assert (workdir / "use" / str(i) / "out.txt").read_text() == \
             "alpha=0.5\n1,2\n>chr1\nACGT\n"
+    # Lineage names the mount files each output's instance read, with their checksums.
+    (rec,) = [r for r in store.lineage.of_experiment(exp_id) if r.instance_id == "use[0]"]
+    assert {m.mount for m in rec.mounts} == {f"s3-{sfx}:/run1/params.txt:./params.txt",
+                                             f"s3-{sfx}:/run1:./in", f"nfs-{sfx}:/ref:./ref"}
+    assert {m.sha256 for m in rec.mounts} >= {hashlib.sha256(b).hexdigest() for b in (
+        b"alpha=0.5\n", b"1,2\n", b">chr1\nACGT\n")}
     # Fetched once for the run, linked into each instance's directory.
     copies = workdir / ".mounts" / "use"
     assert sorted(p.name for p in copies.iterdir()) == ["mount0", "mount1", "mount2"]

@@ -9,6 +9,7 @@ mid-instance (its lease expires, the instance runs again elsewhere), an agent to
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import signal
@@ -143,6 +144,11 @@ def test_an_experiment_on_local_agents(service: Service, tmp_path: Path,
         assert (wd / "stdout.log").read_text() == f"out-{i + 1}\n"
         assert (wd / "stderr.log").read_text() == f"err-{i + 1}\n"
         assert (Path(exp.workdir) / "b" / str(i) / "copy.txt").read_text() == f"{i + 1}\n"
+    # Lineage is recorded in pilot mode too, by the experiment's process (usecases/lineage.py).
+    recorded = {r.instance_id: r for r in store.lineage.of_experiment(exp_id)}
+    assert sorted(recorded) == sorted(f"a[{i}]" for i in range(12))
+    assert {(r.resource, r.sha256) for r in recorded.values()} == {
+        ("local", hashlib.sha256(f"{i + 1}\n".encode()).hexdigest()) for i in range(12)}
     # Every instance went through Airavata's states in order.
     for e in [e for e in store.tasks.events(exp_id) if e.instance_id == "a[0]"][:1]:
         assert e.to_state == TaskState.QUEUED

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from airavata_prefect.domain.errors import NotFound
+from airavata_prefect.domain.lineage import output_id, output_path
 from airavata_prefect.domain.records import Experiment, Task, load_graph
 from airavata_prefect.usecases import queries
 from airavata_prefect.usecases.archives import chunks, tar_gz, write_inside
@@ -41,7 +42,8 @@ class OutputFile:
     step: str
     index: int
     name: str  # the output's name in the spec (task_outputs: {NAME: path})
-    path: str  # `<step>/<index>/<declared path>`, relative to the experiment's directory
+    path: str  # `<step>/<index>/<declared path>` (normalised), in the experiment's directory
+    output_id: str  # its id for `airavata data lineage` (recorded once its instance completes)
     state: str  # the instance's state, which explains most missing outputs
     exists: bool  # a regular file inside the experiment's directory, read
     size: int | None  # bytes; None when it does not exist
@@ -75,7 +77,7 @@ def _declared(ctx: Context, ref: str, task: str | None) -> tuple[Experiment, lis
         except NotFound:
             raise BadInput(f"experiment {exp.short_id} has no instance {task!r} (step {m[1]} "
                            f"has {steps[m[1]].count})") from None
-    return exp, [_Declared(t, name, f"{t.step}/{t.idx}/{rel}")
+    return exp, [_Declared(t, name, output_path(t.step, t.idx, rel))
                  for t in rows if t.step in steps
                  for name, rel in steps[t.step].outputs.items()]
 
@@ -117,20 +119,38 @@ def _open_inside(root: str, rel: str) -> tuple[int | None, str | None]:
     return leaf, None
 
 
+def _digest(fd: int) -> tuple[int, str]:
+    """(size, sha256) of the open file: its first `size` bytes, should it grow meanwhile."""
+    size = os.fstat(fd).st_size
+    h = hashlib.sha256()
+    for data in chunks(fd, size):
+        h.update(data)
+    return size, h.hexdigest()
+
+
+def digest_inside(root: str, rel: str) -> tuple[int, str] | None:
+    """(size, sha256) of `root/rel` (`root` resolved) when it is a regular file inside `root`,
+    read as outputs are (no link leading out is followed); None otherwise."""
+    fd, _ = _open_inside(root, rel)
+    if fd is None:
+        return None
+    try:
+        return _digest(fd)
+    finally:
+        os.close(fd)
+
+
 def _describe(exp: Experiment, root: str, d: _Declared) -> OutputFile:
     fd, note = _open_inside(root, d.path)
     size = digest = None
     if fd is not None:
         try:
-            size = os.fstat(fd).st_size
-            h = hashlib.sha256()
-            for data in chunks(fd, size):
-                h.update(data)
-            digest = h.hexdigest()
+            size, digest = _digest(fd)
         finally:
             os.close(fd)
     return OutputFile(exp.id, d.task.instance_id, d.task.step, d.task.idx, d.name, d.path,
-                      str(d.task.state), fd is not None, size, digest, note)
+                      output_id(exp.id, d.path), str(d.task.state),
+                      fd is not None, size, digest, note)
 
 
 def outputs(ctx: Context, ref: str, *, task: str | None = None) -> list[OutputFile]:
@@ -167,4 +187,4 @@ def copy_to(ctx: Context, ref: str, dest: Path, *, task: str | None = None) -> l
     return written
 
 
-__all__ = ["OutputFile", "archive", "copy_to", "outputs"]
+__all__ = ["OutputFile", "archive", "copy_to", "digest_inside", "outputs"]

@@ -11,7 +11,9 @@ production. One engine, and one repository per concept:
 - `accounts` — who may sign in to the REST API (people, API service accounts) and their tokens;
 - `idempotency` — the experiment each API Idempotency-Key created;
 - `pilot` — the pilot work queue: work items leased to pilot agents, their events, the agents;
-- `staging` — per-resource cache totals and the files each step's storage mounts held.
+- `staging` — per-resource cache totals and the files each step's storage mounts held;
+- `lineage` — each completed instance's outputs and what they came from (its inputs, script,
+  parameters, resource).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from airavata_prefect.adapters.store.credentials import CredentialRepo, Credenti
 from airavata_prefect.adapters.store.engine import make_engine, migrate, utcnow
 from airavata_prefect.adapters.store.experiments import ExperimentRepo
 from airavata_prefect.adapters.store.idempotency import IdempotencyKeys
+from airavata_prefect.adapters.store.lineage import LineageRepo
 from airavata_prefect.adapters.store.pilot import PilotRepo
 from airavata_prefect.adapters.store.projects import ProjectRepo
 from airavata_prefect.adapters.store.relationships import RelationshipJournal
@@ -47,6 +50,7 @@ class Store:
         self.projects = ProjectRepo(self.engine)
         self.pilot = PilotRepo(self.engine)
         self.staging = StagingRepo(self.engine)
+        self.lineage = LineageRepo(self.engine)
 
     def owner(self, login: str) -> str:
         """The OS login that owns this store: the first to ask (`login`) claims it."""

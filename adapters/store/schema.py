@@ -319,3 +319,25 @@ staged_files = sa.Table(
     sa.Column("size", sa.BigInteger, nullable=False),
     sa.Column("staged_at", UtcDateTime, nullable=False),
 )
+
+# Lineage of outputs (issue 14): one row per declared output of a completed instance, keyed by
+# its stable id (domain/lineage.py); what it read is kept with it, as it was when read.
+output_lineage = sa.Table(
+    "output_lineage", metadata,
+    sa.Column("output_id", sa.String(16), primary_key=True),
+    sa.Column("experiment_id", sa.String(36),
+              sa.ForeignKey("experiments.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("instance_id", sa.String(300), nullable=False),
+    sa.Column("attempt", sa.Integer, nullable=False),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("path", sa.Text, nullable=False),  # in the experiment's directory
+    sa.Column("sha256", sa.String(64), nullable=False),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("script_sha256", sa.String(64), nullable=False),
+    sa.Column("parameters", sa.JSON, nullable=False),
+    sa.Column("resource", sa.String(200), nullable=False),
+    sa.Column("upstream", sa.JSON, nullable=False),  # [UpstreamInput as a dict]
+    sa.Column("mounts", sa.JSON, nullable=False),  # [MountInput as a dict]
+    sa.Column("recorded_at", UtcDateTime, nullable=False),
+    sa.Index("ix_output_lineage_path", "experiment_id", "path", unique=True),
+)

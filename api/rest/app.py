@@ -100,6 +100,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         routes_auth,
         routes_data,
         routes_experiments,
+        routes_lineage,
         routes_outputs,
         routes_people,
         routes_plans,
@@ -130,7 +131,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         return JSONResponse(body.model_dump(), status_code=200 if body.status == "ok" else 503)
 
     for module in (routes_auth, routes_people, routes_experiments, routes_plans, routes_watch,
-                   routes_resources, routes_outputs, routes_data):
+                   routes_resources, routes_outputs, routes_data, routes_lineage):
         v1.include_router(module.router, responses=errors.RESPONSES)
     app.include_router(v1)
     app.add_middleware(_Guard, max_body=settings.api_max_body_bytes)

@@ -27,6 +27,8 @@ class OutputOut(BaseModel):
     index: int
     name: str = Field(description="the output's name in the spec")
     path: str = Field(description="<step>/<index>/<path>, in the experiment's directory")
+    output_id: str = Field(description="its id for lineage (GET /lineage/{output_id}), "
+                                       "recorded once its instance completes")
     state: str = Field(description="the instance's state")
     exists: bool
     size: int | None = Field(description="bytes, when it exists")
@@ -36,7 +38,8 @@ class OutputOut(BaseModel):
 
 def output_out(o: use.OutputFile) -> OutputOut:
     return OutputOut(experiment_id=o.experiment_id, instance_id=o.instance_id, step=o.step,
-                     index=o.index, name=o.name, path=o.path, state=o.state, exists=o.exists,
+                     index=o.index, name=o.name, path=o.path, output_id=o.output_id,
+                     state=o.state, exists=o.exists,
                      size=o.size, sha256=o.sha256, note=o.note)
 
 
