@@ -10,7 +10,10 @@ Keys live only in this object; an error message never carries them (botocore's d
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -19,18 +22,58 @@ from prefect_aws import AwsCredentials, S3Bucket
 from prefect_aws.client_parameters import AwsClientParameters
 from pydantic import SecretStr
 
-from airavata_prefect.adapters.storage import Entry, StorageError, confined, local_files
+from airavata_prefect.adapters.storage import (
+    Entry,
+    StorageError,
+    confined,
+    local_files,
+    write_inside,
+)
 
 ATTEMPTS = 2
-_MD5 = re.compile(r"[0-9a-f]{32}")  # a multipart upload's ETag is not an MD5 ("...-N")
+_CHUNK = 1 << 20
+_MD5 = re.compile(r"[0-9a-f]{32}")  # a single-part upload's ETag
+_MULTIPART = re.compile(r"[0-9a-f]{32}-[0-9]+")  # the MD5 of its parts' MD5s, and their count
+_quiet = logging.getLogger("airavata.storage.s3")
 
 
-def _md5(path: Path) -> str:
-    h = hashlib.md5(usedforsecurity=False)
+@dataclass(frozen=True)
+class _Arrived:
+    size: int
+    etag: str  # as S3 computes it for this content
+    sha256: str
+
+
+def _digests(path: Path, part_size: int, parts: int) -> _Arrived:
+    """A downloaded multipart object's size, ETag and sha256, in one read."""
+    sha, part_md5s, size = hashlib.sha256(), b"", 0
     with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
+        while block := f.read(part_size):
+            sha.update(block)
+            part_md5s += hashlib.md5(block, usedforsecurity=False).digest()
+            size += len(block)
+    etag = f"{hashlib.md5(part_md5s, usedforsecurity=False).hexdigest()}-{parts}"
+    return _Arrived(size, etag, sha.hexdigest())
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
             h.update(chunk)
     return h.hexdigest()
+
+
+class _Bucket(S3Bucket):
+    """prefect-aws's S3Bucket, without its INFO line per object (a run moving thousands of
+    files would send each to Prefect's log). Never saved: its own type name keeps Prefect's
+    block registry's `s3-bucket` pointing at prefect-aws's class."""
+
+    _block_type_name = "Airavata S3 Bucket"
+
+    @property
+    def logger(self) -> logging.Logger:
+        return _quiet
 
 
 class S3:
@@ -47,7 +90,7 @@ class S3:
                 endpoint_url=endpoint_url,
                 config={"retries": {"max_attempts": 3, "mode": "standard"},
                         "connect_timeout": 10, "read_timeout": 60}))
-        self._bucket = S3Bucket(bucket_name=bucket, bucket_folder=self.prefix,
+        self._bucket = _Bucket(bucket_name=bucket, bucket_folder=self.prefix,
                                 credentials=credentials)
         self._client = credentials.get_s3_client()  # the one S3Bucket uses (prefect-aws caches)
 
@@ -90,31 +133,59 @@ class S3:
         return len(under)
 
     def _get(self, listed: dict[str, Any], target: Path) -> None:
-        """Download one object and check it against its listing: its size, and its MD5 when
-        the ETag is one (a single-part upload). A damaged copy is fetched again, then refused;
-        boto3 writes under a temporary name, so a broken transfer never stands as the file."""
+        """Download one object and check what arrived: its size against the listing, its
+        ETag (a single-part upload's is its MD5, a multipart one's the MD5 of its parts'
+        MD5s), and its sha256 when the object carries one (our `put` stores it). A damaged
+        copy is fetched again, then refused; it lands under a temporary name, so a broken
+        transfer never stands as the file."""
         key = listed["Key"]
         size = int(listed["Size"]) if "Size" in listed else None
         etag = str(listed.get("ETag", "")).strip('"')
-        md5 = etag if _MD5.fullmatch(etag) else None
         for _ in range(ATTEMPTS):
-            self._client.download_file(self.bucket, key, str(target))
-            got_size = target.stat().st_size
-            got_md5 = _md5(target) if md5 else None
-            if got_size == (got_size if size is None else size) and got_md5 == md5:
+            if _MULTIPART.fullmatch(etag):  # large: boto3's parallel ranged download
+                self._client.download_file(self.bucket, key, str(target))
+                head = self._client.head_object(Bucket=self.bucket, Key=key, PartNumber=1)
+                got = _digests(target, int(head["ContentLength"]), int(etag.split("-")[1]))
+                wanted = head.get("Metadata", {}).get("sha256")
+            else:  # one stream, hashed as it is written
+                got, wanted = self._stream(key, target)
+            size_ok = size is None or got.size == size
+            etag_ok = not (_MD5.fullmatch(etag) or _MULTIPART.fullmatch(etag)) or got.etag == etag
+            if size_ok and etag_ok and wanted in (None, got.sha256):
                 return
         target.unlink(missing_ok=True)
-        found = f"{got_size} bytes" + (f", MD5 {got_md5}" if md5 else "")
-        raise StorageError(f"{self.name}: {key!r} arrived damaged {ATTEMPTS} times "
-                           f"(listed {size} bytes{f', MD5 {md5}' if md5 else ''}; got {found})")
+        raise StorageError(f"{self.name}: {key!r} arrived damaged {ATTEMPTS} times (listed "
+                           f"{size} bytes, ETag {etag or 'none'}"
+                           f"{f', sha256 {wanted}' if wanted else ''}; got {got.size} bytes, "
+                           f"ETag {got.etag}, sha256 {got.sha256})")
+
+    def _stream(self, key: str, target: Path) -> tuple[_Arrived, str | None]:
+        reply = self._client.get_object(Bucket=self.bucket, Key=key)
+        md5, sha = hashlib.md5(usedforsecurity=False), hashlib.sha256()
+        size = 0
+
+        def chunks() -> Iterator[bytes]:
+            nonlocal size
+            for chunk in reply["Body"].iter_chunks(_CHUNK):
+                md5.update(chunk)
+                sha.update(chunk)
+                size += len(chunk)
+                yield chunk
+
+        write_inside(target.parent, target.name, chunks())
+        return _Arrived(size, md5.hexdigest(), sha.hexdigest()), \
+            reply.get("Metadata", {}).get("sha256")
 
     def put(self, local: Path, remote: str) -> int:
         files = local_files(local)
         base = remote.strip("/")
         try:
             for path, rel in files:
-                self._bucket.upload_from_path(path, base if local.is_file() else f"{base}/{rel}",
-                                              _sync=True)  # type: ignore[arg-type]
+                # The sha256 travels with the object: whoever fetches it checks it.
+                self._bucket.upload_from_path(
+                    path, base if local.is_file() else f"{base}/{rel}",
+                    ExtraArgs={"Metadata": {"sha256": _sha256(path)}},
+                    _sync=True)  # type: ignore[arg-type]
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
             raise self._fail(f"writing {remote}", exc) from None
         return len(files)
