@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import re
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -32,6 +34,7 @@ from airavata_prefect.adapters.storage import (
 
 ATTEMPTS = 2
 _CHUNK = 1 << 20
+_THREADS = 8  # parts of one object fetched at once
 _MD5 = re.compile(r"[0-9a-f]{32}")  # a single-part upload's ETag
 _MULTIPART = re.compile(r"[0-9a-f]{32}-[0-9]+")  # the MD5 of its parts' MD5s, and their count
 _quiet = logging.getLogger("airavata.storage.s3")
@@ -42,18 +45,6 @@ class _Arrived:
     size: int
     etag: str  # as S3 computes it for this content
     sha256: str
-
-
-def _digests(path: Path, part_size: int, parts: int) -> _Arrived:
-    """A downloaded multipart object's size, ETag and sha256, in one read."""
-    sha, part_md5s, size = hashlib.sha256(), b"", 0
-    with open(path, "rb") as f:
-        while block := f.read(part_size):
-            sha.update(block)
-            part_md5s += hashlib.md5(block, usedforsecurity=False).digest()
-            size += len(block)
-    etag = f"{hashlib.md5(part_md5s, usedforsecurity=False).hexdigest()}-{parts}"
-    return _Arrived(size, etag, sha.hexdigest())
 
 
 def _sha256(path: Path) -> str:
@@ -142,11 +133,8 @@ class S3:
         size = int(listed["Size"]) if "Size" in listed else None
         etag = str(listed.get("ETag", "")).strip('"')
         for _ in range(ATTEMPTS):
-            if _MULTIPART.fullmatch(etag):  # large: boto3's parallel ranged download
-                self._client.download_file(self.bucket, key, str(target))
-                head = self._client.head_object(Bucket=self.bucket, Key=key, PartNumber=1)
-                got = _digests(target, int(head["ContentLength"]), int(etag.split("-")[1]))
-                wanted = head.get("Metadata", {}).get("sha256")
+            if _MULTIPART.fullmatch(etag):  # large: its parts at once, each hashed
+                got, wanted = self._parts(key, target, int(etag.split("-")[1]))
             else:  # one stream, hashed as it is written
                 got, wanted = self._stream(key, target)
             size_ok = size is None or got.size == size
@@ -157,7 +145,41 @@ class S3:
         raise StorageError(f"{self.name}: {key!r} arrived damaged {ATTEMPTS} times (listed "
                            f"{size} bytes, ETag {etag or 'none'}"
                            f"{f', sha256 {wanted}' if wanted else ''}; got {got.size} bytes, "
-                           f"ETag {got.etag}, sha256 {got.sha256})")
+                           f"ETag {got.etag}, sha256 {got.sha256 or 'not read'})")
+
+    def _parts(self, key: str, target: Path, parts: int) -> tuple[_Arrived, str | None]:
+        """A multipart object fetched part by part in parallel threads, each part's MD5 taken
+        as it arrives (their MD5 is the ETag); the sha256 is read after, only when the object
+        carries one to check."""
+        head = self._client.head_object(Bucket=self.bucket, Key=key, PartNumber=1)
+        part_size = int(head["ContentLength"])
+        wanted = head.get("Metadata", {}).get("sha256")
+        tmp = target.parent / f".{target.name}.{os.getpid()}.part"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o644)
+
+        def fetch(n: int) -> tuple[bytes, int]:
+            body = self._client.get_object(Bucket=self.bucket, Key=key, PartNumber=n)["Body"]
+            md5, offset, size = hashlib.md5(usedforsecurity=False), (n - 1) * part_size, 0
+            for chunk in body.iter_chunks(_CHUNK):
+                md5.update(chunk)
+                os.pwrite(fd, chunk, offset + size)
+                size += len(chunk)
+            return md5.digest(), size
+
+        try:
+            with ThreadPoolExecutor(max_workers=min(_THREADS, parts)) as pool:
+                done = list(pool.map(fetch, range(1, parts + 1)))
+            os.close(fd)
+            fd = -1
+            os.replace(tmp, target)
+        finally:
+            if fd >= 0:
+                os.close(fd)
+            tmp.unlink(missing_ok=True)
+        etag = hashlib.md5(b"".join(d for d, _ in done), usedforsecurity=False).hexdigest()
+        sha = _sha256(target) if wanted else ""
+        return _Arrived(sum(n for _, n in done), f"{etag}-{parts}", sha), wanted
 
     def _stream(self, key: str, target: Path) -> tuple[_Arrived, str | None]:
         reply = self._client.get_object(Bucket=self.bucket, Key=key)
