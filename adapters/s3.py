@@ -29,6 +29,7 @@ from airavata_prefect.adapters.storage import (
     StorageError,
     confined,
     local_files,
+    sha256_of,
     write_inside,
 )
 
@@ -45,14 +46,6 @@ class _Arrived:
     size: int
     etag: str  # as S3 computes it for this content
     sha256: str
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class _Bucket(S3Bucket):
@@ -178,7 +171,7 @@ class S3:
                 os.close(fd)
             tmp.unlink(missing_ok=True)
         etag = hashlib.md5(b"".join(d for d, _ in done), usedforsecurity=False).hexdigest()
-        sha = _sha256(target) if wanted else ""
+        sha = sha256_of(target) if wanted else ""
         return _Arrived(sum(n for _, n in done), f"{etag}-{parts}", sha), wanted
 
     def _stream(self, key: str, target: Path) -> tuple[_Arrived, str | None]:
@@ -206,7 +199,7 @@ class S3:
                 # The sha256 travels with the object: whoever fetches it checks it.
                 self._bucket.upload_from_path(
                     path, base if local.is_file() else f"{base}/{rel}",
-                    ExtraArgs={"Metadata": {"sha256": _sha256(path)}},
+                    ExtraArgs={"Metadata": {"sha256": sha256_of(path)}},
                     _sync=True)  # type: ignore[arg-type]
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
             raise self._fail(f"writing {remote}", exc) from None

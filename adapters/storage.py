@@ -7,6 +7,7 @@ way, so staging does not care where data lives.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 from collections.abc import Iterable
@@ -41,6 +42,15 @@ class StorageReader(Protocol):
     def list(self, remote: str, limit: int) -> list[Entry]:
         """The files at or under `remote`, at most `limit`, by path."""
         ...
+
+
+def sha256_of(path: Path) -> str:
+    """A file's sha256, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def local_files(local: Path) -> list[tuple[Path, str]]:
@@ -141,4 +151,4 @@ class LocalPath:
 
 
 __all__ = ["Entry", "LocalPath", "StorageError", "StorageReader", "confined", "local_files",
-           "write_inside"]
+           "sha256_of", "write_inside"]

@@ -1,6 +1,7 @@
 """Run every benchmark and print each figure beside its baseline or target.
 
-Some run alone too: `python -m bench.deployment_path`, `python -m bench.api_load [--seconds S]`.
+Some run alone too: `python -m bench.deployment_path`, `python -m bench.api_load [--seconds S]`,
+`python -m bench.staging [--quick]`.
 """
 
 from __future__ import annotations
@@ -163,6 +164,15 @@ def add_pilot_rows(table: Table) -> None:
         table.add_row(*row)
 
 
+def add_staging_rows(table: Table) -> None:
+    """Data staging from S3: our adapter beside plain boto3 on one SeaweedFS server (started
+    and stopped by bench/staging.py), and its peak RSS while it moves 1 GB."""
+    from bench import staging
+
+    for row in staging.rows(staging.run()):
+        table.add_row(*row)
+
+
 def main() -> None:
     console = Console(width=160)  # a wide table, also when piped to a file or CI log
     cpus = os.cpu_count() or 1
@@ -226,6 +236,7 @@ def main() -> None:
                   f"{sl['pilot_sbatch_calls']:.0f}", "raw: 1 (one array)",
                   f"{sl['pilot_sbatch_calls']:.0f}x")
     add_pilot_rows(table)
+    add_staging_rows(table)
     add_deployment_rows(table)
     failures = add_api_load_rows(table)
     console.print(table)

@@ -8,40 +8,24 @@ prefix active. The virtual environment layered on it is real."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
-import textwrap
 from pathlib import Path
 
 import pytest
 
-from airavata_prefect.adapters.store import Store
 from airavata_prefect.domain.environments import CONDA_TOOLS, conda_name
 from airavata_prefect.domain.problems import SpecError
-from airavata_prefect.domain.scheduler import Hooks
 from airavata_prefect.domain.spec import parse_spec_text
 from airavata_prefect.domain.states import ExperimentStatus, TaskState
-from airavata_prefect.usecases import run
-from airavata_prefect.usecases.context import Context
 from airavata_prefect.usecases.pip_envs import digest
-from airavata_prefect.usecases.settings import get_settings
-from airavata_prefect.usecases.submit import submit
 from tests.conda_stub import recorded, stub_micromamba
+from tests.local_runs import run_local
 
 CONDA = ["python=3.12", "numpy>=1.26,<3"]
 
 
-def _run(tmp_path: Path, text: str, name: str) -> tuple[Store, str, ExperimentStatus]:
-    settings = get_settings()
-    store = Store(settings.db_url)
-    spec = tmp_path / f"{name}.yml"
-    spec.write_text(textwrap.dedent(text))
-    exp_id = submit(Context(settings, store, "tester"), spec, [], authorize=False)
-    claimed = run.claim(store, exp_id, None)
-    status, _, _ = asyncio.run(run.execute(store, claimed, settings, Hooks(),
-                                           flow_run_id=None))
-    return store, exp_id, status
+_run = run_local
 
 
 SPEC = f"""\

@@ -12,27 +12,17 @@ stands in for a whole one.
 
 from __future__ import annotations
 
-import hashlib
 import shlex
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from airavata_prefect.adapters.hosts import Host, check, upload
-from airavata_prefect.adapters.storage import StorageError
+from airavata_prefect.adapters.storage import StorageError, sha256_of
 from airavata_prefect.adapters.store.staging import CacheTotals
 
 CACHE_DIR = ".airavata-cache"
 ATTEMPTS = 2
-_CHUNK = 1 << 20
-
-
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -139,4 +129,4 @@ class ResourceCache:
         self._run(script, (f"{d}\t{rel}" for rel, d in entries), "linking staged files")
 
 
-__all__ = ["ATTEMPTS", "CACHE_DIR", "CachedFile", "ResourceCache", "describe", "sha256_of"]
+__all__ = ["ATTEMPTS", "CACHE_DIR", "CachedFile", "ResourceCache", "describe"]

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from airavata_prefect.adapters.storage import StorageError, StorageReader
+from airavata_prefect.adapters.storage import StorageError, StorageReader, sha256_of
 from airavata_prefect.adapters.store import Store
 from airavata_prefect.adapters.store.staging import CacheTotals, StagedFile
 from airavata_prefect.domain.bundle_layout import Link, Member
@@ -27,7 +27,6 @@ from airavata_prefect.usecases.bundles.resource_cache import (
     CachedFile,
     ResourceCache,
     describe,
-    sha256_of,
 )
 from airavata_prefect.usecases.bundles.runner import Staged
 

@@ -1,0 +1,29 @@
+"""An experiment submitted and run to its end on the `local` resource, in process (what the
+experiment flow does, without Prefect), for tests of what instances run with."""
+
+from __future__ import annotations
+
+import asyncio
+import textwrap
+from pathlib import Path
+
+from airavata_prefect.adapters.store import Store
+from airavata_prefect.domain.scheduler import Hooks
+from airavata_prefect.domain.states import ExperimentStatus
+from airavata_prefect.usecases import run
+from airavata_prefect.usecases.context import Context
+from airavata_prefect.usecases.settings import get_settings
+from airavata_prefect.usecases.submit import submit
+
+
+def run_local(tmp_path: Path, text: str, name: str) -> tuple[Store, str, ExperimentStatus]:
+    """Submit the YAML `text` (dedented) as `tester`, without permission checks, and run it."""
+    settings = get_settings()
+    store = Store(settings.db_url)
+    spec = tmp_path / f"{name}.yml"
+    spec.write_text(textwrap.dedent(text))
+    exp_id = submit(Context(settings, store, "tester"), spec, [], authorize=False)
+    claimed = run.claim(store, exp_id, None)
+    status, _, _ = asyncio.run(run.execute(store, claimed, settings, Hooks(),
+                                           flow_run_id=None))
+    return store, exp_id, ExperimentStatus(status)
