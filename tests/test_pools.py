@@ -220,6 +220,14 @@ def test_inputs_follow_their_upstream_across_resources(g: Grid, tmp_path: Path) 
     # a's outputs reached SLURM through its cache (one content, verified there, moved once).
     totals = {x.resource: x for x in g.store.staging.totals()}[g.names["slurm"]]
     assert totals.misses + totals.hits == 1 and totals.retries == 0, totals
+    # Lineage across them: c[1] read b[1]'s output, made on SLURM from a[1]'s.
+    import hashlib
+
+    made = {r.instance_id: r for r in g.store.lineage.of_experiment(exp_id)}
+    assert made["b[1]"].resource == g.names["slurm"] and made["c[1]"].resource == "local"
+    assert [(u.instance_id, u.sha256) for u in made["c[1]"].upstream] == [
+        ("b[1]", hashlib.sha256((home / "b" / "1" / "b.txt").read_bytes()).hexdigest())]
+    assert [u.output_id for u in made["b[1]"].upstream] == [made["a[1]"].output_id]
 
 
 def test_a_credential_unshared_after_submit_stops_the_bundle(g: Grid, tmp_path: Path) -> None:
