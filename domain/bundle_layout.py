@@ -98,6 +98,26 @@ class Environments:
         return lines
 
 
+def environment_prelude(envs: Environments) -> str:
+    """What a step's script runs first where it runs on its own (a pilot agent runs it with
+    bash, no run_one.sh around it): envs.sh builds or finds its environments and they are
+    made active; a failure ends the script with envs.sh's message on stderr and its code."""
+    if not (envs.conda or envs.pip):
+        return ""
+    return "\n".join([
+        "#!/bin/bash",
+        "# Its conda / pip environments, built once on this resource (domain/envs.sh).",
+        *envs.lines(),
+        'finish() { printf \'%s\\n\' "${1#error * }" >&2; exit "$2"; }',
+        ENVS_SH,
+        "env_prepare",
+        'export PATH="$env_path$PATH"',
+        'for kv in "${env_active[@]}"; do export "${kv?}"; done',
+        "unset -f finish; unset AV_ENVS AV_CONDA_ENV AV_CONDA AV_PIP_ENV AV_PIP env_path "
+        "env_active env_tool env_tools kv",
+        ""])
+
+
 def position_file(step: str, workdir: str, *, walltime: int | None = None,
                   keep_logs: Sequence[tuple[str, str]] = (), links: Sequence[Link] = (),
                   env: dict[str, str] | None = None, envs: Environments | None = None) -> str:
@@ -187,5 +207,6 @@ def parse_markers(text: str) -> dict[int, Marker]:
     return out
 
 
-__all__ = ["EXECUTABLE", "Environments", "Link", "Marker", "Member", "bundle_dir", "bundle_files",
-           "frame_files", "parse_end", "parse_markers", "position_file", "task_file"]
+__all__ = ["EXECUTABLE", "Environments", "Link", "Marker", "Member", "bundle_dir",
+           "bundle_files", "environment_prelude", "frame_files", "parse_end", "parse_markers",
+           "position_file", "task_file"]

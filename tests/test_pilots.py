@@ -208,6 +208,49 @@ def test_storage_mounts_reach_local_agents(service: Service, tmp_path: Path,
     ctx.close()
 
 
+def test_local_agents_run_instances_in_their_conda_environment(
+        service: Service, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pilot mode: the step's script builds its environment first, once for all instances
+    (the stub micromamba: no conda tool or channel can be reached here); with no tool at all,
+    the instances fail saying so."""
+    from tests.conda_stub import recorded, stub_micromamba
+
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    bindir, calls = tmp_path / "bin", tmp_path / "calls"
+    stub_micromamba(bindir, calls)
+    monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")  # the agents inherit it
+    store, exp_id = _submit(tmp_path, """\
+        tasks:
+          c:
+            command: 'hello > out.txt; echo "$CONDA_PREFIX" >> out.txt'
+            task_inputs: {I: 1..4}
+            resources: {conda: ["python=3.12", numpy]}
+        """)
+    r = Run(store, exp_id)
+    r.start()
+    assert r.finish() == ExperimentStatus.COMPLETED, store.tasks.list(exp_id)
+    assert len(_terminal_events(store, exp_id)) == 4  # the agents ran them
+    workdir = Path(store.experiments.get(exp_id).workdir)
+    prefix = (workdir / "c" / "0" / "out.txt").read_text().splitlines()[1]
+    for i in range(4):
+        assert (workdir / "c" / str(i) / "out.txt").read_text() == f"conda-hello\n{prefix}\n"
+    assert Path(prefix).parent == workdir.parent / ".airavata-envs"
+    assert [c[:4] for c in recorded(calls)] == [["create", "-y", "-p", prefix]]  # once
+
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    store, exp_id = _submit(tmp_path, """\
+        tasks:
+          c: {command: 'true', resources: {conda: [scipy]}}
+        """)
+    r = Run(store, exp_id)
+    r.start()
+    assert r.finish() == ExperimentStatus.FAILED
+    (t,) = store.tasks.list(exp_id)
+    log = (Path(t.workdir) / "stderr.log").read_text()
+    assert "conda environment [scipy]: no conda tool on this resource: none of micromamba, " \
+        "mamba or conda is on PATH" in log, log
+
+
 SLOW = """\
 tasks:
   s: {command: 'sleep 2; echo "$X" > out.txt', task_inputs: {X: 1..4}, task_outputs: {O: out.txt}}

@@ -21,8 +21,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from airavata_prefect.adapters.store import Store
+from airavata_prefect.domain.bundle_layout import Environments, environment_prelude
 from airavata_prefect.domain.dag import TaskGraph, TaskInstance
 from airavata_prefect.domain.endings import Outcome
+from airavata_prefect.domain.environments import resource_cache
 from airavata_prefect.domain.instance import instance_environment, render_script
 from airavata_prefect.domain.pilot import (
     PROGRESS,
@@ -130,7 +132,10 @@ class PilotExecutor:
         found = self._scripts.get(step)
         if found is None:
             plan = self.graph.by_name[step]
-            text = render_script(plan.script, plan.resources.environment)
+            envs = Environments(resource_cache(self.graph.root), plan.resources.conda,
+                                plan.resources.pip)
+            text = (environment_prelude(envs)
+                    + render_script(plan.script, plan.resources.environment))
             found = self._scripts[step] = (text, hashlib.sha256(text.encode()).hexdigest())
         return found
 
