@@ -137,6 +137,11 @@ def _print_resource(what: What, data: dict[str, Any], as_json: bool) -> None:
     for key, value in rows.items():
         if value is not None:
             out.print(f"  {key}: {value}", markup=False, highlight=False)
+    if staging := data.get("staging"):
+        out.print(f"  staging cache: {staging['cache_hits']} file(s) found there, "
+                  f"{staging['cache_misses']} sent ({staging['bytes_sent']:,} bytes, "
+                  f"{staging['bytes_spared']:,} spared), {staging['resent_after_mismatch']} "
+                  "resent after a checksum mismatch", markup=False, highlight=False)
 
 
 # -- the commands of compute and storage alike -------------------------------------------------

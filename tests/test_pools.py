@@ -400,6 +400,13 @@ def test_s3_mounts_on_bare_metal_and_no_secret_anywhere(g: Grid, tmp_path: Path,
                       ("./inputs", "data/x.csv"): digest[b"1,2\n"]}
     totals = {t.resource: t for t in g.store.staging.totals()}[g.names["baremetal"]]
     assert (totals.misses + totals.hits, totals.retries) == (2, 0)
+    from airavata_prefect.usecases import resources
+
+    shown = resources.get(ctx, "compute", g.names["baremetal"]).staging  # `resource show`
+    assert shown == {"cache_hits": totals.hits, "cache_misses": totals.misses,
+                     "bytes_sent": totals.bytes_moved, "bytes_spared": totals.bytes_saved,
+                     "resent_after_mismatch": 0} and totals.bytes_moved + totals.bytes_saved \
+        == len(b"alpha=0.5\n1,2\n")
     ssh_exp = g.submit(g.spec(tmp_path, "tasks:\n  e: {command: 'env > env.txt'}\n",
                               on="slurm-ssh", name="ssh.yml"))
     assert g.run(ssh_exp).is_completed()

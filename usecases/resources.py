@@ -83,6 +83,9 @@ class ResourceView:
     can_manage: bool
     work_pool: str | None = None
     worker_type: str | None = None
+    # What its staging cache did (compute): files found there, files sent, bytes sent and
+    # spared, sends repeated after a checksum mismatch. None: nothing staged there yet.
+    staging: dict[str, int] | None = None
 
 
 @dataclass
@@ -162,7 +165,17 @@ def _view(ctx: Context, what: What, name: str, block: Block) -> ResourceView:
         name=name, kind=type(block).kind, project=project, fields=fields,
         credential=credential_id(ctx, _ref(block)),
         can_manage=_may_operate(ctx, what, name, project),
-        work_pool=pool, worker_type=worker_type)
+        work_pool=pool, worker_type=worker_type,
+        staging=_staging(ctx, name) if what == "compute" else None)
+
+
+def _staging(ctx: Context, name: str) -> dict[str, int] | None:
+    totals = ctx.store.staging.totals(name)
+    if not totals:
+        return None
+    t = totals[0]
+    return {"cache_hits": t.hits, "cache_misses": t.misses, "bytes_sent": t.bytes_moved,
+            "bytes_spared": t.bytes_saved, "resent_after_mismatch": t.retries}
 
 
 def _local_view() -> ResourceView:

@@ -58,9 +58,13 @@ class StagingRepo:
                 set_={**{c: staging_totals.c[c] + stmt.excluded[c] for c in counters},
                       "updated_at": stmt.excluded.updated_at}))
 
-    def totals(self) -> list[CacheTotals]:
+    def totals(self, resource: str | None = None) -> list[CacheTotals]:
+        """Each resource's totals (or this one's), by name."""
+        query = staging_totals.select().order_by(staging_totals.c.resource)
+        if resource is not None:
+            query = query.where(staging_totals.c.resource == resource)
         with self.engine.connect() as conn:
-            rows = conn.execute(staging_totals.select().order_by(staging_totals.c.resource))
+            rows = conn.execute(query)
             return [CacheTotals(r.resource, r.hits, r.misses, r.bytes_moved, r.bytes_saved,
                                 r.retries) for r in rows]
 

@@ -89,6 +89,9 @@ class ResourceOut(BaseModel):
     can_manage: bool
     work_pool: str | None = None
     worker_type: str | None = None
+    staging: dict[str, int] | None = Field(
+        default=None, description="compute: its staging cache's totals (cache_hits, "
+        "cache_misses, bytes_sent, bytes_spared, resent_after_mismatch); null: none yet")
 
 
 class ProbeOut(BaseModel):
@@ -123,7 +126,7 @@ def _status(s: resource_status.ResourceStatus) -> StatusOut:
 def _resource(v: ResourceView) -> ResourceOut:
     return ResourceOut(name=v.name, kind=v.kind, project=v.project, fields=v.fields,
                        credential=v.credential, can_manage=v.can_manage, work_pool=v.work_pool,
-                       worker_type=v.worker_type)
+                       worker_type=v.worker_type, staging=v.staging)
 
 
 def _probe(p: Probe) -> ProbeOut:
