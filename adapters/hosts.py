@@ -12,10 +12,11 @@ import os
 import shlex
 import subprocess
 import tarfile
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, BinaryIO, Protocol
 
 
 class HostError(RuntimeError):
@@ -36,16 +37,19 @@ class CommandResult:
         return (self.stderr or self.stdout).decode(errors="replace").strip()
 
 
+Stdin = bytes | BinaryIO  # a file is streamed from where it stands (never read whole)
+
+
 class Host(Protocol):
     name: str  # for messages: "local" or "user@host:port"
 
-    def run(self, command: str, *, stdin: bytes | None = None,
+    def run(self, command: str, *, stdin: Stdin | None = None,
             timeout: float | None = None) -> CommandResult: ...
 
     def close(self) -> None: ...
 
 
-def check(host: Host, command: str, *, stdin: bytes | None = None,
+def check(host: Host, command: str, *, stdin: Stdin | None = None,
           timeout: float | None = None, what: str = "") -> CommandResult:
     """Run and raise HostError (with the command's own message) unless it exits 0."""
     result = host.run(command, stdin=stdin, timeout=timeout)
@@ -59,21 +63,26 @@ Content = bytes | str | Path  # a Path is a local file (or directory tree) to se
 
 
 def pack(files: Mapping[str, Content], *, executable: frozenset[str] = frozenset(),
-         private: frozenset[str] = frozenset()) -> bytes:
-    """An in-memory tar.gz of relative paths -> contents (`private` ones readable by the
-    owner only)."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz", compresslevel=1) as tar:
-        for path, content in files.items():
-            if isinstance(content, Path):
-                tar.add(str(content), arcname=path)
-                continue
-            data = content.encode() if isinstance(content, str) else content
-            info = tarfile.TarInfo(path)
-            info.size = len(data)
-            info.mode = 0o600 if path in private else 0o755 if path in executable else 0o644
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
+         private: frozenset[str] = frozenset()) -> BinaryIO:
+    """A tar.gz of relative paths -> contents (`private` ones readable by the owner only), in
+    an unnamed temporary file at its start: a staged gigabyte never sits in memory."""
+    buf = tempfile.TemporaryFile()  # noqa: SIM115 (the caller closes it: upload)
+    try:
+        with tarfile.open(fileobj=buf, mode="w:gz", compresslevel=1) as tar:
+            for path, content in files.items():
+                if isinstance(content, Path):
+                    tar.add(str(content), arcname=path)
+                    continue
+                data = content.encode() if isinstance(content, str) else content
+                info = tarfile.TarInfo(path)
+                info.size = len(data)
+                info.mode = 0o600 if path in private else 0o755 if path in executable else 0o644
+                tar.addfile(info, io.BytesIO(data))
+        buf.seek(0)
+    except BaseException:
+        buf.close()
+        raise
+    return buf
 
 
 def upload(host: Host, directory: str, files: Mapping[str, Content], *,
@@ -82,9 +91,9 @@ def upload(host: Host, directory: str, files: Mapping[str, Content], *,
     """Write files under `directory` on the host (created as needed), in one round trip;
     `private` ones are created 0600 (tar keeps an archive's modes, less the umask)."""
     d = shlex.quote(directory)
-    check(host, f"mkdir -p {d} && tar xzf - -C {d}",
-          stdin=pack(files, executable=executable, private=private),
-          what=f"upload to {directory}")
+    with pack(files, executable=executable, private=private) as archive:
+        check(host, f"mkdir -p {d} && tar xzf - -C {d}", stdin=archive,
+              what=f"upload to {directory}")
 
 
 def download(host: Host, directory: str, paths: list[str]) -> dict[str, bytes]:
@@ -124,11 +133,13 @@ class LocalHost:
                 if k in ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TZ", "SLURM_CONF")}
         self.env = {**base, **(env or {})}
 
-    def run(self, command: str, *, stdin: bytes | None = None,
+    def run(self, command: str, *, stdin: Stdin | None = None,
             timeout: float | None = None) -> CommandResult:
+        feed: dict[str, Any] = {"input": stdin} if not hasattr(stdin, "read") else {
+            "stdin": stdin}  # a file: the child reads it where it stands
         try:
-            proc = subprocess.run(["bash", "-c", command], input=stdin,
-                                  capture_output=True, env=self.env, timeout=timeout)
+            proc = subprocess.run(["bash", "-c", command], capture_output=True, env=self.env,
+                                  timeout=timeout, **feed)
         except subprocess.TimeoutExpired:
             raise HostError(f"command on {self.name} timed out after {timeout} s: "
                             f"{command[:80]}") from None
@@ -140,5 +151,5 @@ class LocalHost:
         return None
 
 
-__all__ = ["CommandResult", "Host", "HostError", "LocalHost", "check", "download",
+__all__ = ["CommandResult", "Host", "HostError", "LocalHost", "Stdin", "check", "download",
            "pack", "upload"]

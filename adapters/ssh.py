@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import paramiko
 
-from airavata_prefect.adapters.hosts import CommandResult, HostError
+from airavata_prefect.adapters.hosts import CommandResult, HostError, Stdin
 
 _KEY_TYPES: tuple[type[paramiko.PKey], ...] = (paramiko.Ed25519Key, paramiko.ECDSAKey,
                                                 paramiko.RSAKey)
@@ -121,10 +121,13 @@ class SSHHost:
                 self._client = self._connect()
             return self._client
 
-    def run(self, command: str, *, stdin: bytes | None = None,
+    def run(self, command: str, *, stdin: Stdin | None = None,
             timeout: float | None = None) -> CommandResult:
+        start = stdin.tell() if stdin is not None and not isinstance(stdin, bytes) else 0
         for attempt in (0, 1):  # one reconnect: a dropped connection is not a failed command
             try:
+                if stdin is not None and not isinstance(stdin, bytes):
+                    stdin.seek(start)  # the retry sends the file from its start again
                 return self._run_once(command, stdin, timeout)
             except (paramiko.SSHException, EOFError, OSError) as exc:
                 if attempt:
@@ -132,7 +135,7 @@ class SSHHost:
                 self.drop()
         raise AssertionError("unreachable")
 
-    def _run_once(self, command: str, stdin: bytes | None,
+    def _run_once(self, command: str, stdin: Stdin | None,
                   timeout: float | None) -> CommandResult:
         transport = self.client().get_transport()
         assert transport is not None
@@ -140,8 +143,11 @@ class SSHHost:
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
             chan.exec_command(command)
-            if stdin:
+            if isinstance(stdin, bytes):
                 chan.sendall(stdin)
+            elif stdin is not None:
+                while chunk := stdin.read(1 << 20):  # streamed: never the whole file in memory
+                    chan.sendall(chunk)
             chan.shutdown_write()
             out, err = bytearray(), bytearray()
             # Drain both streams while waiting, so a full stderr window cannot stall the remote.

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from airavata_prefect.adapters.hosts import CommandResult, LocalHost
+from airavata_prefect.adapters.hosts import CommandResult, LocalHost, Stdin
 from airavata_prefect.adapters.storage import StorageError
 from airavata_prefect.usecases.bundles.resource_cache import (
     CACHE_DIR,
@@ -30,11 +30,11 @@ class FaultyLink(LocalHost):
         self.bad = bad
         self.uploads = 0
 
-    def run(self, command: str, *, stdin: bytes | None = None,
+    def run(self, command: str, *, stdin: Stdin | None = None,
             timeout: float | None = None) -> CommandResult:
         if stdin is not None and "tar xzf" in command:
             self.uploads += 1
-            stdin = self._corrupt(stdin)
+            stdin = self._corrupt(stdin if isinstance(stdin, bytes) else stdin.read())
         return super().run(command, stdin=stdin, timeout=timeout)
 
     def _corrupt(self, payload: bytes) -> bytes:
