@@ -1,10 +1,14 @@
-"""Is each outside system this installation needs answering? One check each, a few seconds
-at most, nothing secret sent (OpenBao's health needs no token)."""
+"""Is each outside system this installation needs answering? One check each, all four at
+once, a few seconds at most in all (`/health`, and `/metrics` at every scrape), nothing secret
+sent (OpenBao's health needs no token)."""
 
 from __future__ import annotations
 
 import time
 import urllib.request
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import wait as wait_for
 from dataclasses import dataclass
 
 import sqlalchemy as sa
@@ -22,17 +26,22 @@ class Check:
     seconds: float
 
 
-def _timed(name: str, fn: object) -> Check:
+TIMEOUT = 5.0  # a check still waiting then is down (one that hangs holds up no caller)
+
+
+def _timed(name: str, fn: Callable[[], str]) -> Check:
     start = time.monotonic()
     try:
-        detail = fn()  # type: ignore[operator]
+        detail = fn()
         return Check(name, True, str(detail or "ok"), time.monotonic() - start)
     except Exception as exc:
         return Check(name, False, f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
                      if str(exc) else type(exc).__name__, time.monotonic() - start)
 
 
-def checks(rt: Runtime) -> list[Check]:
+def checks(rt: Runtime, timeout: float = TIMEOUT) -> list[Check]:
+    """Each system's check (store, openbao, spicedb, prefect, in this order), run side by
+    side: the whole takes as long as the slowest, and no longer than `timeout`."""
     def store() -> str:
         with rt.store.engine.connect() as conn:
             conn.execute(sa.text("SELECT 1"))
@@ -58,8 +67,17 @@ def checks(rt: Runtime) -> list[Check]:
                 raise RuntimeError(f"HTTP {r.status}")
         return url
 
-    return [_timed("store", store), _timed("openbao", openbao), _timed("spicedb", spicedb),
-            _timed("prefect", prefect)]
+    probes: dict[str, Callable[[], str]] = {"store": store, "openbao": openbao,
+                                            "spicedb": spicedb, "prefect": prefect}
+    pool = ThreadPoolExecutor(max_workers=len(probes), thread_name_prefix="health")
+    try:
+        futures = {name: pool.submit(_timed, name, fn) for name, fn in probes.items()}
+        wait_for(futures.values(), timeout=timeout)
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+    return [f.result() if f.done() else Check(name, False, f"no answer within {timeout:g} s",
+                                               timeout)
+            for name, f in futures.items()]
 
 
-__all__ = ["Check", "checks"]
+__all__ = ["TIMEOUT", "Check", "checks"]

@@ -60,6 +60,9 @@ class Settings(BaseSettings):
     api_login_rate: int = Field(10, ge=1)
     api_write_rate: int = Field(300, ge=1)
     api_max_body_bytes: int = Field(1 << 20, ge=1024)  # request bodies; a spec's YAML included
+    # GET /metrics (Prometheus): open when unset (bind the API to an address only the scraper
+    # reaches); set, a scrape must carry `Authorization: Bearer <it>`.
+    metrics_token: SecretStr | None = Field(None, min_length=1)
     # The scheduler service pilot agents pull from (gRPC, TLS). `agent_url` is where agents
     # reach it (host:port); default 127.0.0.1:`agent_port`. Unset cert/key: a CA made on first
     # start in `home`/agent-tls signs the service's certificate; set: the site's own.

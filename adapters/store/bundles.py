@@ -46,6 +46,18 @@ class BundleRepo:
             return [Bundle.from_row(r)
                     for r in conn.execute(q.order_by(bundles.c.created_at)).mappings()]
 
+    def active_by_resource(self) -> dict[str, dict[str, int]]:
+        """{resource: {status: bundles}} of the bundles not ended, every experiment's (read
+        from the (status, resource) index)."""
+        active = [str(s) for s in BundleStatus if s not in BUNDLE_ENDED]
+        q = (sa.select(bundles.c.resource, bundles.c.status, sa.func.count())
+             .where(bundles.c.status.in_(active)).group_by(bundles.c.resource, bundles.c.status))
+        out: dict[str, dict[str, int]] = {}
+        with self.engine.connect() as conn:
+            for resource, status, n in conn.execute(q):
+                out.setdefault(resource, {})[status] = int(n)
+        return out
+
     def update(self, bundle_id: str, *, expect: Sequence[BundleStatus] | None = None,
                **values: Any) -> bool:
         """Set fields; with `expect`, only while the status is one of those."""

@@ -97,6 +97,12 @@ class ExperimentRepo:
             q = experiments.select().order_by(experiments.c.created_at.desc()).limit(limit)
             return [Experiment.from_row(r) for r in conn.execute(q).mappings()]
 
+    def status_counts(self) -> dict[str, int]:
+        """{status: experiments}, every experiment's (read from the status index)."""
+        q = sa.select(experiments.c.status, sa.func.count()).group_by(experiments.c.status)
+        with self.engine.connect() as conn:
+            return {status: int(n) for status, n in conn.execute(q)}
+
     def update(self, exp_id: str, *, expect: Sequence[ExperimentStatus] | None = None,
                **values: Any) -> bool:
         """Update fields; with `expect`, only if the status is one of those. True if updated."""

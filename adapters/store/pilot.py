@@ -359,6 +359,14 @@ class PilotRepo:
                 W.status == READY, W.resource == resource,
                 W.experiment_id.in_(list(experiments)))).scalar_one())
 
+    def ready_by_resource(self) -> dict[str, int]:
+        """{resource: READY items}, every experiment's: the queue agents pull from (read from
+        the claim index alone)."""
+        with self.engine.connect() as conn:
+            return {r: int(n) for r, n in conn.execute(
+                sa.select(W.resource, sa.func.count()).where(W.status == READY)
+                .group_by(W.resource))}
+
     def active_items(self, experiment_id: str) -> list[ActiveItem]:
         """The experiment's items not DONE, oldest first."""
         with self.engine.connect() as conn:

@@ -34,6 +34,7 @@ experiments = sa.Table(
     sa.Column("origin_flow_run_id", sa.String(36)),
     sa.Index("ix_experiments_created_at", "created_at"),
     sa.Index("ix_experiments_origin", "origin_flow_run_id", unique=True),
+    sa.Index("ix_experiments_status", "status"),  # counted by /metrics at every scrape
 )
 
 tasks = sa.Table(
@@ -124,6 +125,7 @@ bundles = sa.Table(
     sa.Column("heartbeat_at", UtcDateTime),
     sa.Column("finished_at", UtcDateTime),
     sa.Index("ix_bundles_experiment", "experiment_id", "status"),
+    sa.Index("ix_bundles_status", "status", "resource"),  # active ones, by resource
 )
 
 # What a worker saw happen to each instance of a bundle, in order; the experiment's flow reads

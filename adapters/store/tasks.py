@@ -11,11 +11,13 @@ from typing import Any
 import sqlalchemy as sa
 
 from airavata_prefect.adapters.store.engine import utcnow
-from airavata_prefect.adapters.store.schema import UtcDateTime, task_events, tasks
+from airavata_prefect.adapters.store.schema import UtcDateTime, experiments, task_events, tasks
 from airavata_prefect.domain.errors import Conflict, NotFound
 from airavata_prefect.domain.records import Task, TaskEvent
 from airavata_prefect.domain.states import (
+    EXPERIMENT_TERMINAL,
     TERMINAL,
+    ExperimentStatus,
     IllegalTransition,
     TaskState,
     Transition,
@@ -155,6 +157,17 @@ class TaskRepo:
             for resource, state, n in conn.execute(q):
                 out.setdefault(resource, {})[state] = n
         return out
+
+    def live_state_counts(self) -> dict[str, int]:
+        """{state: instances} of every experiment not yet ended: the live experiments from the
+        status index, then each one's rows from the (experiment, step, state) index alone."""
+        live = [str(s) for s in ExperimentStatus if s not in EXPERIMENT_TERMINAL]
+        q = (sa.select(tasks.c.state, sa.func.count())
+             .where(tasks.c.experiment_id.in_(
+                 sa.select(experiments.c.id).where(experiments.c.status.in_(live))))
+             .group_by(tasks.c.state))
+        with self.engine.connect() as conn:
+            return {state: int(n) for state, n in conn.execute(q)}
 
     def events(self, exp_id: str, instance_id: str | None = None, *,
                limit: int | None = None) -> builtins.list[TaskEvent]:

@@ -2,7 +2,8 @@
 
 Each request gets a correlation id (X-Correlation-ID, taken from the request when it carries a
 sane one), which its audit rows, its log line and any error envelope carry; bodies are capped;
-one log line per request says who did what, how it ended and how long it took."""
+one log line per request says who did what, how it ended and how long it took. `/metrics`
+(Prometheus, routes_metrics.py) counts what the store holds and times every request."""
 
 from __future__ import annotations
 
@@ -101,6 +102,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         routes_data,
         routes_experiments,
         routes_lineage,
+        routes_metrics,
         routes_outputs,
         routes_people,
         routes_plans,
@@ -135,6 +137,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         v1.include_router(module.router, responses=errors.RESPONSES)
     app.include_router(v1)
     app.add_middleware(_Guard, max_body=settings.api_max_body_bytes)
+    routes_metrics.install(app, app.state.runtime)  # GET /metrics; times every request
     return app
 
 
