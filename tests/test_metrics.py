@@ -180,6 +180,8 @@ def test_figures_move_as_experiments_run(served: tuple[ApiServer, Store], tmp_pa
                  status="200") == 2  # the two scrapes before (this one counts once it answered)
     seen = {v for _, ls in moved for _, v in ls}
     assert not any(done in v or live[:8] in v for v in seen), seen
+    # The Grafana dashboard asks only for series this server exports.
+    assert _dashboard_series() <= {name for name, _ in moved}
 
     # The queue drained, the agent gone, the bundle ended: their series read 0, not nothing.
     leased = store.pilot.claim("agent-1", "hpc", [live], 10, 60.0)
@@ -394,3 +396,28 @@ def test_read_store_counts_from_indexes(store: Store) -> None:
                     "EXPLAIN QUERY PLAN " + sql, tuple(["?"] * sql.count("?")))]
                 bare = [p for p in plan if p.startswith("SCAN ") and " INDEX " not in p]
                 assert not bare, (sql, plan)
+
+
+DEPLOYMENTS = Path(__file__).resolve().parent.parent / "deployments"
+
+
+def _dashboard_series() -> set[str]:
+    """The airavata_* series deployments/grafana/airavata-dashboard.json queries."""
+    import json
+    import re
+
+    doc = json.loads((DEPLOYMENTS / "grafana" / "airavata-dashboard.json").read_text())
+    exprs = [t["expr"] for p in doc["panels"] for t in p["targets"]]
+    assert len(exprs) >= 10
+    return {m for e in exprs for m in re.findall(r"\bairavata_[a-z_]+", e)}
+
+
+def test_the_scrape_config_points_at_the_api_servers_metrics() -> None:
+    import yaml
+
+    doc = yaml.safe_load((DEPLOYMENTS / "prometheus.yml").read_text())
+    (job,) = doc["scrape_configs"]
+    assert job["metrics_path"] == "/metrics" and job["authorization"]["type"] == "Bearer"
+    assert job["static_configs"][0]["targets"] == [f"127.0.0.1:{Settings().api_port}"]
+    assert {"airavata_instances", "airavata_api_request_seconds_bucket",
+            "airavata_staging_cache_hits_total"} <= _dashboard_series()
