@@ -37,7 +37,7 @@ def airavata(*args: str, env: Mapping[str, str] | None = None, stdin: str = "") 
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
         finally:
-            context._local_refusal.clear()  # server mode is per invocation, as in a process
+            context.allow_local()  # server mode is per invocation, as in a process
     return Ran(code, out.getvalue(), err.getvalue())
 
 

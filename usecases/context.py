@@ -76,6 +76,11 @@ def forbid_local(reason: str) -> None:
     _local_refusal[:] = [reason]
 
 
+def allow_local() -> None:
+    """Undo `forbid_local` (a process that runs the CLI more than once, as tests do)."""
+    _local_refusal.clear()
+
+
 @contextmanager
 def open_context(settings: Settings | None = None, *, user: str | None = None
                  ) -> Iterator[Context]:
@@ -104,4 +109,5 @@ def open_store(settings: Settings) -> Store:
     return Store(settings.db_url)
 
 
-__all__ = ["Context", "authorizer", "forbid_local", "open_context", "open_store", "os_login"]
+__all__ = ["Context", "allow_local", "authorizer", "forbid_local", "open_context", "open_store",
+           "os_login"]

@@ -37,10 +37,7 @@ class OutputOut(BaseModel):
 
 
 def output_out(o: use.OutputFile) -> OutputOut:
-    return OutputOut(experiment_id=o.experiment_id, instance_id=o.instance_id, step=o.step,
-                     index=o.index, name=o.name, path=o.path, output_id=o.output_id,
-                     state=o.state, exists=o.exists,
-                     size=o.size, sha256=o.sha256, note=o.note)
+    return OutputOut.model_validate(o, from_attributes=True)
 
 
 @router.get("/{ref}/outputs", response_model=list[OutputOut])
