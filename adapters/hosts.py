@@ -63,12 +63,14 @@ Content = bytes | str | Path  # a Path is a local file (or directory tree) to se
 
 
 def pack(files: Mapping[str, Content], *, executable: frozenset[str] = frozenset(),
-         private: frozenset[str] = frozenset()) -> BinaryIO:
-    """A tar.gz of relative paths -> contents (`private` ones readable by the owner only), in
-    an unnamed temporary file at its start: a staged gigabyte never sits in memory."""
+         private: frozenset[str] = frozenset(), compress: bool = True) -> BinaryIO:
+    """A tar (.gz unless `compress` is off) of relative paths -> contents (`private` ones
+    readable by the owner only), in an unnamed temporary file at its start: a staged gigabyte
+    never sits in memory."""
     buf = tempfile.TemporaryFile()  # noqa: SIM115 (the caller closes it: upload)
     try:
-        with tarfile.open(fileobj=buf, mode="w:gz", compresslevel=1) as tar:
+        with (tarfile.open(fileobj=buf, mode="w:gz", compresslevel=1) if compress
+              else tarfile.open(fileobj=buf, mode="w")) as tar:
             for path, content in files.items():
                 if isinstance(content, Path):
                     tar.add(str(content), arcname=path)
@@ -87,13 +89,14 @@ def pack(files: Mapping[str, Content], *, executable: frozenset[str] = frozenset
 
 def upload(host: Host, directory: str, files: Mapping[str, Content], *,
            executable: frozenset[str] = frozenset(),
-           private: frozenset[str] = frozenset()) -> None:
+           private: frozenset[str] = frozenset(), compress: bool = True) -> None:
     """Write files under `directory` on the host (created as needed), in one round trip;
-    `private` ones are created 0600 (tar keeps an archive's modes, less the umask)."""
+    `private` ones are created 0600 (tar keeps an archive's modes, less the umask). Data that
+    does not compress (what is staged mostly is) goes faster with `compress` off."""
     d = shlex.quote(directory)
-    with pack(files, executable=executable, private=private) as archive:
-        check(host, f"mkdir -p {d} && tar xzf - -C {d}", stdin=archive,
-              what=f"upload to {directory}")
+    with pack(files, executable=executable, private=private, compress=compress) as archive:
+        check(host, f"mkdir -p {d} && tar x{'z' if compress else ''}f - -C {d}",
+              stdin=archive, what=f"upload to {directory}")
 
 
 def download(host: Host, directory: str, paths: list[str]) -> dict[str, bytes]:

@@ -32,15 +32,15 @@ class FaultyLink(LocalHost):
 
     def run(self, command: str, *, stdin: Stdin | None = None,
             timeout: float | None = None) -> CommandResult:
-        if stdin is not None and "tar xzf" in command:
+        if stdin is not None and "tar x" in command:
             self.uploads += 1
             stdin = self._corrupt(stdin if isinstance(stdin, bytes) else stdin.read())
         return super().run(command, stdin=stdin, timeout=timeout)
 
     def _corrupt(self, payload: bytes) -> bytes:
         out = io.BytesIO()
-        with tarfile.open(fileobj=io.BytesIO(payload), mode="r:gz") as src, \
-                tarfile.open(fileobj=out, mode="w:gz") as dst:
+        with tarfile.open(fileobj=io.BytesIO(payload), mode="r:*") as src, \
+                tarfile.open(fileobj=out, mode="w") as dst:
             for member in src.getmembers():
                 data = src.extractfile(member)
                 body = data.read() if data is not None else None

@@ -105,7 +105,8 @@ class ResourceCache:
         for attempt in range(1, ATTEMPTS + 1):
             if not missing:
                 break
-            upload(self.host, f"{self.root}/incoming", {d: f.local for d, f in missing.items()})
+            upload(self.host, f"{self.root}/incoming", {d: f.local for d, f in missing.items()},
+                   compress=False)  # staged data is mostly incompressible: gzip would cost
             moved += sum(f.size for f in missing.values())
             report = self._run(_VERIFY.format(root=shlex.quote(self.root)), sorted(missing),
                                "checksum verification")
