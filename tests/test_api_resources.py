@@ -14,6 +14,7 @@ import pytest
 from airavata_prefect.adapters.store import Store
 from airavata_prefect.domain.records import AuditEntry
 from tests.api_harness import ADMIN, ADMIN_PASSWORD, ApiServer, api_server
+from tests.haystack import all_bytes
 from tests.services import free_port
 
 pytestmark = pytest.mark.prefect
@@ -329,7 +330,7 @@ def test_credentials_lifecycle_and_no_secret_leaks(server: ApiServer) -> None:
     for row in trail:
         text = f"{row.actor} {row.action} {row.object} {row.detail}"
         assert not any(s in text for s in secrets), text
-    db = b"".join(p.read_bytes() for p in server.home.glob("airavata.db*"))
+    db = all_bytes(server.home.glob("airavata.db*"))
     log = server.log.read_bytes()
     assert f"/credentials/{cid}/rotate".encode() in log  # the log has the requests
     for s in secrets:

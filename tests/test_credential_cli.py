@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.haystack import all_bytes
 from tests.test_cli import AIRAVATA, cli, write
 
 KEY = "-----BEGIN OPENSSH PRIVATE KEY-----\nAAAAB3NzaC1yc2EAAAADAQABAAABAQC7\n-----END"
@@ -57,7 +58,7 @@ def test_create_share_bind_rotate(bao_env: str, prefect_api: str, home: Path, tm
     assert r.returncode == 0 and "rotated to version 2" in r.stdout
 
     # Nothing of the key is in our database (audit trail, references) or in the output.
-    db = b"".join(p.read_bytes() for p in home.glob("airavata.db*"))  # WAL included
+    db = all_bytes(home.glob("airavata.db*"))  # WAL included
     assert b"AAAAB3NzaC1yc2EAAAADAQABAAABAQC7" not in db
     assert b"users/alice/" in db  # the reference is
 

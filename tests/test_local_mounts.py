@@ -21,6 +21,7 @@ from airavata_prefect.usecases.authorization import ensure_project
 from airavata_prefect.usecases.context import Context
 from airavata_prefect.usecases.settings import get_settings
 from airavata_prefect.usecases.submit import submit
+from tests.haystack import all_bytes
 from tests.storages import register_path, register_s3, s3_client
 
 pytestmark = pytest.mark.prefect
@@ -91,7 +92,7 @@ def test_mounts_on_the_local_resource(home: Path, prefect_api: str, s3, tmp_path
     assert {f.sha256 for f in store.staging.inputs(exp_id, "use") if f.path == "genome.fa"} \
         == {hashlib.sha256(b">chr1\nACGT\n").hexdigest()}
     # The S3 secret is in no file of the run and in no recorded event.
-    everything = b"".join(p.read_bytes() for p in home.rglob("*") if p.is_file())
+    everything = all_bytes(p for p in home.rglob("*") if p.is_file())
     assert s3.secret_key.encode() not in everything
     assert b"alpha=0.5" in everything  # the haystack holds what was fetched
 

@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from tests.grid import Grid, grid
+from tests.haystack import file_bytes
 from tests.services import Slurm, Sshd
 
 pytestmark = pytest.mark.prefect
@@ -284,7 +285,7 @@ def _scan_files(roots: list[Path], needles: dict[str, bytes]) -> list[str]:
         for path in [root] if root.is_file() else root.rglob("*"):
             if not path.is_file() or path.is_symlink():
                 continue
-            data = path.read_bytes()
+            data = file_bytes(path)
             found += [f"{what} in {path}" for what, n in needles.items() if n in data]
     return found
 
