@@ -49,6 +49,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from airavata_prefect.adapters.storage import sha256_of
+
 REPO = Path(__file__).resolve().parent.parent
 QUICK = os.environ.get("AIRAVATA_BENCH_STAGING_QUICK", "") not in ("", "0")
 BIG_MB = 1024
@@ -123,14 +125,6 @@ def make_small(folder: Path, n: int, kb: int) -> None:
     folder.mkdir(parents=True)
     for i in range(n):
         (folder / f"f{i:05d}.bin").write_bytes(os.urandom(kb * 1024))
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(CHUNK):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def tree(folder: Path) -> dict[str, int]:
@@ -332,7 +326,7 @@ def run(big_mb: int = DEFAULT_MB, n_files: int = DEFAULT_FILES, file_kb: int = F
                          ("boto3", lambda: client.download_file(BUCKET, BIG_KEY,
                                                                 str(fetched)))):
             timed(fn, dest)
-            if sha256(fetched) != big_digest:
+            if sha256_of(fetched) != big_digest:
                 raise RuntimeError(f"{side}: the {big_mb} MB object came back different")
         say(f"1 x {big_mb} MB: S3.fetch vs boto3 download_file, {repeat} each")
         big = alternate({

@@ -72,6 +72,7 @@ class LineageRecorder:
         self.resource_of = resource_of
         self.root = os.path.realpath(graph.root)
         self._scripts: dict[str, str] = {}
+        self._mounts: dict[str, tuple[MountInput, ...]] = {}
 
     async def __call__(self, inst: TaskInstance, attempt: int, report: Report,
                        cancel: asyncio.Event) -> Outcome:
@@ -100,8 +101,11 @@ class LineageRecorder:
         if script is None:
             script = self._scripts[step.name] = script_sha256(step)
         upstream = self._upstream(inst)
-        mounts = tuple(MountInput(f.mount, f.path, f.sha256, f.size)
-                       for f in self.store.staging.inputs(self.experiment_id, inst.step))
+        mounts = self._mounts.get(step.name)
+        if mounts is None:  # staged before any of the step's instances ran: read once a step
+            mounts = self._mounts[step.name] = tuple(
+                MountInput(f.mount, f.path, f.sha256, f.size)
+                for f in self.store.staging.inputs(self.experiment_id, inst.step))
         params = parameters(inst)
         resource = self.resource_of(inst.step, inst.index)
         now = utcnow()
