@@ -13,12 +13,15 @@ command -v munged >/dev/null || need+=(munge)
 command -v ssh-keygen >/dev/null || need+=(openssh-client)
 command -v curl >/dev/null || need+=(curl)
 [ -x /usr/bin/chromium ] || need+=(chromium)  # tests/test_browser.py (Playwright)
-[ ${#need[@]} -eq 0 ] && exit 0
-if [ "$(id -u)" != 0 ]; then
-  echo "missing system packages; run: sudo apt-get install -y --no-install-recommends ${need[*]}" >&2
-  exit 1
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" != 0 ]; then
+    echo "missing system packages; run: sudo apt-get install -y --no-install-recommends ${need[*]}" >&2
+    exit 1
+  fi
+  echo "installing system packages: ${need[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q >/dev/null
+  apt-get install -y -q --no-install-recommends "${need[@]}" >/dev/null
 fi
-echo "installing system packages: ${need[*]}"
-export DEBIAN_FRONTEND=noninteractive
-apt-get update -q >/dev/null
-apt-get install -y -q --no-install-recommends "${need[@]}" >/dev/null
+# Docker Compose v2 validates docker-compose.yml in tests/test_compose.py (no engine needed).
+bash "$(dirname "$0")/install_compose.sh"
