@@ -27,6 +27,7 @@ from airavata_prefect.api.cli_experiments import experiment_app
 from airavata_prefect.api.cli_people import project_app, user_app
 from airavata_prefect.api.cli_resources import resource_app
 from airavata_prefect.api.cli_server import deployment_app, server_app
+from airavata_prefect.api.cli_trace import trace_cmd
 from airavata_prefect.api.client import RemoteError, server_url
 from airavata_prefect.domain.errors import NotFound
 from airavata_prefect.domain.problems import SpecError
@@ -53,6 +54,7 @@ app.add_typer(resource_app, name="resource")
 app.add_typer(server_app, name="server")
 app.add_typer(deployment_app, name="deployment")
 app.add_typer(data_app, name="data")
+app.command("trace")(trace_cmd)
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 

@@ -36,7 +36,7 @@ from airavata_prefect.domain.scheduler import Hooks
 from airavata_prefect.domain.states import ExperimentStatus, TaskState, summarize
 from airavata_prefect.usecases import deployments, flow_runs, lifecycle, run
 from airavata_prefect.usecases.context import open_context
-from airavata_prefect.usecases.correlation import correlated
+from airavata_prefect.usecases.correlation import correlated, correlation_id
 from airavata_prefect.usecases.errors import BadInput, Forbidden, NoPlacement, Unavailable
 from airavata_prefect.usecases.settings import get_settings
 
@@ -225,9 +225,10 @@ async def run_experiment(
                              f"cost {plan.total_cost or 0:.2f}, makespan "
                              f"{plan.makespan_seconds or 0:.0f} s, gap {plan.gap or 0:.2%}"))
         per_instance = graph.total <= settings.task_run_threshold
-        logger.info("experiment %s (%s): %d instances in %d steps, %s", exp.name, exp.id,
-                    graph.total, len(graph.steps),
-                    "one task run per instance" if per_instance else "one task run per step")
+        logger.info("experiment %s (%s): %d instances in %d steps, %s; correlation id %s",
+                    exp.name, exp.id, graph.total, len(graph.steps),
+                    "one task run per instance" if per_instance else "one task run per step",
+                    correlation_id())
         hooks: PerInstanceHooks | PerStepHooks = (PerInstanceHooks(graph) if per_instance
                                                   else PerStepHooks(graph))
         try:

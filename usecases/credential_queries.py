@@ -15,7 +15,7 @@ from airavata_prefect.adapters.openbao import SecretRef, SecretStoreError
 from airavata_prefect.adapters.spicedb import Subject
 from airavata_prefect.adapters.store import CredentialRow
 from airavata_prefect.domain.errors import NotFound
-from airavata_prefect.usecases import credentials
+from airavata_prefect.usecases import credentials, events
 from airavata_prefect.usecases.authorization import allowed, audit, require, subject
 from airavata_prefect.usecases.context import Context
 from airavata_prefect.usecases.credentials import CredentialError, _service
@@ -167,6 +167,7 @@ def delete(ctx: Context, credential_id: str) -> list[str]:
     audit(ctx, "credential.delete", f"credential:{credential_id}", "ok",
           f"{row.mount}/{row.path} (every version)"
           + (f"; unbound from {', '.join(unbound)}" if unbound else ""))
+    events.credential_changed(ctx.user, "deleted", credential_id, unbound=len(unbound))
     return unbound
 
 

@@ -13,6 +13,7 @@ from airavata_prefect.adapters.openbao import OpenBao, SecretRef, SecretStoreErr
 from airavata_prefect.adapters.spicedb import Authz, AuthzError, PermissionDenied, Subject
 from airavata_prefect.adapters.store import Store
 from airavata_prefect.domain.errors import NotFound
+from airavata_prefect.usecases import events
 from airavata_prefect.usecases.authorization import subject
 from airavata_prefect.usecases.context import Context
 from airavata_prefect.usecases.correlation import correlation_id
@@ -70,6 +71,7 @@ class CredentialService:
         self.authz.relate("credential", credential_id, "owner", Subject.user(actor))
         self._audit(actor, "credential.create", f"credential:{credential_id}", "ok",
                     f"{ref.mount}/{ref.path} version {version}")
+        events.credential_changed(actor, "created", credential_id, version=str(version))
         return int(version)  # type: ignore[call-overload]
 
     def rotate(self, actor: str, credential_id: str, ref: SecretRef,
@@ -79,6 +81,7 @@ class CredentialService:
         version = self._bao(actor, "credential.rotate", credential_id, self.bao.put, ref, secret)
         self._audit(actor, "credential.rotate", f"credential:{credential_id}", "ok",
                     f"version {version}")
+        events.credential_changed(actor, "rotated", credential_id, version=str(version))
         return int(version)  # type: ignore[call-overload]
 
     def share(self, actor: str, credential_id: str, with_: Subject,
@@ -87,6 +90,8 @@ class CredentialService:
         self.authz.relate("credential", credential_id, relation, with_)
         self._audit(actor, "credential.share", f"credential:{credential_id}", "ok",
                     f"{relation}: {with_.type}:{with_.id}")
+        events.credential_changed(actor, "shared", credential_id, role=relation,
+                                  grantee=f"{with_.type}:{with_.id}")
 
     def bind(self, actor: str, credential_id: str, resource_type: str, resource: str) -> None:
         self._binding(actor, credential_id, resource_type, resource, bound=True)
@@ -101,6 +106,8 @@ class CredentialService:
         change(resource_type, resource, "bound_credential", Subject("credential", credential_id))
         self._audit(actor, "credential.bind" if bound else "credential.unbind",
                     f"credential:{credential_id}", "ok", f"{resource_type}:{resource}")
+        events.credential_changed(actor, "bound" if bound else "unbound", credential_id,
+                                  resource=f"{resource_type}:{resource}")
 
     def read(self, actor: str, credential_id: str, ref: SecretRef) -> dict[str, str]:
         self._require(actor, "credential.read", credential_id)

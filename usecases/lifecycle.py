@@ -13,17 +13,22 @@ from airavata_prefect.domain.states import (
     ExperimentStatus,
     TaskState,
 )
+from airavata_prefect.usecases import events
 from airavata_prefect.usecases.authorization import audit, require
 from airavata_prefect.usecases.context import Context
 from airavata_prefect.usecases.errors import Conflict
 
 
-def fail_unfinished(store: Store, exp_id: str, status: ExperimentStatus, message: str) -> None:
-    """End an experiment no flow run will finish: cancel what never finished, keep what did."""
+def fail_unfinished(store: Store, exp_id: str, status: ExperimentStatus, message: str, *,
+                    actor: str | None = None) -> None:
+    """End an experiment no flow run will finish: cancel what never finished, keep what did.
+    Its ending is an event, by `actor` (default: its owner)."""
     for task in store.tasks.list(exp_id, states=[s for s in TaskState if s not in TERMINAL]):
         store.tasks.transition(exp_id, task.instance_id, TaskState.CANCELED, message=message)
-    store.experiments.update(exp_id, status=status, message=message,
-                             expect=[s for s in ExperimentStatus if s not in EXPERIMENT_TERMINAL])
+    if store.experiments.update(
+            exp_id, status=status, message=message,
+            expect=[s for s in ExperimentStatus if s not in EXPERIMENT_TERMINAL]):
+        events.experiment_ended(store.experiments.get(exp_id), status, message, actor=actor)
 
 
 @dataclass
@@ -46,8 +51,9 @@ def cancel(ctx: Context, exp_ref: str) -> CancelResult:
                                  expect=[ExperimentStatus.RUNNING])
     if exp.status == ExperimentStatus.CREATED:
         # No flow run holds it yet: cancel it here (a run that starts later finds it ended).
-        fail_unfinished(ctx.store, exp.id, ExperimentStatus.CANCELED, "canceled")
+        fail_unfinished(ctx.store, exp.id, ExperimentStatus.CANCELED, "canceled", actor=ctx.user)
         return CancelResult(True, f"experiment {exp.id} canceled")
+    events.experiment_changed(ctx, exp, "cancel-requested")
     return CancelResult(True, f"cancel requested for experiment {exp.id}; "
                               "running tasks are being stopped")
 
@@ -69,6 +75,7 @@ def set_paused(ctx: Context, exp_ref: str, paused: bool) -> str:
     _ended_or_refuse(ctx, exp, "scheduler.instance.update", action, want_ended=False)
     ctx.store.experiments.update(exp.id, paused=paused)
     audit(ctx, "scheduler.instance.update", f"experiment:{exp.id}", "ok", action)
+    events.experiment_changed(ctx, exp, "paused" if paused else "resumed")
     return (f"experiment {exp.id} paused: running tasks finish, no new ones start" if paused
             else f"experiment {exp.id} resumed")
 
@@ -90,6 +97,7 @@ def retry(ctx: Context, exp_ref: str) -> tuple[Experiment, int]:
     ctx.store.tasks.reset(exp.id, again, message="retried", fresh=True)
     audit(ctx, "scheduler.instance.update", f"experiment:{exp.id}", "ok",
           f"retry: {len(again)} tasks")
+    events.experiment_changed(ctx, exp, "retried", tasks=len(again))
     return ctx.store.experiments.get(exp.id), len(again)
 
 

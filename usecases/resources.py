@@ -41,6 +41,7 @@ from airavata_prefect.blocks import (
 from airavata_prefect.blocks.slurm import open_slurm
 from airavata_prefect.domain.errors import NotFound
 from airavata_prefect.domain.resources import LOCAL, local_resource
+from airavata_prefect.usecases import events
 from airavata_prefect.usecases.authorization import allowed, audit, ensure_project, require
 from airavata_prefect.usecases.catalog import credential_id
 from airavata_prefect.usecases.context import Context
@@ -245,6 +246,7 @@ def create(ctx: Context, what: What, name: str, kind: str, fields: dict[str, Any
         register_compute(ctx, project=project, name=name, block=block)
     else:
         register_storage(ctx, project=project, name=name, block=block)
+    events.resource_changed(ctx, "registered", what, name, project=project, kind=kind)
     return _view(ctx, what, name, block)
 
 
@@ -288,6 +290,7 @@ def update(ctx: Context, what: What, name: str, fields: dict[str, Any], *,
     audit(ctx, "resource.update", f"{object_type}:{name}", "ok",
           f"fields: {', '.join(sorted(fields)) or '-'}; project {target}; "
           f"credential {new_cid or '-'}")
+    events.resource_changed(ctx, "updated", what, name, project=target, kind=cls.kind)
     return _view(ctx, what, name, block)
 
 
@@ -323,7 +326,7 @@ def delete(ctx: Context, what: What, name: str) -> None:
     """Remove the block, (compute) its deployment and own work pool, and its relationships."""
     _not_local(what, name)
     block = find(what, name)
-    _require_operate(ctx, what, name)
+    project = _require_operate(ctx, what, name)
     try:
         type(block).delete(name)
     except (OSError, RuntimeError) as exc:
@@ -339,6 +342,7 @@ def delete(ctx: Context, what: What, name: str) -> None:
     for row in rows:
         ctx.authz.unrelate(object_type, name, row[2], Subject(row[3], row[4], row[5]))
     audit(ctx, "resource.delete", f"{object_type}:{name}", "ok", "; ".join(gone))
+    events.resource_changed(ctx, "removed", what, name, project=project, kind=block.kind)
 
 
 # -- connectivity tests --------------------------------------------------------------------------
@@ -488,6 +492,7 @@ def check_connectivity(ctx: Context, what: What, name: str) -> Probe:
     audit(ctx, "resource.test", f"{_OBJECT[what]}:{name}",
           "error" if status == "failed" else "ok",
           json.dumps({"status": status, "checked": result.checked, "detail": detail})[:2000])
+    events.resource_changed(ctx, "tested", what, name, status=status, detail=detail)
     return result
 
 
