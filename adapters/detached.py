@@ -52,6 +52,9 @@ class BareMetalLauncher:
         return {k: Exit(failure="ended without an exit status (its process was killed)")
                 for k in positions}
 
+    def queued(self, ids: list[str], positions: Collection[int]) -> dict[int, float]:
+        return {}  # nothing queues: instances start as soon as a slot is free
+
     def cancel(self, ids: list[str]) -> None:
         sessions = " ".join(str(int(s)) for s in ids if s.isdigit())
         if not sessions:

@@ -4,8 +4,9 @@ reading those markers back. Each compute kind opens a `Session` with its own `La
 
 from __future__ import annotations
 
+import secrets
 import shlex
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -31,6 +32,11 @@ class Launcher(Protocol):
         """What the scheduler says of positions that left no exit marker (absent: active)."""
         ...
 
+    def queued(self, ids: list[str], positions: Collection[int]) -> dict[int, float]:
+        """Seconds each position waited in its scheduler's queue before it started, by the
+        scheduler's own record (absent where unknown, or where nothing queues)."""
+        ...
+
     def cancel(self, ids: list[str]) -> None: ...
 
     def resubmit(self, bdir: str, positions: list[int]) -> list[str]: ...
@@ -54,4 +60,24 @@ def read_markers(host: Host, directory: str) -> dict[int, Marker]:
     return parse_markers(result.text)
 
 
-__all__ = ["Launcher", "Session", "read_markers"]
+def read_tails(host: Host, paths: Mapping[int, str], limit: int = 4096) -> dict[int, str]:
+    """The last `limit` bytes of each file (absolute paths, by position), in one command; a
+    missing file reads as empty. A random boundary keeps a file from forging another's."""
+    if not paths:
+        return {}
+    mark = secrets.token_hex(12)
+    listing = "".join(f"{k} {p}\n" for k, p in paths.items()).encode()
+    result = host.run(f"while read -r k f; do printf '\\n{mark} %s\\n' \"$k\"; "
+                      f"tail -c {int(limit)} -- \"$f\" </dev/null 2>/dev/null; done; true",
+                      stdin=listing)
+    if result.exit_status != 0:
+        raise HostError(f"cannot read logs on {host.name}: {result.error_text()[-300:]}")
+    out: dict[int, str] = {}
+    for chunk in result.text.split(f"\n{mark} ")[1:]:
+        k, _, text = chunk.partition("\n")
+        if k.isdigit() and int(k) in paths:
+            out[int(k)] = text
+    return out
+
+
+__all__ = ["Launcher", "Session", "read_markers", "read_tails"]

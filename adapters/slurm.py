@@ -14,6 +14,7 @@ import re
 import shlex
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Protocol
 
 from airavata_prefect.adapters.hosts import Host, HostError, check
@@ -117,6 +118,7 @@ class SlurmTask:
     exit_code: int | None = None
     signal: int | None = None
     reason: str | None = None
+    queue_seconds: float | None = None  # start - submit, once it started (SLURM's record)
 
 
 _REQUEUE = {"NODE_FAIL": "node failure", "BOOT_FAIL": "node boot failure",
@@ -145,7 +147,22 @@ def classify(task: SlurmTask) -> Exit | Requeue | None:
     return None
 
 
-_FIELD = re.compile(r"\b(JobId|ArrayJobId|ArrayTaskId|JobState|Reason|ExitCode)=(\S*)")
+_FIELD = re.compile(
+    r"\b(JobId|ArrayJobId|ArrayTaskId|JobState|Reason|ExitCode|SubmitTime|StartTime)=(\S*)")
+WAITING_STATES = ("PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD")
+
+
+def queue_wait(state: str, submitted: str | None, started: str | None) -> float | None:
+    """Seconds between submit and start by scontrol's times (the controller's local time, both
+    alike); None while it has not started or where a time is Unknown."""
+    if not (submitted and started) or state.split()[0].rstrip("+") in WAITING_STATES:
+        return None
+    try:
+        wait = (datetime.strptime(started, "%Y-%m-%dT%H:%M:%S")
+                - datetime.strptime(submitted, "%Y-%m-%dT%H:%M:%S")).total_seconds()
+    except ValueError:
+        return None
+    return max(0.0, wait)
 
 
 def expand_task_ids(spec: str) -> list[int]:
@@ -171,9 +188,11 @@ def parse_scontrol(text: str) -> list[SlurmTask]:
         job = fields.get("ArrayJobId") or fields["JobId"]
         ids: list[int | None] = (list(expand_task_ids(fields["ArrayTaskId"]))
                                  if fields.get("ArrayTaskId") else [None])
+        queue = queue_wait(fields["JobState"], fields.get("SubmitTime"),
+                           fields.get("StartTime"))
         for tid in ids:
             tasks.append(SlurmTask(job, tid, fields["JobState"], code, sig or None,
-                                   fields.get("Reason")))
+                                   fields.get("Reason"), queue))
     return tasks
 
 
@@ -245,6 +264,6 @@ class SlurmCli:
         return self._max_array
 
 
-__all__ = ["JobRequest", "SlurmCli", "SlurmClient", "SlurmError", "SlurmTask",
+__all__ = ["WAITING_STATES", "JobRequest", "SlurmCli", "SlurmClient", "SlurmError", "SlurmTask",
            "array_chunks", "array_spec", "classify", "format_time", "header", "job_script",
-           "parse_scontrol"]
+           "parse_scontrol", "queue_wait"]

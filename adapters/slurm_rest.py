@@ -15,6 +15,7 @@ import httpx
 
 from airavata_prefect.adapters.slurm import (
     DEFAULT_MAX_ARRAY_SIZE,
+    WAITING_STATES,
     JobRequest,
     SlurmError,
     SlurmTask,
@@ -55,6 +56,15 @@ def _exit(raw: Any) -> tuple[int | None, int | None]:
     if raw & 0x7F:
         return 0, raw & 0x7F
     return raw >> 8, None
+
+
+def _queue(job: dict[str, Any]) -> float | None:
+    """Start - submit (epoch seconds) once it started; None while it waits or where unknown."""
+    submitted, started = job.get("submit_time"), job.get("start_time")
+    if (not isinstance(submitted, int) or not isinstance(started, int) or not submitted
+            or not started or str(job.get("job_state")) in WAITING_STATES):
+        return None
+    return float(max(0, started - submitted))
 
 
 class SlurmRest:
@@ -110,7 +120,7 @@ class SlurmRest:
                 else:
                     ids = [None]
                 out += [SlurmTask(str(array_job), t, str(j.get("job_state")), code, sig,
-                                  j.get("state_reason")) for t in ids]
+                                  j.get("state_reason"), _queue(j)) for t in ids]
         return out
 
     def cancel(self, job_ids: Iterable[str]) -> None:

@@ -40,7 +40,8 @@ from airavata_prefect.domain.endings import Exit, Outcome, judge
 from airavata_prefect.domain.instance import LOGS, host_environment, keep_earlier_logs
 from airavata_prefect.domain.pilot import Usage
 from airavata_prefect.domain.states import TaskState
-from airavata_prefect.usecases.local import KILL_GRACE_SECONDS
+from airavata_prefect.domain.usage import limited_argv, memory_failure
+from airavata_prefect.usecases.local import KILL_GRACE_SECONDS, stderr_tail
 
 SCRIPTS_DIR = ".airavata-scripts"  # under the agent's root: one copy per script digest
 _CATCHABLE = frozenset(signal.valid_signals()) - {signal.SIGKILL, signal.SIGSTOP}
@@ -66,6 +67,8 @@ class AttemptSpec(Protocol):
     def walltime_seconds(self) -> int: ...  # 0: none
     @property
     def outputs(self) -> Sequence[str]: ...  # relative to the workdir
+    @property
+    def ram_gb(self) -> float: ...  # 0: no memory limit
 
 
 class AttemptRunner:
@@ -133,14 +136,15 @@ class AttemptRunner:
 
     # -- running ----------------------------------------------------------------------------
 
-    def _spawn(self, script: str, workdir: str, env: dict[str, str]) -> int:
-        """`bash <script>` in `workdir`, in a new session; the logs are opened by the child."""
+    def _spawn(self, argv: list[str], workdir: str, env: dict[str, str]) -> int:
+        """`argv` (bash running the script) in `workdir`, in a new session; the logs are
+        opened by the child."""
         home = os.open(".", os.O_RDONLY | os.O_CLOEXEC)
         try:
             os.chdir(workdir)
             try:
                 return os.posix_spawn(
-                    self.bash, ["bash", script], env, setsid=True, setsigmask=(),
+                    self.bash, argv, env, setsid=True, setsigmask=(),
                     setsigdef=_CATCHABLE,
                     file_actions=[(os.POSIX_SPAWN_DUP2, self._devnull, 0),
                                   (os.POSIX_SPAWN_OPEN, 1, LOGS[0], _LOG_FLAGS, 0o644),
@@ -168,7 +172,7 @@ class AttemptRunner:
         walltime = spec.walltime_seconds or None
         started = time.monotonic()
         try:
-            pid = self._spawn(script, workdir, env)
+            pid = self._spawn(limited_argv(self.bash, script, spec.ram_gb), workdir, env)
         except OSError as exc:
             return Outcome(TaskState.FAILED, None, f"cannot start bash: {exc}"), Usage()
         self._live.add(pid)
@@ -182,6 +186,10 @@ class AttemptRunner:
         end = Exit.of_returncode(code)
         if ended == "timeout":
             end = Exit(end.code, end.signal, timed_out=True)
+        elif ended == "exit" and end != Exit(code=0):
+            why = memory_failure(spec.ram_gb, stderr_tail(Path(workdir) / LOGS[1]), usage)
+            if why:
+                end = Exit(end.code, end.signal, failure=why)
         missing: list[str] = []
         if ended == "exit" and end.code == 0 and spec.outputs:
             missing = [o for o in spec.outputs if not os.path.exists(os.path.join(workdir, o))]

@@ -52,6 +52,7 @@ def _task(c: Claim) -> pb.TaskSpec:
                        experiment_id=c.experiment_id, instance_id=c.instance_id,
                        attempt=c.attempt, script=p.script, script_sha256=p.script_sha256,
                        workdir=p.workdir, env=p.env, walltime_seconds=p.walltime_seconds or 0,
+                       ram_gb=p.ram_gb,
                        outputs=list(p.outputs))
 
 

@@ -18,7 +18,11 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
-from airavata_prefect.api import cli_dispatch, cli_outputs  # noqa: F401  register their commands
+from airavata_prefect.api import (  # noqa: F401  register their commands
+    cli_dispatch,
+    cli_outputs,
+    cli_usage,
+)
 from airavata_prefect.api.cli_auth import auth_app, config_app
 from airavata_prefect.api.cli_credentials import credential_app
 from airavata_prefect.api.cli_data import data_app

@@ -6,6 +6,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -13,14 +14,15 @@ from rich.live import Live
 from rich.table import Table
 
 from airavata_prefect.api import cli_remote
+from airavata_prefect.api.views import UsageOut, usage_cells
 from airavata_prefect.domain.plan import Plan
-from airavata_prefect.domain.records import Experiment
+from airavata_prefect.domain.records import Experiment, Task
 from airavata_prefect.domain.resources import load_resources
 from airavata_prefect.domain.spec import format_duration
 from airavata_prefect.domain.states import ACTIVE, EXPERIMENT_TERMINAL, ExperimentStatus, TaskState
 from airavata_prefect.usecases import deployments, launch, lifecycle, queries
 from airavata_prefect.usecases.context import Context, open_context
-from airavata_prefect.usecases.plan import compile_file, plan_experiment
+from airavata_prefect.usecases.plan import compile_file, learned_runtimes, plan_experiment
 from airavata_prefect.usecases.settings import get_settings
 
 experiment_app = typer.Typer(no_args_is_help=True, help="Compile, run and follow experiments.")
@@ -91,7 +93,9 @@ def plan_cmd(
         from airavata_prefect.usecases.submit import planning_pool
         with open_context(settings, user=who) as ctx:
             pool = planning_pool(ctx)
-        result = plan_experiment(loaded, graph, pool, user=who, time_limit=time_limit)
+            learned = learned_runtimes(ctx.store.tasks.runtimes, graph)
+        result = plan_experiment(loaded, graph, pool, user=who, time_limit=time_limit,
+                                 learned=learned)
     if as_json:
         print(json.dumps(result.to_json(), indent=2))
     else:
@@ -113,6 +117,8 @@ def _print_plan(p: Plan) -> None:
         table.add_row(a.step, a.resource, f"{a.count:,}", f"{a.cost:.2f}",
                       format_duration(a.finish_seconds))
     out.print(table)
+    for step, note in sorted(p.estimates.items()):
+        out.print(f"{step}: runtime from history, {note}")
 
 
 @experiment_app.command("run")
@@ -280,17 +286,22 @@ def tasks_cmd(
     if as_json:
         print(json.dumps([{"instance_id": r.instance_id, "step": r.step, "idx": r.idx,
                            "state": r.state, "attempt": r.attempt, "exit_code": r.exit_code,
-                           "reason": r.reason, "workdir": r.workdir, "resource": r.resource}
-                          for r in rows], indent=2))
+                           "reason": r.reason, "workdir": r.workdir, "resource": r.resource,
+                           "usage": _usage(r)} for r in rows], indent=2))
         return
     table = Table(title=f"{exp.name} ({exp.short_id}): {len(rows)} task(s)")
-    for col in ("task", "state", "attempt", "exit", "reason", "workdir"):
+    for col in ("task", "state", "attempt", "exit", "wall", "cpu", "memory", "reason",
+                "workdir"):
         table.add_column(col, overflow="fold")
     for r in rows:
         table.add_row(r.instance_id, r.state, str(r.attempt),
-                      "" if r.exit_code is None else str(r.exit_code), r.reason or "",
-                      r.workdir)
+                      "" if r.exit_code is None else str(r.exit_code),
+                      *usage_cells(_usage(r)), r.reason or "", r.workdir)
     out.print(table)
+
+
+def _usage(t: Task) -> dict[str, Any] | None:
+    return UsageOut.model_validate(t.usage, from_attributes=True).model_dump() if t.usage else None
 
 
 @experiment_app.command("events")

@@ -15,6 +15,7 @@ from rich.live import Live
 from rich.table import Table
 
 from airavata_prefect.api.client import ApiClient, RemoteError, client
+from airavata_prefect.api.views import usage_cells
 from airavata_prefect.domain.plan import Plan
 from airavata_prefect.usecases.settings import get_settings
 
@@ -153,12 +154,14 @@ def tasks(c: ApiClient, ref: str, *, step: str | None, states: list[str], limit:
         print(json.dumps(rows, indent=2))
         return
     table = Table(title=f"{ref}: {len(rows)} task(s)")
-    for col in ("task", "state", "attempt", "exit", "reason", "resource"):
+    for col in ("task", "state", "attempt", "exit", "wall", "cpu", "memory", "reason",
+                "resource"):
         table.add_column(col, overflow="fold")
     for r in rows:
         table.add_row(r["instance_id"], r["state"], str(r["attempt"]),
                       "" if r["exit_code"] is None else str(r["exit_code"]),
-                      r.get("reason") or "", r.get("resource") or "")
+                      *usage_cells(r.get("usage")), r.get("reason") or "",
+                      r.get("resource") or "")
     out.print(table)
 
 

@@ -3,12 +3,48 @@ API's responses and the CLI's local rows (`--json` reads the same either way).""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
+from typing import Any
 
 from pydantic import BaseModel, Field
 
 from airavata_prefect.domain.pilot import AgentInfo
 from airavata_prefect.domain.records import Bundle
+from airavata_prefect.domain.usage import format_bytes
+
+
+class UsageOut(BaseModel):
+    """What an attempt used (its last one): wall and CPU seconds, peak resident memory of its
+    largest process, and the time it waited in a batch scheduler's queue."""
+
+    wall_seconds: float
+    cpu_seconds: float
+    max_rss_bytes: int
+    queue_seconds: float
+
+
+class StepUsageOut(BaseModel):
+    step: str
+    measured: int  # instances that ended with a measurement
+    wall_p50: float | None
+    wall_p90: float | None
+    cpu_p50: float | None
+    cpu_p90: float | None
+    rss_p50: int | None
+    rss_p90: int | None
+    rss_max: int | None
+    queue_p90: float | None
+
+
+def usage_cells(u: Mapping[str, Any] | None) -> tuple[str, str, str]:
+    """(wall, cpu, peak memory) of a `UsageOut` dump as a table shows them; blanks where
+    nothing was measured."""
+    if not u:
+        return "", "", ""
+    rss = int(u.get("max_rss_bytes") or 0)
+    return (f"{float(u['wall_seconds']):.2f}s", f"{float(u.get('cpu_seconds') or 0):.2f}s",
+            format_bytes(rss) if rss else "")
 
 
 class BundleOut(BaseModel):

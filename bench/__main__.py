@@ -1,7 +1,7 @@
 """Run every benchmark and print each figure beside its baseline or target.
 
 Some run alone too: `python -m bench.deployment_path`, `python -m bench.api_load [--seconds S]`,
-`python -m bench.staging [--quick]`.
+`python -m bench.staging [--quick]`, `python -m bench.usage_overhead [--n N]`.
 """
 
 from __future__ import annotations
@@ -66,10 +66,18 @@ def bench_local_run(home: Path) -> tuple[float, float]:
     assert store.tasks.state_counts(exp_id) == {"t": {"COMPLETED": N_TRUE}}
 
     graph = compile_graph(load_spec(spec), root=str(home / "bare"))
-    sched = Scheduler(graph, LocalExecutor(graph, "bare"), Recorder(lambda _b: None),
+    executor = LocalExecutor(graph, "bare")
+    sched = Scheduler(graph, executor, Recorder(lambda _b: None),
                       concurrency=settings.concurrency)
+
+    async def bare() -> bool:
+        try:
+            return (await sched.run()).ok
+        finally:
+            await executor.close()
+
     start = time.perf_counter()
-    assert asyncio.run(sched.run()).ok
+    assert asyncio.run(bare())
     return flow_s, time.perf_counter() - start
 
 
@@ -164,6 +172,14 @@ def add_pilot_rows(table: Table) -> None:
         table.add_row(*row)
 
 
+def add_usage_rows(table: Table) -> None:
+    """What measuring and storing every instance's usage costs (bench/usage_overhead.py)."""
+    from bench import usage_overhead
+
+    for row in usage_overhead.rows(usage_overhead.run()):
+        table.add_row(*row)
+
+
 def add_staging_rows(table: Table) -> None:
     """Data staging from S3: our adapter beside plain boto3 on one SeaweedFS server (started
     and stopped by bench/staging.py), and its peak RSS while it moves 1 GB."""
@@ -206,6 +222,8 @@ def main() -> None:
     table.add_row(f"placement: gap to the LP relaxation bound ({q['gap']['n']} plans, solver "
                   "limit 2 s)", f"mean {q['gap']['geomean']:.1%}", "0% = proven optimal",
                   f"worst {q['gap']['max']:.1%}")
+    for row in placement.near_optimal_rows(placement.near_optimal()):
+        table.add_row(*row)
 
     prefect = start_prefect(home)
     try:
@@ -236,6 +254,7 @@ def main() -> None:
                   f"{sl['pilot_sbatch_calls']:.0f}", "raw: 1 (one array)",
                   f"{sl['pilot_sbatch_calls']:.0f}x")
     add_pilot_rows(table)
+    add_usage_rows(table)
     add_staging_rows(table)
     add_deployment_rows(table)
     failures = add_api_load_rows(table)

@@ -42,6 +42,7 @@ class Spec:
     env: dict[str, str] = field(default_factory=dict)
     walltime_seconds: int = 0
     outputs: tuple[str, ...] = ()
+    ram_gb: float = 0.0
 
 
 async def ours(runner: AttemptRunner, ids: range, slots: int, prefix: str) -> float:

@@ -5,10 +5,11 @@ Layout under the experiment's directory on the resource (`<working_directory>/<e
     <step>/<index>/                  each instance's working directory (stdout.log, outputs)
     .bundles/<bundle>/run_one.sh     runs one instance (bash, coreutils, util-linux only)
     .bundles/<bundle>/envs.sh        builds its conda / pip environments (sourced by run_one.sh)
+    .bundles/<bundle>/measure.py     measures an instance where the host has a python3
     .bundles/<bundle>/run_all.sh     runs them all, P at a time (bare metal)
     .bundles/<bundle>/steps/<step>.sh   the step's script, its `environment` exported
     .bundles/<bundle>/tasks/<k>.sh   instance k: its variables (exported) and a few AV_ settings
-    .bundles/<bundle>/results/       k.start / k.exit markers, written by run_one.sh
+    .bundles/<bundle>/results/       k.start / k.usage / k.exit markers, written by run_one.sh
 
 and beside the experiments, `<working_directory>/.airavata-envs/` caches the environments
 instances ask for (domain/environments.py), shared by every bundle and experiment there.
@@ -21,7 +22,7 @@ from __future__ import annotations
 
 import shlex
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from airavata_prefect.domain.dag import TaskGraph, TaskInstance
@@ -34,11 +35,13 @@ from airavata_prefect.domain.instance import (
     instance_environment,
     render_script,
 )
+from airavata_prefect.domain.usage import Usage, limit_kib
 
 _HERE = Path(__file__).parent
 RUN_ONE = (_HERE / "run_one.sh").read_text().replace(
     "@PASSTHROUGH@", "|".join((*PASSTHROUGH, *(f"{p}*" for p in PASSTHROUGH_PREFIXES))))
 RUN_ALL = (_HERE / "run_all.sh").read_text()
+MEASURE = (_HERE / "measure.py").read_text()  # run by run_one.sh, never imported here
 EXECUTABLE = frozenset({"run_one.sh", "run_all.sh"})
 
 
@@ -74,7 +77,7 @@ def _array(items: Sequence[str]) -> str:
 def frame_files() -> dict[str, str]:
     """What every bundle holds besides its steps and tasks."""
     return {"run_one.sh": RUN_ONE, "run_all.sh": RUN_ALL, "envs.sh": ENVS_SH,
-            "results/.keep": ""}
+            "measure.py": MEASURE, "results/.keep": ""}
 
 
 @dataclass(frozen=True)
@@ -120,10 +123,12 @@ def environment_prelude(envs: Environments) -> str:
 
 def position_file(step: str, workdir: str, *, walltime: int | None = None,
                   keep_logs: Sequence[tuple[str, str]] = (), links: Sequence[Link] = (),
-                  env: dict[str, str] | None = None, envs: Environments | None = None) -> str:
-    """`tasks/<k>.sh`: how run_one.sh runs position k (`steps/<step>.sh` in `workdir`)."""
+                  env: dict[str, str] | None = None, envs: Environments | None = None,
+                  ram_gb: float | None = None) -> str:
+    """`tasks/<k>.sh`: how run_one.sh runs position k (`steps/<step>.sh` in `workdir`), under
+    the address-space limit of `ram_gb` (domain/usage.py) when the step asks for memory."""
     lines = [f"AV_STEP={_q(step)}", f"AV_WORKDIR={_q(workdir)}",
-             f"AV_WALLTIME={walltime or ''}",
+             f"AV_WALLTIME={walltime or ''}", f"AV_MEMORY_KIB={limit_kib(ram_gb) or ''}",
              f"AV_KEEP_LOGS={_array([f'{a}|{b}' for a, b in keep_logs])}",
              f"AV_LINKS={_array([f'{link.src}|{link.dst}' for link in links])}",
              *(envs.lines() if envs else []),
@@ -133,13 +138,13 @@ def position_file(step: str, workdir: str, *, walltime: int | None = None,
 
 def task_file(member: Member, *, experiment_id: str, workdir: str,
               walltime: int | None = None, links: Sequence[Link] = (),
-              envs: Environments | None = None) -> str:
+              envs: Environments | None = None, ram_gb: float | None = None) -> str:
     inst = member.instance
     env = instance_environment(inst, experiment_id=experiment_id, attempt=member.attempt,
                                workdir=workdir)
     return position_file(inst.step, workdir, walltime=walltime,
                          keep_logs=earlier_logs(member.attempt), links=links, env=env,
-                         envs=envs)
+                         envs=envs, ram_gb=ram_gb)
 
 
 def bundle_files(graph: TaskGraph, step: str, members: Sequence[Member], *, experiment_id: str,
@@ -150,10 +155,11 @@ def bundle_files(graph: TaskGraph, step: str, members: Sequence[Member], *, expe
     files = {**frame_files(),
              f"steps/{step}.sh": render_script(plan.script, plan.resources.environment)}
     envs = Environments(resource_cache(graph.root), plan.resources.conda, plan.resources.pip)
+    ram_gb = plan.resources.compute.ram_gb if plan.resources.compute else None
     for k, m in enumerate(members):
         files[f"tasks/{k}.sh"] = task_file(
             m, experiment_id=experiment_id, walltime=walltime, links=links, envs=envs,
-            workdir=graph.workdir(m.instance.step, m.instance.index))
+            workdir=graph.workdir(m.instance.step, m.instance.index), ram_gb=ram_gb)
     return files
 
 
@@ -163,6 +169,7 @@ class Marker:
 
     started: bool = False
     end: Exit | None = None  # set once the instance ended on its own
+    usage: Usage | None = None  # what it used, written just before its end
 
     @property
     def ended(self) -> bool:
@@ -188,22 +195,23 @@ def parse_end(line: str) -> Exit | None:
 
 
 def parse_markers(text: str) -> dict[int, Marker]:
-    """`grep -r ''` over results/: lines like `./12.start:1700000000` or `./12.exit:exit 3`."""
+    """`grep -r ''` over results/: lines like `./12.start:1700000000`, `./12.exit:exit 3` or
+    `./12.usage:wall=1.5 cpu=1.2 maxrss=2048 queue=0`."""
     out: dict[int, Marker] = {}
     for line in text.splitlines():
         name, _, value = line.partition(":")
         base = name.rsplit("/", 1)[-1]
         stem, _, kind = base.partition(".")
-        if not stem.isdigit() or kind not in ("start", "exit"):
+        if not stem.isdigit() or kind not in ("start", "exit", "usage"):
             continue
         k = int(stem)
         current = out.get(k, Marker())
         if kind == "start":
-            out[k] = Marker(True, current.end)
-            continue
-        end = parse_end(value)
-        if end is not None:  # else a half-written file: read it next time
-            out[k] = Marker(True, end)
+            out[k] = replace(current, started=True)
+        elif kind == "usage":
+            out[k] = replace(current, usage=Usage.parse(value))
+        elif (end := parse_end(value)) is not None:  # else half-written: read it next time
+            out[k] = replace(current, started=True, end=end)
     return out
 
 

@@ -24,6 +24,7 @@ from typing import NamedTuple
 
 from airavata_prefect.domain.spec import format_duration
 from airavata_prefect.domain.states import TaskState
+from airavata_prefect.domain.usage import Usage
 
 
 class Outcome(NamedTuple):
@@ -32,6 +33,7 @@ class Outcome(NamedTuple):
     state: TaskState  # COMPLETED, FAILED or CANCELED
     exit_code: int | None = None
     reason: str | None = None
+    usage: Usage | None = None  # what the attempt used, where it was measured
 
 
 @dataclass(frozen=True)

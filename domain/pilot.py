@@ -17,6 +17,7 @@ from enum import StrEnum
 from typing import Any, NamedTuple
 
 from airavata_prefect.domain.states import TERMINAL, TaskState
+from airavata_prefect.domain.usage import Usage
 
 # The step name of a bundle that starts agents on a resource rather than running a step's
 # instances (spec step names cannot start with "@").
@@ -65,11 +66,13 @@ class TaskPayload:
     env: dict[str, str] = field(default_factory=dict)  # the instance's own variables
     walltime_seconds: int | None = None
     outputs: tuple[str, ...] = ()  # relative to workdir, checked after a zero exit
+    ram_gb: float = 0.0  # the step's memory limit (0: none)
 
     def to_json(self) -> dict[str, object]:
         return {"script": self.script, "script_sha256": self.script_sha256,
                 "workdir": self.workdir, "env": dict(self.env),
-                "walltime_seconds": self.walltime_seconds, "outputs": list(self.outputs)}
+                "walltime_seconds": self.walltime_seconds, "outputs": list(self.outputs),
+                "ram_gb": self.ram_gb}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> TaskPayload:
@@ -78,7 +81,8 @@ class TaskPayload:
                    workdir=str(data["workdir"]),
                    env={str(k): str(v) for k, v in dict(data.get("env") or {}).items()},
                    walltime_seconds=int(walltime) if walltime else None,
-                   outputs=tuple(str(o) for o in data.get("outputs") or ()))
+                   outputs=tuple(str(o) for o in data.get("outputs") or ()),
+                   ram_gb=float(data.get("ram_gb") or 0.0))
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,13 +105,6 @@ class Claim:
     instance_id: str
     attempt: int
     payload: TaskPayload
-
-
-@dataclass(frozen=True, slots=True)
-class Usage:
-    wall_seconds: float = 0.0
-    cpu_seconds: float = 0.0
-    max_rss_bytes: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from airavata_prefect.domain.dag import TaskGraph
@@ -64,7 +64,7 @@ from airavata_prefect.domain.placement_model import (
 from airavata_prefect.domain.placement_start import solve_makespan
 from airavata_prefect.domain.plan import Assignment, Plan
 from airavata_prefect.domain.resources import ComputeResource
-from airavata_prefect.domain.spec import Constraints, format_duration
+from airavata_prefect.domain.spec import Constraints, format_duration, parse_duration
 
 DEFAULT_RUNTIME_S = 3600.0
 TIME_LIMIT_S = 10.0
@@ -91,7 +91,11 @@ class TaskClass:
     parent: str | None = None  # the foreach parent whose resource its instances prefer
 
 
-def task_classes(graph: TaskGraph) -> list[TaskClass]:
+def task_classes(graph: TaskGraph, learned: Mapping[str, float] | None = None
+                 ) -> list[TaskClass]:
+    """One class per step. Its runtime: the step's `estimate`; else what earlier runs of the
+    same script took (`learned`, seconds by step); else its `time`; else an hour."""
+    learned = learned or {}
     levels: dict[str, int] = {}
     out = []
     for s in graph.steps:  # topological order: parents' levels are known
@@ -101,7 +105,9 @@ def task_classes(graph: TaskGraph) -> list[TaskClass]:
         out.append(TaskClass(
             name=s.name, count=s.count, cpu=c.cpu if c else 1, gpu=c.gpu if c else 0,
             ram_gb=c.ram_gb if c else 0.0, node=c.node if c else 1,
-            runtime_s=float((c.estimate_seconds if c else None) or DEFAULT_RUNTIME_S),
+            runtime_s=float((parse_duration(c.estimate) if c and c.estimate else None)
+                            or learned.get(s.name)
+                            or (c.walltime_seconds if c else None) or DEFAULT_RUNTIME_S),
             walltime_s=c.walltime_seconds if c else None, level=levels[s.name],
             input_gb=c.input_gb if c else 0.0, storages=storages,
             parent=s.foreach[0] if s.foreach else None))

@@ -32,6 +32,9 @@ class Plan:
     solve_seconds: float = 0.0
     assignments: list[Assignment] = field(default_factory=list)
     reason: str | None = None
+    # Where each step's runtime came from, when not its own `estimate`: e.g.
+    # "p90 of 40 earlier runs of its script: 12.3 s" (placement learns from history).
+    estimates: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict:
         return asdict(self)

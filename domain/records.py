@@ -13,6 +13,7 @@ from airavata_prefect.domain.dag import TaskGraph
 from airavata_prefect.domain.plan import Plan
 from airavata_prefect.domain.spec import parse_spec_text
 from airavata_prefect.domain.states import BundleStatus, ExperimentStatus, TaskState
+from airavata_prefect.domain.usage import Usage
 
 
 def utc(value: datetime | None) -> datetime | None:
@@ -96,6 +97,7 @@ class Task:
     workdir: str
     started_at: datetime | None
     finished_at: datetime | None
+    usage: Usage | None = None  # what its last attempt used, once it ended (where measured)
 
     @classmethod
     def from_row(cls, row: Mapping[Any, Any]) -> Task:
@@ -104,7 +106,16 @@ class Task:
             step=row["step"], idx=row["idx"], state=TaskState(row["state"]),
             attempt=row["attempt"], exit_code=row["exit_code"], reason=row["reason"],
             resource=row["resource"], workdir=row["workdir"],
-            started_at=utc(row["started_at"]), finished_at=utc(row["finished_at"]))
+            started_at=utc(row["started_at"]), finished_at=utc(row["finished_at"]),
+            usage=_usage(row))
+
+
+def _usage(row: Mapping[Any, Any]) -> Usage | None:
+    if row.get("wall_seconds") is None:
+        return None
+    return Usage(wall_seconds=row["wall_seconds"], cpu_seconds=row["cpu_seconds"] or 0.0,
+                 max_rss_bytes=row["max_rss_bytes"] or 0,
+                 queue_seconds=row["queue_seconds"] or 0.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +147,7 @@ class NewTask:
     idx: int
     workdir: str
     resource: str = "local"
+    script_hash: str | None = None  # its step's script (domain/lineage.script_sha256)
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,12 +190,14 @@ class BundleEvent:
     message: str | None = None
     id: int = 0  # its order in the store (0 before it is written)
     bundle_id: str = ""
+    usage: Usage | None = None  # what the attempt used, with its end (where it was measured)
 
     @classmethod
     def from_row(cls, row: Mapping[Any, Any]) -> BundleEvent:
+        line = row.get("usage")
         return cls(position=row["position"], state=TaskState(row["state"]),
                    exit_code=row["exit_code"], message=row["message"], id=row["id"],
-                   bundle_id=row["bundle_id"])
+                   bundle_id=row["bundle_id"], usage=Usage.parse(line) if line else None)
 
 
 @dataclass(frozen=True, slots=True)

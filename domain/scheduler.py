@@ -20,6 +20,7 @@ from airavata_prefect.domain.dag import StepPlan, TaskGraph, TaskInstance
 from airavata_prefect.domain.endings import Outcome
 from airavata_prefect.domain.resources import LOCAL
 from airavata_prefect.domain.states import TERMINAL, TaskState, Transition, check_transition
+from airavata_prefect.domain.usage import Usage
 
 REMOTE_SLOTS = 1_000_000  # instances in flight per registered resource (its scheduler queues)
 
@@ -51,14 +52,14 @@ class Recorder:
         self._attempt[iid] = attempt
 
     def record(self, iid: str, to: TaskState, message: str | None = None,
-               exit_code: int | None = None) -> None:
+               exit_code: int | None = None, usage: Usage | None = None) -> None:
         current = self.state(iid)
         check_transition(iid, current, to)
         if current == TaskState.FAILED and to == TaskState.QUEUED:
             self._attempt[iid] = self._attempt.get(iid, 0) + 1
         self._state[iid] = to
         self._pending.append(Transition(iid, current, to, datetime.now(UTC),
-                                    self._attempt.get(iid, 0), message, exit_code))
+                                    self._attempt.get(iid, 0), message, exit_code, usage))
 
     async def flush(self, attempts: int = 5) -> None:
         """Write what is pending. A failed write goes back to the front of the queue and is
@@ -263,7 +264,8 @@ class Scheduler:
                 self.recorder.record(_id, state, message)
 
             outcome = await self.execute(inst, attempt, report, self.cancel)
-            self.recorder.record(inst.id, outcome.state, outcome.reason, outcome.exit_code)
+            self.recorder.record(inst.id, outcome.state, outcome.reason, outcome.exit_code,
+                                 outcome.usage)
             if outcome.state != TaskState.FAILED:
                 break
         if self.recorder.state(inst.id) not in TERMINAL:  # canceled between attempts

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
+from airavata_prefect.domain.usage import Usage
+
 
 class TaskState(StrEnum):
     CREATED = "CREATED"
@@ -95,3 +97,4 @@ class Transition:
     attempt: int = 0
     message: str | None = None
     exit_code: int | None = None
+    usage: Usage | None = None  # what the attempt used, with its terminal state

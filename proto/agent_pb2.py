@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"airavata_prefect/proto/agent.proto\x12\x11\x61iravata.agent.v1\"\xc8\x01\n\x0fRegisterRequest\x12\x10\n\x08hostname\x18\x01 \x01(\t\x12\r\n\x05\x63ores\x18\x02 \x01(\x05\x12\x14\n\x0cmemory_bytes\x18\x03 \x01(\x03\x12\x0c\n\x04gpus\x18\x04 \x01(\x05\x12\r\n\x05slots\x18\x05 \x01(\x05\x12\x15\n\rallocation_id\x18\x06 \x01(\t\x12\x1a\n\x12\x61llocation_ends_at\x18\x07 \x01(\x01\x12\x0b\n\x03pid\x18\x08 \x01(\x05\x12\x0f\n\x07version\x18\t \x01(\t\x12\x10\n\x08\x61gent_id\x18\n \x01(\t\"i\n\rRegisterReply\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x15\n\rlease_seconds\x18\x02 \x01(\x01\x12\x19\n\x11heartbeat_seconds\x18\x03 \x01(\x01\x12\x14\n\x0cidle_seconds\x18\x04 \x01(\x01\"\'\n\x05Lease\x12\x0f\n\x07item_id\x18\x01 \x01(\x03\x12\r\n\x05\x65poch\x18\x02 \x01(\x03\"u\n\x0c\x41gentMessage\x12+\n\x06\x63redit\x18\x01 \x01(\x0b\x32\x19.airavata.agent.v1.CreditH\x00\x12\x30\n\thand_back\x18\x02 \x01(\x0b\x32\x1b.airavata.agent.v1.HandBackH\x00\x42\x06\n\x04kind\"\x13\n\x06\x43redit\x12\t\n\x01n\x18\x01 \x01(\x05\"D\n\x08HandBack\x12(\n\x06leases\x18\x01 \x03(\x0b\x32\x18.airavata.agent.v1.Lease\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\xaa\x01\n\rServerMessage\x12\x33\n\nassignment\x18\x01 \x01(\x0b\x32\x1d.airavata.agent.v1.AssignmentH\x00\x12+\n\x06\x63\x61ncel\x18\x02 \x01(\x0b\x32\x19.airavata.agent.v1.CancelH\x00\x12/\n\x08shutdown\x18\x03 \x01(\x0b\x32\x1b.airavata.agent.v1.ShutdownH\x00\x42\x06\n\x04kind\"8\n\nAssignment\x12*\n\x05tasks\x18\x01 \x03(\x0b\x32\x1b.airavata.agent.v1.TaskSpec\"\xa9\x02\n\x08TaskSpec\x12\x0f\n\x07item_id\x18\x01 \x01(\x03\x12\r\n\x05\x65poch\x18\x02 \x01(\x03\x12\x15\n\rexperiment_id\x18\x03 \x01(\t\x12\x13\n\x0binstance_id\x18\x04 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x05 \x01(\x05\x12\x0e\n\x06script\x18\x06 \x01(\t\x12\x15\n\rscript_sha256\x18\x07 \x01(\t\x12\x0f\n\x07workdir\x18\x08 \x01(\t\x12\x31\n\x03\x65nv\x18\t \x03(\x0b\x32$.airavata.agent.v1.TaskSpec.EnvEntry\x12\x18\n\x10walltime_seconds\x18\n \x01(\x05\x12\x0f\n\x07outputs\x18\x0b \x03(\t\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"B\n\x06\x43\x61ncel\x12(\n\x06leases\x18\x01 \x03(\x0b\x32\x18.airavata.agent.v1.Lease\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x1a\n\x08Shutdown\x12\x0e\n\x06reason\x18\x01 \x01(\t\"I\n\x05Usage\x12\x14\n\x0cwall_seconds\x18\x01 \x01(\x01\x12\x13\n\x0b\x63pu_seconds\x18\x02 \x01(\x01\x12\x15\n\rmax_rss_bytes\x18\x03 \x01(\x03\"\xb0\x01\n\nTaskStatus\x12\'\n\x05lease\x18\x01 \x01(\x0b\x32\x18.airavata.agent.v1.Lease\x12\r\n\x05state\x18\x02 \x01(\t\x12\x16\n\texit_code\x18\x03 \x01(\x05H\x00\x88\x01\x01\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\'\n\x05usage\x18\x05 \x01(\x0b\x32\x18.airavata.agent.v1.Usage\x12\n\n\x02\x61t\x18\x06 \x01(\x01\x42\x0c\n\n_exit_code\"=\n\x0bStatusBatch\x12.\n\x07updates\x18\x01 \x03(\x0b\x32\x1d.airavata.agent.v1.TaskStatus\"9\n\x0bStatusReply\x12*\n\x08rejected\x18\x01 \x03(\x0b\x32\x18.airavata.agent.v1.Lease\"R\n\tHeartbeat\x12\x0f\n\x07running\x18\x01 \x01(\x05\x12\x0c\n\x04load\x18\x02 \x01(\x01\x12&\n\x04held\x18\x03 \x03(\x0b\x32\x18.airavata.agent.v1.Lease\"J\n\x0eHeartbeatReply\x12&\n\x04lost\x18\x01 \x03(\x0b\x32\x18.airavata.agent.v1.Lease\x12\x10\n\x08shutdown\x18\x02 \x01(\x08\"9\n\x0eStagingRequest\x12\'\n\x05lease\x18\x01 \x01(\x0b\x32\x18.airavata.agent.v1.Lease\"o\n\x0cStagingReply\x12.\n\x06inputs\x18\x01 \x03(\x0b\x32\x1e.airavata.agent.v1.StagingFile\x12/\n\x07outputs\x18\x02 \x03(\x0b\x32\x1e.airavata.agent.v1.StagingFile\"8\n\x0bStagingFile\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0b\n\x03url\x18\x02 \x01(\t\x12\x0e\n\x06sha256\x18\x03 \x01(\t\"a\n\x08LogChunk\x12\'\n\x05lease\x18\x01 \x01(\x0b\x32\x18.airavata.agent.v1.Lease\x12\x0e\n\x06stream\x18\x02 \x01(\t\x12\x0e\n\x06offset\x18\x03 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"\x18\n\x06LogAck\x12\x0e\n\x06\x63hunks\x18\x01 \x01(\x03\x32\x82\x04\n\x0c\x41gentService\x12V\n\x0eRegisterWorker\x12\".airavata.agent.v1.RegisterRequest\x1a .airavata.agent.v1.RegisterReply\x12T\n\x0bPollForTask\x12\x1f.airavata.agent.v1.AgentMessage\x1a .airavata.agent.v1.ServerMessage(\x01\x30\x01\x12R\n\x10ReportTaskStatus\x12\x1e.airavata.agent.v1.StatusBatch\x1a\x1e.airavata.agent.v1.StatusReply\x12P\n\rSendHeartbeat\x12\x1c.airavata.agent.v1.Heartbeat\x1a!.airavata.agent.v1.HeartbeatReply\x12\x44\n\x08SendLogs\x12\x1b.airavata.agent.v1.LogChunk\x1a\x19.airavata.agent.v1.LogAck(\x01\x12X\n\x12RequestDataStaging\x12!.airavata.agent.v1.StagingRequest\x1a\x1f.airavata.agent.v1.StagingReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"airavata_prefect/proto/agent.proto\x12\x11\x61iravata.agent.v1\"\xc8\x01\n\x0fRegisterRequest\x12\x10\n\x08hostname\x18\x01 \x01(\t\x12\r\n\x05\x63ores\x18\x02 \x01(\x05\x12\x14\n\x0cmemory_bytes\x18\x03 \x01(\x03\x12\x0c\n\x04gpus\x18\x04 \x01(\x05\x12\r\n\x05slots\x18\x05 \x01(\x05\x12\x15\n\rallocation_id\x18\x06 \x01(\t\x12\x1a\n\x12\x61llocation_ends_at\x18\x07 \x01(\x01\x12\x0b\n\x03pid\x18\x08 \x01(\x05\x12\x0f\n\x07version\x18\t \x01(\t\x12\x10\n\x08\x61gent_id\x18\n \x01(\t\"i\n\rRegisterReply\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x15\n\rlease_seconds\x18\x02 \x01(\x01\x12\x19\n\x11heartbeat_seconds\x18\x03 \x01(\x01\x12\x14\n\x0cidle_seconds\x18\x04 \x01(\x01\"\'\n\x05Lease\x12\x0f\n\x07item_id\x18\x01 \x01(\x03\x12\r\n\x05\x65poch\x18\x02 \x01(\x03\"u\n\x0c\x41gentMessage\x12+\n\x06\x63redit\x18\x01 \x01(\x0b\x32\x19.airavata.agent.v1.CreditH\x00\x12\x30\n\thand_back\x18\x02 \x01(\x0b\x32\x1b.airavata.agent.v1.HandBackH\x00\x42\x06\n\x04kind\"\x13\n\x06\x43redit\x12\t\n\x01n\x18\x01 \x01(\x05\"D\n\x08HandBack\x12(\n\x06leases\x18\x01 \x03(\x0b\x32\x18.airavata.agent.v1.Lease\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\xaa\x01\n\rServerMessage\x12\x33\n\nassignment\x18\x01 \x01(\x0b\x32\x1d.airavata.agent.v1.AssignmentH\x00\x12+\n\x06\x63\x61ncel\x18\x02 \x01(\x0b\x32\x19.airavata.agent.v1.CancelH\x00\x12/\n\x08shutdown\x18\x03 \x01(\x0b\x32\x1b.airavata.agent.v1.ShutdownH\x00\x42\x06\n\x04kind\"8\n\nAssignment\x12*\n\x05tasks\x18\x01 \x03(\x0b\x32\x1b.airavata.agent.v1.TaskSpec\"\xb9\x02\n\x08TaskSpec\x12\x0f\n\x07item_id\x18\x01 \x01(\x03\x12\r\n\x05\x65poch\x18\x02 \x01(\x03\x12\x15\n\rexperiment_id\x18\x03 \x01(\t\x12\x13\n\x0binstance_id\x18\x04 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x05 \x01(\x05\x12\x0e\n\x06script\x18\x06 \x01(\t\x12\x15\n\rscript_sha256\x18\x07 \x01(\t\x12\x0f\n\x07workdir\x18\x08 \x01(\t\x12\x31\n\x03\x65nv\x18\t \x03(\x0b\x32$.airavata.agent.v1.TaskSpec.EnvEntry\x12\x18\n\x10walltime_seconds\x18\n \x01(\x05\x12\x0f\n\x07outputs\x18\x0b \x03(\t\x12\x0e\n\x06ram_gb\x18\x0c \x01(\x01\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"B\n\x06\x43\x61ncel\x12(\n\x06leases\x18\x01 \x03(\x0b\x32\x18.airavata.agent.v1.Lease\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x1a\n\x08Shutdown\x12\x0e\n\x06reason\x18\x01 \x01(\t\"I\n\x05Usage\x12\x14\n\x0cwall_seconds\x18\x01 \x01(\x01\x12\x13\n\x0b\x63pu_seconds\x18\x02 \x01(\x01\x12\x15\n\rmax_rss_bytes\x18\x03 \x01(\x03\"\xb0\x01\n\nTaskStatus\x12\'\n\x05lease\x18\x01 \x01(\x0b\x32\x18.airavata.agent.v1.Lease\x12\r\n\x05state\x18\x02 \x01(\t\x12\x16\n\texit_code\x18\x03 \x01(\x05H\x00\x88\x01\x01\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\'\n\x05usage\x18\x05 \x01(\x0b\x32\x18.airavata.agent.v1.Usage\x12\n\n\x02\x61t\x18\x06 \x01(\x01\x42\x0c\n\n_exit_code\"=\n\x0bStatusBatch\x12.\n\x07updates\x18\x01 \x03(\x0b\x32\x1d.airavata.agent.v1.TaskStatus\"9\n\x0bStatusReply\x12*\n\x08rejected\x18\x01 \x03(\x0b\x32\x18.airavata.agent.v1.Lease\"R\n\tHeartbeat\x12\x0f\n\x07running\x18\x01 \x01(\x05\x12\x0c\n\x04load\x18\x02 \x01(\x01\x12&\n\x04held\x18\x03 \x03(\x0b\x32\x18.airavata.agent.v1.Lease\"J\n\x0eHeartbeatReply\x12&\n\x04lost\x18\x01 \x03(\x0b\x32\x18.airavata.agent.v1.Lease\x12\x10\n\x08shutdown\x18\x02 \x01(\x08\"9\n\x0eStagingRequest\x12\'\n\x05lease\x18\x01 \x01(\x0b\x32\x18.airavata.agent.v1.Lease\"o\n\x0cStagingReply\x12.\n\x06inputs\x18\x01 \x03(\x0b\x32\x1e.airavata.agent.v1.StagingFile\x12/\n\x07outputs\x18\x02 \x03(\x0b\x32\x1e.airavata.agent.v1.StagingFile\"8\n\x0bStagingFile\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0b\n\x03url\x18\x02 \x01(\t\x12\x0e\n\x06sha256\x18\x03 \x01(\t\"a\n\x08LogChunk\x12\'\n\x05lease\x18\x01 \x01(\x0b\x32\x18.airavata.agent.v1.Lease\x12\x0e\n\x06stream\x18\x02 \x01(\t\x12\x0e\n\x06offset\x18\x03 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"\x18\n\x06LogAck\x12\x0e\n\x06\x63hunks\x18\x01 \x01(\x03\x32\x82\x04\n\x0c\x41gentService\x12V\n\x0eRegisterWorker\x12\".airavata.agent.v1.RegisterRequest\x1a .airavata.agent.v1.RegisterReply\x12T\n\x0bPollForTask\x12\x1f.airavata.agent.v1.AgentMessage\x1a .airavata.agent.v1.ServerMessage(\x01\x30\x01\x12R\n\x10ReportTaskStatus\x12\x1e.airavata.agent.v1.StatusBatch\x1a\x1e.airavata.agent.v1.StatusReply\x12P\n\rSendHeartbeat\x12\x1c.airavata.agent.v1.Heartbeat\x1a!.airavata.agent.v1.HeartbeatReply\x12\x44\n\x08SendLogs\x12\x1b.airavata.agent.v1.LogChunk\x1a\x19.airavata.agent.v1.LogAck(\x01\x12X\n\x12RequestDataStaging\x12!.airavata.agent.v1.StagingRequest\x1a\x1f.airavata.agent.v1.StagingReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -50,35 +50,35 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ASSIGNMENT']._serialized_start=791
   _globals['_ASSIGNMENT']._serialized_end=847
   _globals['_TASKSPEC']._serialized_start=850
-  _globals['_TASKSPEC']._serialized_end=1147
-  _globals['_TASKSPEC_ENVENTRY']._serialized_start=1105
-  _globals['_TASKSPEC_ENVENTRY']._serialized_end=1147
-  _globals['_CANCEL']._serialized_start=1149
-  _globals['_CANCEL']._serialized_end=1215
-  _globals['_SHUTDOWN']._serialized_start=1217
-  _globals['_SHUTDOWN']._serialized_end=1243
-  _globals['_USAGE']._serialized_start=1245
-  _globals['_USAGE']._serialized_end=1318
-  _globals['_TASKSTATUS']._serialized_start=1321
-  _globals['_TASKSTATUS']._serialized_end=1497
-  _globals['_STATUSBATCH']._serialized_start=1499
-  _globals['_STATUSBATCH']._serialized_end=1560
-  _globals['_STATUSREPLY']._serialized_start=1562
-  _globals['_STATUSREPLY']._serialized_end=1619
-  _globals['_HEARTBEAT']._serialized_start=1621
-  _globals['_HEARTBEAT']._serialized_end=1703
-  _globals['_HEARTBEATREPLY']._serialized_start=1705
-  _globals['_HEARTBEATREPLY']._serialized_end=1779
-  _globals['_STAGINGREQUEST']._serialized_start=1781
-  _globals['_STAGINGREQUEST']._serialized_end=1838
-  _globals['_STAGINGREPLY']._serialized_start=1840
-  _globals['_STAGINGREPLY']._serialized_end=1951
-  _globals['_STAGINGFILE']._serialized_start=1953
-  _globals['_STAGINGFILE']._serialized_end=2009
-  _globals['_LOGCHUNK']._serialized_start=2011
-  _globals['_LOGCHUNK']._serialized_end=2108
-  _globals['_LOGACK']._serialized_start=2110
-  _globals['_LOGACK']._serialized_end=2134
-  _globals['_AGENTSERVICE']._serialized_start=2137
-  _globals['_AGENTSERVICE']._serialized_end=2651
+  _globals['_TASKSPEC']._serialized_end=1163
+  _globals['_TASKSPEC_ENVENTRY']._serialized_start=1121
+  _globals['_TASKSPEC_ENVENTRY']._serialized_end=1163
+  _globals['_CANCEL']._serialized_start=1165
+  _globals['_CANCEL']._serialized_end=1231
+  _globals['_SHUTDOWN']._serialized_start=1233
+  _globals['_SHUTDOWN']._serialized_end=1259
+  _globals['_USAGE']._serialized_start=1261
+  _globals['_USAGE']._serialized_end=1334
+  _globals['_TASKSTATUS']._serialized_start=1337
+  _globals['_TASKSTATUS']._serialized_end=1513
+  _globals['_STATUSBATCH']._serialized_start=1515
+  _globals['_STATUSBATCH']._serialized_end=1576
+  _globals['_STATUSREPLY']._serialized_start=1578
+  _globals['_STATUSREPLY']._serialized_end=1635
+  _globals['_HEARTBEAT']._serialized_start=1637
+  _globals['_HEARTBEAT']._serialized_end=1719
+  _globals['_HEARTBEATREPLY']._serialized_start=1721
+  _globals['_HEARTBEATREPLY']._serialized_end=1795
+  _globals['_STAGINGREQUEST']._serialized_start=1797
+  _globals['_STAGINGREQUEST']._serialized_end=1854
+  _globals['_STAGINGREPLY']._serialized_start=1856
+  _globals['_STAGINGREPLY']._serialized_end=1967
+  _globals['_STAGINGFILE']._serialized_start=1969
+  _globals['_STAGINGFILE']._serialized_end=2025
+  _globals['_LOGCHUNK']._serialized_start=2027
+  _globals['_LOGCHUNK']._serialized_end=2124
+  _globals['_LOGACK']._serialized_start=2126
+  _globals['_LOGACK']._serialized_end=2150
+  _globals['_AGENTSERVICE']._serialized_start=2153
+  _globals['_AGENTSERVICE']._serialized_end=2667
 # @@protoc_insertion_point(module_scope)

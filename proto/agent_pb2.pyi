@@ -89,7 +89,7 @@ class Assignment(_message.Message):
     def __init__(self, tasks: _Optional[_Iterable[_Union[TaskSpec, _Mapping]]] = ...) -> None: ...
 
 class TaskSpec(_message.Message):
-    __slots__ = ("item_id", "epoch", "experiment_id", "instance_id", "attempt", "script", "script_sha256", "workdir", "env", "walltime_seconds", "outputs")
+    __slots__ = ("item_id", "epoch", "experiment_id", "instance_id", "attempt", "script", "script_sha256", "workdir", "env", "walltime_seconds", "outputs", "ram_gb")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -108,6 +108,7 @@ class TaskSpec(_message.Message):
     ENV_FIELD_NUMBER: _ClassVar[int]
     WALLTIME_SECONDS_FIELD_NUMBER: _ClassVar[int]
     OUTPUTS_FIELD_NUMBER: _ClassVar[int]
+    RAM_GB_FIELD_NUMBER: _ClassVar[int]
     item_id: int
     epoch: int
     experiment_id: str
@@ -119,7 +120,8 @@ class TaskSpec(_message.Message):
     env: _containers.ScalarMap[str, str]
     walltime_seconds: int
     outputs: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, item_id: _Optional[int] = ..., epoch: _Optional[int] = ..., experiment_id: _Optional[str] = ..., instance_id: _Optional[str] = ..., attempt: _Optional[int] = ..., script: _Optional[str] = ..., script_sha256: _Optional[str] = ..., workdir: _Optional[str] = ..., env: _Optional[_Mapping[str, str]] = ..., walltime_seconds: _Optional[int] = ..., outputs: _Optional[_Iterable[str]] = ...) -> None: ...
+    ram_gb: float
+    def __init__(self, item_id: _Optional[int] = ..., epoch: _Optional[int] = ..., experiment_id: _Optional[str] = ..., instance_id: _Optional[str] = ..., attempt: _Optional[int] = ..., script: _Optional[str] = ..., script_sha256: _Optional[str] = ..., workdir: _Optional[str] = ..., env: _Optional[_Mapping[str, str]] = ..., walltime_seconds: _Optional[int] = ..., outputs: _Optional[_Iterable[str]] = ..., ram_gb: _Optional[float] = ...) -> None: ...
 
 class Cancel(_message.Message):
     __slots__ = ("leases", "reason")

@@ -5,7 +5,8 @@
 # $AIRAVATA_HOME/slurm). Clients need `export SLURM_CONF=$SLURM_DIR/etc/slurm.conf` (`env` prints
 # it). Settings that matter are explained in ../shared/COMPONENTS.md:
 #   CPUS      CPUs the node advertises (default 16; more than the machine has, for throughput)
-#   MEM_MB    memory the node advertises (default 4096 per CPU)
+#   MEM_MB    memory the node advertises (default 4096 per CPU; config_overrides lets it exceed
+#             what `slurmd -C` finds); a job without --mem gets its CPUs' share of it
 #   REST_PORT slurmrestd port (default: none started); it runs as `nobody` with JWT auth.
 set -euo pipefail
 home=${AIRAVATA_HOME:-$HOME/.airavata}
@@ -29,6 +30,8 @@ write_config() {
   local ctld_port d_port mem
   ctld_port=$(free_port); d_port=$(free_port)
   mem=${MEM_MB:-$(( cpus * 4096 ))}
+  # Memory is enforced without cgroups (none here): jobacct_gather/linux samples each step's
+  # processes every second and OverMemoryKill ends a step over its --mem (OUT_OF_MEMORY).
   cat >"$conf" <<CONF
 ClusterName=airavata
 SlurmctldHost=localhost(127.0.0.1)
@@ -51,7 +54,10 @@ ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
-DefMemPerCPU=256
+DefMemPerCPU=$(( mem / cpus ))
+JobAcctGatherType=jobacct_gather/linux
+JobAcctGatherParams=OverMemoryKill
+JobAcctGatherFrequency=task=1
 SchedulerType=sched/backfill
 SchedulerParameters=batch_sched_delay=0,sched_min_interval=0
 AccountingStorageType=accounting_storage/none

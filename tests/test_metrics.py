@@ -180,8 +180,16 @@ def test_figures_move_as_experiments_run(served: tuple[ApiServer, Store], tmp_pa
                  status="200") == 2  # the two scrapes before (this one counts once it answered)
     seen = {v for _, ls in moved for _, v in ls}
     assert not any(done in v or live[:8] in v for v in seen), seen
+    # `done`'s four instances ended on `local`: the duration histogram counted them.
+    assert value(moved, "airavata_instance_duration_seconds_count", resource="local") == 4
+    assert value(moved, "airavata_instance_duration_seconds_bucket", resource="local",
+                 le="+Inf") == 4
+    assert 0 < (value(moved, "airavata_instance_duration_seconds_sum", resource="local")
+                or 0) < 60
+    assert not labels_of(moved, "airavata_instance_running_seconds", "instance")
     # The Grafana dashboard asks only for series this server exports.
-    assert _dashboard_series() <= {name for name, _ in moved}
+    assert _dashboard_series() <= {name for name, _ in moved} | {
+        "airavata_instance_running_seconds"}  # (present while something runs: below)
 
     # The queue drained, the agent gone, the bundle ended: their series read 0, not nothing.
     leased = store.pilot.claim("agent-1", "hpc", [live], 10, 60.0)
@@ -192,6 +200,18 @@ def test_figures_move_as_experiments_run(served: tuple[ApiServer, Store], tmp_pa
     assert value(drained, "airavata_queue_depth", resource="hpc") == 0
     assert value(drained, "airavata_agents_active", resource="hpc") == 0
     assert value(drained, "airavata_bundles_active", resource="slurm", status="SUBMITTED") == 0
+
+    # A running instance has a series of its own while it runs, named by its owner.
+    store.tasks.apply_transitions(live, [
+        Transition("greet[0]", a, b, at=utcnow()) for a, b in (
+            (TaskState.QUEUED, TaskState.DATA_STAGING), (TaskState.DATA_STAGING,
+                                                         TaskState.ENV_SETUP),
+            (TaskState.ENV_SETUP, TaskState.RUNNING))])
+    running = scrape(api)
+    took = value(running, "airavata_instance_running_seconds", experiment=live, step="greet",
+                 instance="greet[0]", user=ADMIN, resource="local")
+    assert took is not None and 0 <= took < 60
+    assert len(labels_of(running, "airavata_instance_running_seconds", "instance")) == 1
 
 
 def test_a_token_guards_metrics_once_set(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -388,13 +408,15 @@ def test_read_store_counts_from_indexes(store: Store) -> None:
         instances={"CREATED": 2, "QUEUED": 1}, experiments={"RUNNING": 1, "FAILED": 1},
         queued={"hpc": 1}, bundles={"slurm": {"CREATED": 1}}, agents={"hpc": (1, 2)},
         staging=[CacheTotals("slurm", hits=3, bytes_saved=7)])
-    assert len(statements) == 6
+    assert len(statements) == 8
     if store.engine.dialect.name == "sqlite":  # PostgreSQL plans by its statistics
         with store.engine.connect() as conn:
             for sql in statements:
                 plan = [row[-1] for row in conn.exec_driver_sql(
                     "EXPLAIN QUERY PLAN " + sql, tuple(["?"] * sql.count("?")))]
-                bare = [p for p in plan if p.startswith("SCAN ") and " INDEX " not in p]
+                # (the histogram's table is read whole: a row per resource and bucket)
+                bare = [p for p in plan if p.startswith("SCAN ") and " INDEX " not in p
+                        and p != "SCAN instance_durations"]
                 assert not bare, (sql, plan)
 
 

@@ -27,6 +27,7 @@ class Spec:
     env: dict[str, str] = field(default_factory=dict)
     walltime_seconds: int = 0
     outputs: tuple[str, ...] = ()
+    ram_gb: float = 0.0
 
     @property
     def script_sha256(self) -> str:
@@ -240,3 +241,13 @@ def test_many_short_attempts_on_two_slots_all_complete(tmp_path: Path) -> None:
     assert len(os.listdir(tmp_path / SCRIPTS_DIR)) == 1
     print(f"\n{n} x true on {slots} slots: {n / elapsed:,.0f}/s "
           "(python -m bench.pilot_exec_rate compares with xargs)")
+
+
+def test_ram_gb_is_enforced_on_an_agent_and_the_reason_names_memory(tmp_path: Path) -> None:
+    big, usage = run(Spec("python3 -c \"b = b'x' * (600 * 2**20)\"", ram_gb=0.25), tmp_path)
+    assert big.state == TaskState.FAILED and big.reason is not None
+    assert big.reason.startswith("out of memory: exceeded ram_gb 0.25"), big.reason
+    fits, usage = run(Spec("python3 -c \"b = b'x' * (100 * 2**20)\"", ram_gb=0.25,
+                           workdir="exp/step/1"), tmp_path)
+    assert fits.state == TaskState.COMPLETED, fits
+    assert usage.max_rss_bytes >= 100 * 2 ** 20

@@ -25,14 +25,23 @@ def run(text: str, root: Path, *, concurrency: int = 2, cancel_after: float | No
     graph = compile_graph(parse_spec_text(textwrap.dedent(text), "t.yml"), root=str(root))
     changes: list[Transition] = []
     recorder = Recorder(changes.extend, interval=0.05)
-    sched = Scheduler(graph, LocalExecutor(graph, "exp"), recorder, concurrency=concurrency)
+    executor = LocalExecutor(graph, "exp")
+    sched = Scheduler(graph, executor, recorder, concurrency=concurrency)
 
     async def main() -> Summary:
         if cancel_after is not None:
             asyncio.get_running_loop().call_later(cancel_after, sched.request_cancel)
-        return await sched.run()
+        return await closing(sched, executor)
 
     return asyncio.run(main()), changes, graph
+
+
+async def closing(sched: Scheduler, executor: LocalExecutor) -> Summary:
+    """Run, then stop the executor's spawning process (as usecases/run.py does)."""
+    try:
+        return await sched.run()
+    finally:
+        await executor.close()
 
 
 def final(changes: list[Transition]) -> dict[str, str]:
@@ -186,9 +195,9 @@ def test_a_failing_store_write_is_retried_not_lost(tmp_path: Path) -> None:
             raise OSError("database is locked")
         written.extend(batch)
 
-    sched = Scheduler(graph, LocalExecutor(graph, "exp"), Recorder(flaky_sink, interval=0.05),
-                      concurrency=1)
-    assert asyncio.run(sched.run()).ok
+    executor = LocalExecutor(graph, "exp")
+    sched = Scheduler(graph, executor, Recorder(flaky_sink, interval=0.05), concurrency=1)
+    assert asyncio.run(closing(sched, executor)).ok
     assert [c.to_state for c in written] == [S.QUEUED, S.DATA_STAGING, S.ENV_SETUP, S.RUNNING,
                                              S.OUTPUT_STAGING, S.COMPLETED]
 
@@ -200,8 +209,8 @@ def test_a_store_that_stays_down_fails_the_run(tmp_path: Path) -> None:
     def down(batch: list[Transition]) -> None:
         raise OSError("database is down")
 
-    sched = Scheduler(graph, LocalExecutor(graph, "exp"), Recorder(down, interval=0.05),
-                      concurrency=1)
+    executor = LocalExecutor(graph, "exp")
+    sched = Scheduler(graph, executor, Recorder(down, interval=0.05), concurrency=1)
     with pytest.raises(OSError, match="database is down"):
-        asyncio.run(sched.run())
+        asyncio.run(closing(sched, executor))
     assert len(sched.recorder._pending) == 6  # kept, in order, for whoever retries

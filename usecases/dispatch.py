@@ -252,8 +252,8 @@ class RemoteExecutor:
             w = bundle.waiters[e.position]
             if w.future.done():
                 continue
-            if e.state in TERMINAL:
-                w.future.set_result(Outcome(e.state, e.exit_code, e.message))
+            if e.state in TERMINAL:  # with what it used, where its worker measured it
+                w.future.set_result(Outcome(e.state, e.exit_code, e.message, e.usage))
             elif _RANK.get(e.state, 0) > _RANK.get(w.state, 0):  # (seen by an earlier run)
                 w.state = e.state
                 w.report(e.state, e.message)

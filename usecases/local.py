@@ -12,14 +12,15 @@ becomes a state through domain/endings.py.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
+import shutil
 import signal
 import sys
 import threading
 import warnings
 from pathlib import Path
 
+from airavata_prefect.adapters.spawner import Spawned, Spawner, SpawnerGone
 from airavata_prefect.domain.dag import TaskGraph, TaskInstance
 from airavata_prefect.domain.endings import Exit, Outcome, judge
 from airavata_prefect.domain.environments import describe
@@ -32,6 +33,7 @@ from airavata_prefect.domain.instance import (
 )
 from airavata_prefect.domain.scheduler import Report
 from airavata_prefect.domain.states import TaskState
+from airavata_prefect.domain.usage import limited_argv, memory_failure
 from airavata_prefect.usecases import conda_envs, pip_envs
 from airavata_prefect.usecases.conda_envs import CondaEnvironments
 from airavata_prefect.usecases.env_cache import EnvironmentFailed
@@ -90,6 +92,8 @@ class LocalExecutor:
         self.envs = envs
         self.conda = conda
         self.base_env = host_environment(os.environ)
+        self.bash = shutil.which("bash", path=self.base_env["PATH"]) or "bash"
+        self.spawner = Spawner()
         self._scripts: dict[str, str] = {}
 
     def _script(self, step: str) -> str:
@@ -144,36 +148,55 @@ class LocalExecutor:
             env = await self._environments(env, conda, pip)
         except EnvironmentFailed as exc:
             return Outcome(TaskState.FAILED, None, f"environment: {exc}")
-        walltime = plan.resources.compute.walltime_seconds if plan.resources.compute else None
+        compute = plan.resources.compute
+        walltime = compute.walltime_seconds if compute else None
+        ram_gb = compute.ram_gb if compute else None
         report(TaskState.RUNNING, None)
-        fds: list[int] = []
         try:
-            fds = [os.open(workdir / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-                   for name in LOGS]
-            proc = await asyncio.create_subprocess_exec(
-                "bash", script_path, cwd=workdir, env=env, stdin=asyncio.subprocess.DEVNULL,
-                stdout=fds[0], stderr=fds[1], start_new_session=True)
+            proc = await self.spawner.spawn(
+                limited_argv(self.bash, script_path, ram_gb), cwd=workdir, env=env,
+                stdout=LOGS[0], stderr=LOGS[1])
         except OSError as exc:
             return Outcome(TaskState.FAILED, None, f"cannot start bash: {exc}")
-        finally:
-            for fd in fds:
-                os.close(fd)
-        ended = await _wait(proc, cancel, walltime)
-        end = Exit.of_returncode(proc.returncode)
+        except SpawnerGone as exc:
+            return Outcome(TaskState.FAILED, None, str(exc))
+        try:
+            ended = await _wait(proc, cancel, walltime)
+            result = await proc.ended
+        except SpawnerGone as exc:
+            return Outcome(TaskState.FAILED, None, str(exc))
+        end = Exit.of_returncode(result.returncode)
         if ended == "timeout":
             end = Exit(end.code, end.signal, timed_out=True)
+        elif ended == "exit" and end != Exit(code=0):
+            why = memory_failure(ram_gb, stderr_tail(workdir / LOGS[1]), result.usage)
+            if why:
+                end = Exit(end.code, end.signal, failure=why)
         missing: list[str] = []
         if end.code == 0 and ended == "exit":
             report(TaskState.OUTPUT_STAGING, None)
             missing = [f"{k}={v}" for k, v in inst.outputs.items() if not os.path.exists(v)]
         return judge(end, missing=missing, cancel_requested=ended == "cancel",
-                     walltime=walltime)
+                     walltime=walltime)._replace(usage=result.usage)
+
+    async def close(self) -> None:
+        """Stop the spawning process (anything of ours still running there is killed)."""
+        await self.spawner.close()
 
 
-async def _wait(proc: asyncio.subprocess.Process, cancel: asyncio.Event,
-                walltime: int | None) -> str:
-    waiter = asyncio.ensure_future(proc.wait())
-    canceller = asyncio.ensure_future(cancel.wait())
+def stderr_tail(path: Path, limit: int = 4096) -> str:
+    """The end of an instance's stderr (where a program says memory ran out)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - limit))
+            return f.read().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+async def _wait(proc: Spawned, cancel: asyncio.Event, walltime: int | None) -> str:
+    canceller: asyncio.Future[object] = asyncio.ensure_future(cancel.wait())
+    waiter: asyncio.Future[object] = asyncio.shield(proc.ended)
     try:
         done, _ = await asyncio.wait({waiter, canceller}, timeout=walltime,
                                      return_when=asyncio.FIRST_COMPLETED)
@@ -182,17 +205,15 @@ async def _wait(proc: asyncio.subprocess.Process, cancel: asyncio.Event,
     if waiter in done:
         return "exit"
     await _kill_group(proc)
-    waiter.cancel()
     return "cancel" if cancel.is_set() else "timeout"
 
 
-async def _kill_group(proc: asyncio.subprocess.Process) -> None:
+async def _kill_group(proc: Spawned) -> None:
     """SIGTERM the instance's process group, SIGKILL what is left after a grace period."""
     for sig, grace in ((signal.SIGTERM, KILL_GRACE_SECONDS), (signal.SIGKILL, None)):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, sig)
+        proc.signal_group(sig)
         try:
-            await asyncio.wait_for(proc.wait(), grace)
+            await asyncio.wait_for(asyncio.shield(proc.ended), grace)
             return
         except TimeoutError:
             continue

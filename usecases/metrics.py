@@ -6,7 +6,10 @@ Every query is an aggregate read from an index (adapters/store/schema.py): insta
 the experiments not yet ended, found through the experiments' status index, then each one's
 (experiment, step, state) index; the pilot queue from the claim index; bundles and agents from
 their status indexes; staging totals are one row per resource. Labels are bounded: states,
-statuses, resource names, the four outside systems; never an experiment, instance or user.
+statuses, resource names, the four outside systems; never an experiment, instance or user,
+except in the per-running-instance gauge, which holds running instances only (at most
+MAX_RUNNING_SERIES) so its series end with them. Instance durations are a histogram whose bucket
+counts the store keeps as instances end (adapters/store/durations.py), never recounted.
 
 A resource once seen keeps its per-resource series (at 0 once drained) for the life of the
 process, so a queue that empties reads 0 rather than vanishing."""
@@ -15,23 +18,36 @@ from __future__ import annotations
 
 import hmac
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from airavata_prefect.adapters.store import Store
+from airavata_prefect.adapters.store.durations import Histogram
 from airavata_prefect.adapters.store.staging import CacheTotals
+from airavata_prefect.domain.records import Task
 from airavata_prefect.domain.states import BUNDLE_ENDED, BundleStatus, ExperimentStatus, TaskState
+from airavata_prefect.domain.usage import DURATION_BUCKETS
 from airavata_prefect.usecases import health
 from airavata_prefect.usecases.runtime import Runtime
 from airavata_prefect.usecases.settings import Settings
 
 log = logging.getLogger("airavata.metrics")
 PROBE_SECONDS = 10.0  # reachability is checked at most this often (a scrape in between reuses it)
+# Per-running-instance series are bounded: a sweep of 100,000 running instances shows the
+# first this many (their states and the histogram still count every one).
+MAX_RUNNING_SERIES = 1000
 BUNDLE_ACTIVE = tuple(str(s) for s in BundleStatus if s not in BUNDLE_ENDED)
 
 
@@ -45,19 +61,48 @@ class StoreFigures:
     bundles: dict[str, dict[str, int]]  # {resource: {status: n}} of the bundles not ended
     agents: dict[str, tuple[int, int]]  # {resource: (active agents, their slots)}
     staging: list[CacheTotals]  # per resource
+    durations: list[Histogram] = field(default_factory=list)  # per resource, kept as they end
+    running: list[tuple[Task, str | None]] = field(default_factory=list)  # (instance, owner)
 
     def resources(self) -> set[str]:
-        return {*self.queued, *self.bundles, *self.agents, *(t.resource for t in self.staging)}
+        return {*self.queued, *self.bundles, *self.agents, *(t.resource for t in self.staging),
+                *(h.resource for h in self.durations)}
 
 
 def read_store(store: Store) -> StoreFigures:
-    """Six aggregate queries, each served by an index."""
+    """Eight queries, each served by an index; the running instances are bounded."""
     return StoreFigures(instances=store.tasks.live_state_counts(),
                         experiments=store.experiments.status_counts(),
                         queued=store.pilot.ready_by_resource(),
                         bundles=store.bundles.active_by_resource(),
                         agents=store.pilot.active_agents_by_resource(),
-                        staging=store.staging.totals())
+                        staging=store.staging.totals(),
+                        durations=store.tasks.durations(),
+                        running=store.tasks.running(MAX_RUNNING_SERIES))
+
+
+def usage_families(figures: StoreFigures, now: datetime | None = None) -> list[Metric]:
+    """How long ended instances took (a histogram per resource), and how long each running
+    one has run so far (one series per running instance: gone when it ends)."""
+    durations = HistogramMetricFamily(
+        "airavata_instance_duration_seconds", "Wall time of ended task instances (their last "
+        "attempt), by the resource they ran on", labels=["resource"])
+    for h in figures.durations:
+        cumulative, buckets = 0, []
+        for bound, n in zip((*DURATION_BUCKETS, math.inf), h.counts, strict=True):
+            cumulative += n
+            buckets.append(("+Inf" if bound == math.inf else f"{bound:g}", cumulative))
+        durations.add_metric([h.resource], buckets, sum_value=h.seconds)
+    running = GaugeMetricFamily(
+        "airavata_instance_running_seconds", "How long each running task instance has run "
+        f"(running ones only, at most {MAX_RUNNING_SERIES})",
+        labels=["experiment", "step", "instance", "user", "resource"])
+    now = now or datetime.now(UTC)
+    for task, owner in figures.running:
+        since = task.started_at or now
+        running.add_metric([task.experiment_id, task.step, task.instance_id, owner or "",
+                            task.resource or "local"], max(0.0, (now - since).total_seconds()))
+    return [durations, running]
 
 
 def store_families(figures: StoreFigures, resources: Iterable[str] = ()) -> list[Metric]:
@@ -159,6 +204,7 @@ class StoreCollector(Collector):
                 self._seen |= figures.resources()
                 seen = set(self._seen)
             yield from store_families(figures, seen)
+            yield from usage_families(figures)
         yield from dependency_families(self._probe())
 
 

@@ -149,6 +149,7 @@ class PilotExecutor:
         return TaskPayload(script=script, script_sha256=sha,
                            workdir=os.path.relpath(workdir, self.root), env=env,
                            walltime_seconds=walltime,
+                           ram_gb=plan.resources.compute.ram_gb if plan.resources.compute else 0.0,
                            outputs=tuple(os.path.relpath(v, workdir)
                                          for v in inst.outputs.values()))
 
@@ -292,7 +293,7 @@ class PilotExecutor:
         if e.state in TERMINAL:
             if e.state == TaskState.COMPLETED:
                 self._advance(w, TaskState.OUTPUT_STAGING)
-            w.future.set_result(Outcome(e.state, e.exit_code, e.message))
+            w.future.set_result(Outcome(e.state, e.exit_code, e.message, e.usage))
         else:
             self._advance(w, e.state, e.message)
 

@@ -8,8 +8,16 @@ from pathlib import Path
 from typing import NamedTuple
 
 from airavata_prefect.domain.pilot import AgentInfo
-from airavata_prefect.domain.records import AuditEntry, Bundle, Experiment, Task, TaskEvent
+from airavata_prefect.domain.records import (
+    AuditEntry,
+    Bundle,
+    Experiment,
+    Task,
+    TaskEvent,
+    load_graph,
+)
 from airavata_prefect.domain.states import TaskState
+from airavata_prefect.domain.usage import StepUsage, step_usage
 from airavata_prefect.usecases.authorization import allowed, require
 from airavata_prefect.usecases.context import Context
 from airavata_prefect.usecases.errors import BadInput
@@ -44,6 +52,16 @@ def tasks(ctx: Context, ref: str, *, step: str | None = None,
     if step and not rows and step not in ctx.store.tasks.state_counts(exp.id):
         raise BadInput(f"experiment {exp.short_id} has no step {step!r}")
     return rows
+
+
+def usage(ctx: Context, ref: str) -> list[StepUsage]:
+    """Per step, in the graph's order: what its measured instances used (p50, p90, peak)."""
+    exp = experiment(ctx, ref)
+    by_step = ctx.store.tasks.usage_by_step(exp.id)
+    steps = list(ctx.store.tasks.state_counts(exp.id))
+    order = {s.name: i for i, s in enumerate(load_graph(exp).steps)}
+    steps.sort(key=lambda s: order.get(s, len(order)))
+    return [step_usage(s, by_step.get(s, [])) for s in steps]
 
 
 def failed_tasks(ctx: Context, exp: Experiment, limit: int = 10) -> list[Task]:

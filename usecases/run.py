@@ -35,7 +35,7 @@ from airavata_prefect.domain.states import (
     Transition,
     summarize,
 )
-from airavata_prefect.usecases import agent_starters, lineage
+from airavata_prefect.usecases import agent_starters, events, lineage
 from airavata_prefect.usecases.catalog import load_compute
 from airavata_prefect.usecases.conda_envs import CondaEnvironments
 from airavata_prefect.usecases.dispatch import BUNDLE_FLOW, RemoteExecutor, Routing
@@ -83,6 +83,7 @@ def claim(store: Store, experiment_id: str, flow_run_id: str | None,
             message = f"its orchestrator crashed {exp.resumes + 1} times; not resumed again"
             store.experiments.update(exp.id, status=ExperimentStatus.FAILED, message=message,
                                      expect=[exp.status])
+            events.experiment_ended(exp, ExperimentStatus.FAILED, message)
             raise NotWaiting(f"experiment {experiment_id}: {message}")
     raise NotWaiting(f"experiment {experiment_id} is not waiting to run (status "
                      f"{exp.status})")
@@ -149,6 +150,7 @@ async def execute(store: Store, claimed: Claimed, settings: Settings, hooks: Hoo
                   flow_run_id: str | None) -> tuple[ExperimentStatus, str, Summary]:
     """Run every instance to its end and store the experiment's status."""
     exp, graph = claimed.experiment, claimed.graph
+    events.experiment_running(exp, resumed_from=claimed.resumed_from)
     point = (resume_point(store, exp) if claimed.resumed_from or claimed.rerun
              else ResumePoint(Resume(), [], []))
     resume, adopt = point.resume, point.bundles
@@ -164,8 +166,9 @@ async def execute(store: Store, claimed: Claimed, settings: Settings, hooks: Hoo
     launch = prefect_api.FlowRuns(BUNDLE_FLOW, {"experiment_id": exp.id})
     pilot_blocks = await pilot_resources(placed)
     mounts = LocalMounts(store, settings, exp, graph)
-    local: Executor = LocalExecutor(graph, exp.id, mounts, PipEnvironments(settings),
-                                    CondaEnvironments(settings))
+    here = LocalExecutor(graph, exp.id, mounts, PipEnvironments(settings),
+                         CondaEnvironments(settings))
+    local: Executor = here
     pilot: PilotExecutor | None = None
     local_items = any(i.resource == LOCAL for i in point.items)
     if settings.local_mode == "pilot" or point.items or pilot_blocks:
@@ -205,6 +208,7 @@ async def execute(store: Store, claimed: Claimed, settings: Settings, hooks: Hoo
 
     def sink(batch: list[Transition]) -> None:
         store.tasks.apply_transitions(exp.id, batch)
+        events.instance_events(exp, batch)  # after the write (never raises)
 
     scheduler = Scheduler(
         graph, executor, Recorder(sink),
@@ -216,12 +220,14 @@ async def execute(store: Store, claimed: Claimed, settings: Settings, hooks: Hoo
         summary = await scheduler.run()
     finally:
         mounts.close()
+        await here.close()
         if remote is not None:
             await remote.close()
         if pilot is not None:
             await pilot.close()
     status, text = final_status(summary)
     store.experiments.update(exp.id, status=status, message=text)
+    events.experiment_ended(exp, status, text, summary.totals())
     return status, text, summary
 
 

@@ -10,14 +10,16 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+from airavata_prefect.domain.lineage import script_sha256
 from airavata_prefect.domain.plan import Plan, expand
 from airavata_prefect.domain.records import NewTask
 from airavata_prefect.domain.resources import LOCAL, ComputeResource, local_resource
 from airavata_prefect.domain.spec import LoadedSpec, parse_mount
+from airavata_prefect.usecases import events
 from airavata_prefect.usecases.authorization import audit, ensure_project, require
 from airavata_prefect.usecases.context import Context
 from airavata_prefect.usecases.errors import BadInput, NoPlacement, Unavailable
-from airavata_prefect.usecases.plan import compile_file, plan_experiment
+from airavata_prefect.usecases.plan import compile_file, learned_runtimes, plan_experiment
 
 
 def _uses_prefect() -> bool:
@@ -102,7 +104,8 @@ def submit(ctx: Context, path: str | Path | LoadedSpec, params: list[str], *,
             raise BadInput(f"compute resource {compute!r} is not one you may use (yours: "
                            f"{', '.join(sorted(r.name for r in pool))})")
         pool = pinned
-    plan: Plan = plan_experiment(loaded, graph, pool, user=ctx.user)
+    plan: Plan = plan_experiment(loaded, graph, pool, user=ctx.user,
+                                 learned=learned_runtimes(ctx.store.tasks.runtimes, graph))
     if plan.status == "infeasible":
         raise NoPlacement(plan.reason)
     placed = expand(graph, plan.counts())
@@ -110,18 +113,21 @@ def submit(ctx: Context, path: str | Path | LoadedSpec, params: list[str], *,
         check_dispatchable(ctx, loaded, placed, pool)
     if before_store is not None:  # e.g. "a worker will run it", checked after the input
         before_store()
+    hashes = {s.name: script_sha256(s) for s in graph.steps}
     ctx.store.experiments.create(
         experiment_id=exp_id, name=loaded.name, source=loaded.source, spec_text=loaded.text,
         params=overrides, workdir_root=runs, total=graph.total, plan=plan.to_json(),
         owner=ctx.user, project=project, origin_flow_run_id=origin_flow_run_id,
         tasks_iter=(NewTask(i.id, i.step, i.index, graph.workdir(i.step, i.index),
-                            placed[i.step][i.index]) for i in graph.iter_instances()))
+                            placed[i.step][i.index], hashes[i.step])
+                    for i in graph.iter_instances()))
     if authorize:
         from airavata_prefect.adapters.spicedb import Subject
         ctx.authz.relate("experiment", exp_id, "owner", Subject.user(ctx.user))
         ctx.authz.relate("experiment", exp_id, "project", Subject("project", project))
     audit(ctx, "scheduler.queue.submit", f"experiment:{exp_id}", "ok",
           f"{loaded.name}: {graph.total} tasks")
+    events.experiment_submitted(ctx, exp_id, name=loaded.name, project=project, total=graph.total)
     return exp_id
 
 

@@ -95,7 +95,7 @@ class BundleRepo:
             conn.execute(bundle_events.insert(), [
                 {"experiment_id": experiment_id, "bundle_id": bundle_id, "position": e.position,
                  "state": str(e.state), "exit_code": e.exit_code, "message": e.message,
-                 "at": at}
+                 "usage": e.usage.to_line() if e.usage else None, "at": at}
                 for e in events])
 
     def events_after(self, experiment_id: str, last_id: int, *,

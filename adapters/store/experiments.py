@@ -40,7 +40,8 @@ class ExperimentRepo:
             for t in tasks_iter:
                 chunk.append({"experiment_id": exp_id, "instance_id": t.instance_id,
                               "step": t.step, "idx": t.idx, "state": TaskState.CREATED,
-                              "attempt": 0, "workdir": t.workdir, "resource": t.resource})
+                              "attempt": 0, "workdir": t.workdir, "resource": t.resource,
+                              "script_hash": t.script_hash})
                 if len(chunk) >= _INSERT_CHUNK:
                     conn.execute(tasks.insert(), chunk)
                     chunk = []

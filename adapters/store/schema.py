@@ -52,7 +52,24 @@ tasks = sa.Table(
     sa.Column("workdir", sa.Text, nullable=False),
     sa.Column("started_at", UtcDateTime),
     sa.Column("finished_at", UtcDateTime),
+    # What the last attempt used (migration 0015); NULL until it ends, or where unmeasured.
+    sa.Column("wall_seconds", sa.Float),
+    sa.Column("cpu_seconds", sa.Float),
+    sa.Column("max_rss_bytes", sa.BigInteger),
+    sa.Column("queue_seconds", sa.Float),
+    sa.Column("script_hash", sa.String(64)),  # its step's script, for runtime history
     sa.Index("ix_tasks_state", "experiment_id", "step", "state"),
+    sa.Index("ix_tasks_history", "script_hash", "state", "finished_at"),
+)
+
+# The instance-duration histogram (domain/usage.py's buckets), per resource, kept as instances
+# end: /metrics reads a few rows, never every task.
+instance_durations = sa.Table(
+    "instance_durations", metadata,
+    sa.Column("resource", sa.String(200), primary_key=True),
+    sa.Column("bucket", sa.Integer, primary_key=True),
+    sa.Column("count", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("seconds", sa.Float, nullable=False, server_default="0"),
 )
 
 task_events = sa.Table(
@@ -142,6 +159,8 @@ bundle_events = sa.Table(
     sa.Column("exit_code", sa.Integer),
     sa.Column("message", sa.Text),
     sa.Column("at", UtcDateTime, nullable=False),
+    # What the attempt used, with its end: Usage.to_line() (migration 0016).
+    sa.Column("usage", sa.String(200)),
     sa.Index("ix_bundle_events_experiment", "experiment_id", "id"),
 )
 

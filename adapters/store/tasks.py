@@ -10,6 +10,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from airavata_prefect.adapters.store import durations
 from airavata_prefect.adapters.store.engine import utcnow
 from airavata_prefect.adapters.store.schema import UtcDateTime, experiments, task_events, tasks
 from airavata_prefect.domain.errors import Conflict, NotFound
@@ -23,6 +24,7 @@ from airavata_prefect.domain.states import (
     Transition,
     check_transition,
 )
+from airavata_prefect.domain.usage import Usage
 
 
 class TaskRepo:
@@ -47,10 +49,13 @@ class TaskRepo:
         rows = []
         for iid, t in last.items():
             finished = t.at if t.to_state in TERMINAL else None
+            u = t.usage if t.to_state in TERMINAL else None
             rows.append({"e": exp_id, "i": iid, "from_": str(first[iid].from_state),
                          "to": str(t.to_state), "attempt": t.attempt, "exit_code": t.exit_code,
                          "reason": t.message if t.to_state != TaskState.COMPLETED else None,
-                         "started": started.get(iid), "finished": finished})
+                         "started": started.get(iid), "finished": finished,
+                         "wall": u and u.wall_seconds, "cpu": u and u.cpu_seconds,
+                         "rss": u and u.max_rss_bytes, "queue": u and u.queue_seconds})
         upd = (tasks.update()
                .where(tasks.c.experiment_id == sa.bindparam("e"),
                       tasks.c.instance_id == sa.bindparam("i"),
@@ -59,7 +64,13 @@ class TaskRepo:
                        exit_code=sa.bindparam("exit_code"), reason=sa.bindparam("reason"),
                        started_at=sa.func.coalesce(sa.bindparam("started", UtcDateTime),
                                                    tasks.c.started_at),
-                       finished_at=sa.bindparam("finished", UtcDateTime)))
+                       finished_at=sa.bindparam("finished", UtcDateTime),
+                       # A new attempt clears the last one's figures; an end without any
+                       # measurement (canceled before it started) stores none.
+                       wall_seconds=sa.bindparam("wall", sa.Float),
+                       cpu_seconds=sa.bindparam("cpu", sa.Float),
+                       max_rss_bytes=sa.bindparam("rss", sa.BigInteger),
+                       queue_seconds=sa.bindparam("queue", sa.Float)))
         events = [{"experiment_id": exp_id, "instance_id": t.instance_id,
                    "from_state": str(t.from_state), "to_state": str(t.to_state),
                    "attempt": t.attempt, "at": t.at, "message": t.message} for t in batch]
@@ -69,6 +80,10 @@ class TaskRepo:
                 raise Conflict(f"{len(rows) - changed} of {len(rows)} task state changes lost a "
                                "race (stored state differs); nothing was written")
             conn.execute(task_events.insert(), events)
+            ended = {t.instance_id: t.usage.wall_seconds for t in last.values()
+                     if t.usage is not None and t.to_state in TERMINAL}
+            if ended:
+                durations.count(conn, exp_id, ended)
 
     def transition(self, exp_id: str, instance_id: str, to_state: TaskState, *,
                    message: str | None = None) -> None:
@@ -168,6 +183,49 @@ class TaskRepo:
              .group_by(tasks.c.state))
         with self.engine.connect() as conn:
             return {state: int(n) for state, n in conn.execute(q)}
+
+    def usage_by_step(self, exp_id: str) -> dict[str, builtins.list[Usage]]:
+        """{step: the usage of each instance that ended with one}."""
+        q = (sa.select(tasks.c.step, tasks.c.wall_seconds, tasks.c.cpu_seconds,
+                       tasks.c.max_rss_bytes, tasks.c.queue_seconds)
+             .where(tasks.c.experiment_id == exp_id, tasks.c.wall_seconds.is_not(None)))
+        out: dict[str, builtins.list[Usage]] = {}
+        with self.engine.connect() as conn:
+            for step, wall, cpu, rss, queue in conn.execute(q):
+                out.setdefault(step, []).append(Usage(wall, cpu or 0.0, rss or 0, queue or 0.0))
+        return out
+
+    def durations(self) -> builtins.list[durations.Histogram]:
+        """The instance-duration histogram of every resource (kept as instances end)."""
+        return durations.histograms(self.engine)
+
+    def runtimes(self, script_hashes: Iterable[str], *, per_key: int = 200
+                 ) -> dict[tuple[str, str], builtins.list[float]]:
+        """Wall seconds of the latest completed instances (at most `per_key` per script) of
+        these scripts, per (script hash, resource): what placement estimates a step's runtime
+        from when it gives none."""
+        out: dict[tuple[str, str], builtins.list[float]] = {}
+        with self.engine.connect() as conn:
+            for script_hash in sorted(set(script_hashes)):  # a few steps: one indexed read each
+                q = (sa.select(tasks.c.resource, tasks.c.wall_seconds)
+                     .where(tasks.c.script_hash == script_hash,
+                            tasks.c.state == str(TaskState.COMPLETED),
+                            tasks.c.wall_seconds.is_not(None))
+                     .order_by(tasks.c.finished_at.desc()).limit(per_key))
+                for resource, wall in conn.execute(q):
+                    out.setdefault((script_hash, resource or "local"), []).append(float(wall))
+        return out
+
+    def running(self, limit: int = 1000) -> builtins.list[tuple[Task, str | None]]:
+        """Instances running now in experiments not yet ended, with their experiment's owner
+        (bounded: the per-instance gauges of /metrics read these)."""
+        live = [str(s) for s in ExperimentStatus if s not in EXPERIMENT_TERMINAL]
+        q = (sa.select(tasks, experiments.c.owner)
+             .join(experiments, experiments.c.id == tasks.c.experiment_id)
+             .where(experiments.c.status.in_(live), tasks.c.state == str(TaskState.RUNNING))
+             .limit(limit))
+        with self.engine.connect() as conn:
+            return [(Task.from_row(r), r["owner"]) for r in conn.execute(q).mappings()]
 
     def events(self, exp_id: str, instance_id: str | None = None, *,
                limit: int | None = None) -> builtins.list[TaskEvent]:

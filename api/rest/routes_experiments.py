@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field
 
 from airavata_prefect.api.rest.deps import Ctx, Writer
 from airavata_prefect.api.rest.errors import CONFLICT, UNAVAILABLE, envelope
+from airavata_prefect.api.views import StepUsageOut, UsageOut
 from airavata_prefect.domain.records import Experiment, Task, TaskEvent
 from airavata_prefect.domain.states import TaskState
 from airavata_prefect.usecases import deployments, launch, lifecycle, queries
@@ -79,6 +80,7 @@ class TaskOut(BaseModel):
     resource: str | None
     started_at: datetime | None
     finished_at: datetime | None
+    usage: UsageOut | None = None
 
 
 class EventOut(BaseModel):
@@ -107,7 +109,9 @@ def experiment_out(exp: Experiment, steps: dict[str, dict[str, int]] | None = No
 def task_out(t: Task) -> TaskOut:
     return TaskOut(instance_id=t.instance_id, step=t.step, idx=t.idx, state=str(t.state),
                    attempt=t.attempt, exit_code=t.exit_code, reason=t.reason,
-                   resource=t.resource, started_at=t.started_at, finished_at=t.finished_at)
+                   resource=t.resource, started_at=t.started_at, finished_at=t.finished_at,
+                   usage=UsageOut.model_validate(t.usage, from_attributes=True)
+                   if t.usage else None)
 
 
 def event_out(e: TaskEvent) -> EventOut:
@@ -153,6 +157,13 @@ def tasks(ctx: Ctx, ref: Ref, step: str | None = Query(None, max_length=200),
           state: list[TaskState] = Query(default_factory=list),
           limit: int = Query(100, ge=1, le=10_000)) -> list[TaskOut]:
     return [task_out(t) for t in queries.tasks(ctx, ref, step=step, states=state, limit=limit)]
+
+
+@router.get("/{ref}/usage", response_model=list[StepUsageOut])
+def usage(ctx: Ctx, ref: Ref) -> list[StepUsageOut]:
+    """Per step: p50 / p90 of its instances' wall time, CPU and peak memory, and the peak."""
+    return [StepUsageOut.model_validate(s, from_attributes=True)
+            for s in queries.usage(ctx, ref)]
 
 
 @router.get("/{ref}/tasks/{instance_id}", response_model=TaskOut)

@@ -15,7 +15,7 @@ from airavata_prefect.api.rest.routes_experiments import EventOut, event_out
 from airavata_prefect.api.views import AgentOut, BundleOut, agent_out, bundle_out
 from airavata_prefect.domain.plan import Plan
 from airavata_prefect.usecases import queries
-from airavata_prefect.usecases.plan import compile_file, plan_experiment
+from airavata_prefect.usecases.plan import compile_file, learned_runtimes, plan_experiment
 from airavata_prefect.usecases.spec_source import MAX_SPEC_BYTES, read_spec
 from airavata_prefect.usecases.submit import planning_pool
 
@@ -52,12 +52,14 @@ class PlanOut(BaseModel):
     solve_seconds: float
     assignments: list[AssignmentOut]
     reason: str | None = Field(description="why there is no plan, when infeasible")
+    estimates: dict[str, str] = Field(default_factory=dict, description=(
+        "steps whose runtime came from earlier runs of their script, and what they took"))
 
 
 def plan_out(p: Plan) -> PlanOut:
     return PlanOut(status=p.status, objective=p.objective, total_cost=p.total_cost,
                    makespan_seconds=p.makespan_seconds, gap=p.gap,
-                   solve_seconds=p.solve_seconds, reason=p.reason,
+                   solve_seconds=p.solve_seconds, reason=p.reason, estimates=p.estimates,
                    assignments=[AssignmentOut(step=a.step, resource=a.resource, count=a.count,
                                               cost=a.cost, finish_seconds=a.finish_seconds)
                                 for a in p.assignments])
@@ -72,6 +74,7 @@ def plan(body: PlanIn, ctx: Ctx, _: Writer) -> PlanOut:
                          root=str(ctx.settings.runs_dir / "<experiment-id>"),
                          max_instances=ctx.settings.max_instances)[2]
     return plan_out(plan_experiment(loaded, graph, planning_pool(ctx), user=ctx.user,
+                                    learned=learned_runtimes(ctx.store.tasks.runtimes, graph),
                                     time_limit=body.time_limit))
 
 

@@ -8,6 +8,10 @@ any of them. How each instance ended becomes its state through domain/endings.py
 
 Outputs and logs come home to the experiment's directory (`<workdir>/<step>/<index>/`) when an
 instance ends, so later steps on other resources, the CLI and `logs` find them there.
+
+What an instance used (run_one.sh's results/K.usage, and its queue wait where its scheduler
+records one) travels with its ending event; a failure under a memory limit (`ram_gb`) whose
+stderr or peak says memory ran out is stored with a reason naming memory.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from airavata_prefect.adapters.hosts import Host, HostError, download, upload
-from airavata_prefect.adapters.launcher import Launcher, read_markers
+from airavata_prefect.adapters.launcher import Launcher, read_markers, read_tails
 from airavata_prefect.adapters.storage import StorageError, write_inside
 from airavata_prefect.adapters.store import Store
 from airavata_prefect.domain.bundle_layout import (
@@ -38,11 +42,13 @@ from airavata_prefect.domain.endings import Exit, Outcome, Requeue, judge
 from airavata_prefect.domain.instance import LOGS, keep_earlier_logs
 from airavata_prefect.domain.records import Bundle, BundleEvent, Experiment
 from airavata_prefect.domain.states import TERMINAL, BundleStatus, TaskState, summarize
+from airavata_prefect.domain.usage import Usage, memory_failure
 
 REQUEUE_LIMIT = 3
 SCHEDULER_EVERY_SECONDS = 15.0
 KILLED_GRACE_SECONDS = 30.0  # how long a killed script waits for its scheduler's verdict
 LOST_CONTACT_POLLS = 30
+STDERR_TAIL_BYTES = 4096  # of a failed instance's stderr.log, read for a memory error
 _KILLED = (9, 15)  # SIGKILL, SIGTERM: maybe its node failing or its job preempted
 
 
@@ -107,7 +113,7 @@ class BundleRunner:
     def _emit(self, updates: Mapping[int, Outcome]) -> None:
         """Advance instances to new states, filling the chain's steps in between, as one write."""
         events: list[BundleEvent] = []
-        for k, (target, code, message) in updates.items():
+        for k, (target, code, message, usage) in updates.items():
             current = self.state[k]
             if current in TERMINAL:
                 continue
@@ -116,7 +122,7 @@ class BundleRunner:
                 start = _CHAIN.index(current) + 1 if current in _CHAIN else 0
                 events += [BundleEvent(k, s) for s in _CHAIN[start:stop]]
             if target not in _CHAIN:
-                events.append(BundleEvent(k, target, code, message))
+                events.append(BundleEvent(k, target, code, message, usage=usage))
             self.state[k] = target
         self.job.store.bundles.add_events(self.job.experiment.id, self.job.id, events)
 
@@ -209,8 +215,10 @@ class BundleRunner:
         if ended:
             self._emit({k: Outcome(TaskState.OUTPUT_STAGING) for k in ended})
             missing = await asyncio.to_thread(self._collect, ended)
-            self._emit({k: self._judge(markers[k].end or Exit(), missing.get(k))
-                        for k in ended})
+            ends = {k: markers[k].end or Exit() for k in ended}
+            self._emit(await self._account(
+                {k: self._judge(ends[k], missing.get(k)) for k in ended}, ends,
+                {k: markers[k].usage for k in ended}))
         rest = [k for k in self.open() if not (markers.get(k) and markers[k].ended)]
         # Instances end through their markers; the scheduler is asked about the rest (killed,
         # timed out, lost) only when markers stall, or now and then: a big array's `scontrol`
@@ -251,7 +259,7 @@ class BundleRunner:
         job.log.warning("bundle %s: re-queueing %d instance(s) after %s", job.id,
                         len(positions), why)
         # Their markers belong to the run that died; the new run writes its own.
-        names = " ".join(f"{k}.start {k}.exit" for k in positions)
+        names = " ".join(f"{k}.start {k}.usage {k}.exit" for k in positions)
         await asyncio.to_thread(job.host.run, f"cd {shlex.quote(job.bdir)}/results && "
                                               f"rm -f {names}")
         self.ids += await asyncio.to_thread(job.launcher.resubmit, job.bdir, positions)
@@ -262,11 +270,13 @@ class BundleRunner:
         job = self.job
         said = await asyncio.to_thread(job.launcher.unmarked, self.ids, rest)
         # An exit marker may have landed after we read them: read again before judging.
+        markers: dict[int, Marker] = {}
         if said:
             markers = await asyncio.to_thread(read_markers, job.host, job.bdir)
             said = {k: v for k, v in said.items() if not (markers.get(k)
                                                           and markers[k].ended)}
         verdicts: dict[int, Outcome] = {}
+        ends: dict[int, Exit] = {}
         requeue: list[int] = []
         for k, verdict in said.items():
             if isinstance(verdict, Requeue):
@@ -280,11 +290,49 @@ class BundleRunner:
                 # It ended cleanly by its scheduler's account yet wrote no marker: lost.
                 verdict = Exit(failure="ended without an exit status")
             verdicts[k] = self._judge(verdict)
+            ends[k] = verdict
         if verdicts:
             await asyncio.to_thread(self._collect, list(verdicts))  # keep whatever logs exist
-            self._emit(verdicts)
+            # Killed from outside, it may still have measured itself (its command ended first).
+            self._emit(await self._account(verdicts, ends, {
+                k: markers[k].usage if k in markers else None for k in verdicts}))
         if requeue:
             await self._requeue(requeue, _reason(said[requeue[0]]))
+
+    async def _account(self, outcomes: dict[int, Outcome], ends: Mapping[int, Exit],
+                       usages: Mapping[int, Usage | None]) -> dict[int, Outcome]:
+        """What each ended instance used, with its queue wait where its scheduler records one;
+        a failure under a memory limit whose stderr (its tail) or peak says memory ran out gets
+        a reason naming memory. Neither is worth failing a poll for: a read that fails is
+        logged and the outcomes stand."""
+        job = self.job
+        measured = {k: u for k, u in usages.items() if u is not None}
+        waits: dict[int, float] = {}
+        if measured:
+            try:
+                waits = await asyncio.to_thread(job.launcher.queued, self.ids, list(measured))
+            except (HostError, RuntimeError) as exc:
+                job.log.warning("bundle %s: no queue waits: %s", job.id, exc)
+        for k, u in measured.items():
+            outcomes[k] = outcomes[k]._replace(usage=u.queued(waits[k]) if k in waits else u)
+        compute = job.remote.by_name[job.bundle.step].resources.compute
+        ram_gb = compute.ram_gb if compute else None
+        suspects = [k for k, o in outcomes.items()
+                    if o.state == TaskState.FAILED and _own_failure(ends[k])]
+        if not (ram_gb and suspects):
+            return outcomes
+        paths = {k: f"{job.remote.workdir(i.step, i.index)}/stderr.log"
+                 for k in suspects for i in (job.members[k].instance,)}
+        tails: dict[int, str] = {}
+        try:
+            tails = await asyncio.to_thread(read_tails, job.host, paths, STDERR_TAIL_BYTES)
+        except (HostError, RuntimeError) as exc:
+            job.log.warning("bundle %s: cannot read stderr of failed instances: %s", job.id, exc)
+        for k in suspects:
+            why = memory_failure(ram_gb, tails.get(k, ""), outcomes[k].usage)
+            if why:
+                outcomes[k] = outcomes[k]._replace(reason=why)
+        return outcomes
 
     def _collect(self, positions: list[int]) -> dict[int, list[str]]:
         """Bring logs and declared outputs home; returns the outputs each one lacks."""
@@ -318,6 +366,13 @@ class BundleRunner:
                 missing.setdefault(k, []).append(
                     f"{name}={job.members[k].instance.outputs[name]}")
         return missing
+
+
+def _own_failure(end: Exit) -> bool:
+    """It exited non-zero or a signal ended it: memory may be why (not a timeout, a cancel, or
+    a failure its scheduler already named, like SLURM's OUT_OF_MEMORY)."""
+    return (not (end.timed_out or end.canceled or end.failure)
+            and (end.signal is not None or end.code not in (None, 0)))
 
 
 def _reason(verdict: Exit | Requeue) -> str:
