@@ -50,7 +50,7 @@ def bench_local_run(home: Path) -> tuple[float, float]:
     from airavata_prefect.domain.spec import load_spec
     from airavata_prefect.flows.experiment_flow import run_experiment
     from airavata_prefect.usecases.context import Context
-    from airavata_prefect.usecases.local import LocalExecutor
+    from airavata_prefect.usecases.local import LocalExecutor, run_to_end
     from airavata_prefect.usecases.settings import get_settings
     from airavata_prefect.usecases.submit import submit
 
@@ -70,14 +70,8 @@ def bench_local_run(home: Path) -> tuple[float, float]:
     sched = Scheduler(graph, executor, Recorder(lambda _b: None),
                       concurrency=settings.concurrency)
 
-    async def bare() -> bool:
-        try:
-            return (await sched.run()).ok
-        finally:
-            await executor.close()
-
     start = time.perf_counter()
-    assert asyncio.run(bare())
+    assert asyncio.run(run_to_end(sched, executor)).ok
     return flow_s, time.perf_counter() - start
 
 

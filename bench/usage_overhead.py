@@ -29,7 +29,7 @@ from airavata_prefect.domain.records import NewTask
 from airavata_prefect.domain.scheduler import Recorder, Report, Scheduler
 from airavata_prefect.domain.spec import parse_spec_text
 from airavata_prefect.domain.usage import Usage
-from airavata_prefect.usecases.local import LocalExecutor
+from airavata_prefect.usecases.local import LocalExecutor, run_to_end
 
 N = 10_000
 TARGET = 1.05
@@ -95,14 +95,8 @@ def one_run(base: Path, n: int, measured: bool, tag: str) -> float:
         lambda batch: store.tasks.apply_transitions(exp_id, batch)),
         concurrency=os.cpu_count() or 1)
 
-    async def go() -> bool:
-        try:
-            return (await sched.run()).ok
-        finally:
-            await executor.close()
-
     start = time.perf_counter()
-    assert asyncio.run(go())
+    assert asyncio.run(run_to_end(sched, executor)).ok
     took = time.perf_counter() - start
     counts = store.tasks.state_counts(exp_id)
     assert counts == {"t": {"COMPLETED": n}}, counts

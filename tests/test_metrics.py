@@ -33,6 +33,7 @@ from airavata_prefect.domain.states import (
     TaskState,
     Transition,
 )
+from airavata_prefect.domain.usage import Usage
 from airavata_prefect.usecases import run
 from airavata_prefect.usecases.context import Context
 from airavata_prefect.usecases.health import Check
@@ -207,11 +208,17 @@ def test_figures_move_as_experiments_run(served: tuple[ApiServer, Store], tmp_pa
             (TaskState.QUEUED, TaskState.DATA_STAGING), (TaskState.DATA_STAGING,
                                                          TaskState.ENV_SETUP),
             (TaskState.ENV_SETUP, TaskState.RUNNING))])
+    store.tasks.live_usage(live, {"greet[0]": Usage(3.0, 2.5, 64 * 2 ** 20),
+                                  "greet[1]": Usage(1.0, 1.0, 1)})  # (greet[1] is not running)
     running = scrape(api)
-    took = value(running, "airavata_instance_running_seconds", experiment=live, step="greet",
-                 instance="greet[0]", user=ADMIN, resource="local")
+    labels = {"experiment": live, "step": "greet", "instance": "greet[0]", "user": ADMIN,
+              "resource": "local"}
+    took = value(running, "airavata_instance_running_seconds", **labels)
     assert took is not None and 0 <= took < 60
     assert len(labels_of(running, "airavata_instance_running_seconds", "instance")) == 1
+    assert value(running, "airavata_instance_cpu_seconds", **labels) == 2.5
+    assert value(running, "airavata_instance_memory_bytes", **labels) == 64 * 2 ** 20
+    assert labels_of(running, "airavata_instance_cpu_seconds", "instance") == {"greet[0]"}
 
 
 def test_a_token_guards_metrics_once_set(tmp_path: Path, monkeypatch: pytest.MonkeyPatch

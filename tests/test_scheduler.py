@@ -17,7 +17,7 @@ from airavata_prefect.domain.scheduler import Recorder, Scheduler, Summary
 from airavata_prefect.domain.spec import parse_spec_text
 from airavata_prefect.domain.states import TaskState as S
 from airavata_prefect.domain.states import Transition
-from airavata_prefect.usecases.local import LocalExecutor
+from airavata_prefect.usecases.local import LocalExecutor, run_to_end
 
 
 def run(text: str, root: Path, *, concurrency: int = 2, cancel_after: float | None = None,
@@ -31,17 +31,9 @@ def run(text: str, root: Path, *, concurrency: int = 2, cancel_after: float | No
     async def main() -> Summary:
         if cancel_after is not None:
             asyncio.get_running_loop().call_later(cancel_after, sched.request_cancel)
-        return await closing(sched, executor)
+        return await run_to_end(sched, executor)
 
     return asyncio.run(main()), changes, graph
-
-
-async def closing(sched: Scheduler, executor: LocalExecutor) -> Summary:
-    """Run, then stop the executor's spawning process (as usecases/run.py does)."""
-    try:
-        return await sched.run()
-    finally:
-        await executor.close()
 
 
 def final(changes: list[Transition]) -> dict[str, str]:
@@ -197,7 +189,7 @@ def test_a_failing_store_write_is_retried_not_lost(tmp_path: Path) -> None:
 
     executor = LocalExecutor(graph, "exp")
     sched = Scheduler(graph, executor, Recorder(flaky_sink, interval=0.05), concurrency=1)
-    assert asyncio.run(closing(sched, executor)).ok
+    assert asyncio.run(run_to_end(sched, executor)).ok
     assert [c.to_state for c in written] == [S.QUEUED, S.DATA_STAGING, S.ENV_SETUP, S.RUNNING,
                                              S.OUTPUT_STAGING, S.COMPLETED]
 
@@ -212,5 +204,5 @@ def test_a_store_that_stays_down_fails_the_run(tmp_path: Path) -> None:
     executor = LocalExecutor(graph, "exp")
     sched = Scheduler(graph, executor, Recorder(down, interval=0.05), concurrency=1)
     with pytest.raises(OSError, match="database is down"):
-        asyncio.run(closing(sched, executor))
+        asyncio.run(run_to_end(sched, executor))
     assert len(sched.recorder._pending) == 6  # kept, in order, for whoever retries

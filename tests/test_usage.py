@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import textwrap
 import time
 from pathlib import Path
@@ -22,7 +23,7 @@ from airavata_prefect.domain.usage import (
     memory_failure,
     percentile,
 )
-from airavata_prefect.usecases.local import LocalExecutor
+from airavata_prefect.usecases.local import LocalExecutor, run_to_end
 
 MB = 2 ** 20
 # Touches every page (b"x" * n writes them; a zeroed bytearray would not be resident).
@@ -40,13 +41,8 @@ def run(text: str, root: Path) -> dict[str, Transition]:
         ends.update({t.instance_id: t for t in batch if t.to_state in
                      (TaskState.COMPLETED, TaskState.FAILED, TaskState.CANCELED)})
 
-    async def main() -> None:
-        try:
-            await Scheduler(graph, executor, Recorder(sink, interval=0.05), concurrency=2).run()
-        finally:
-            await executor.close()
-
-    asyncio.run(main())
+    asyncio.run(run_to_end(
+        Scheduler(graph, executor, Recorder(sink, interval=0.05), concurrency=2), executor))
     return ends
 
 
@@ -97,11 +93,7 @@ def test_canceling_kills_the_tree_and_closing_leaves_nothing_running(tmp_path: P
 
     async def main() -> None:
         asyncio.get_running_loop().call_later(1.0, sched.request_cancel)
-        try:
-            summary = await sched.run()
-        finally:
-            await executor.close()
-        assert summary.canceled
+        assert (await run_to_end(sched, executor)).canceled
 
     started = time.monotonic()
     asyncio.run(main())
@@ -175,3 +167,36 @@ def test_usage_is_stored_listed_and_summarised_per_step(home: Path) -> None:
     # A bad experiment id is one clear line.
     bad = airavata("experiment", "usage", "nope-nope")
     assert bad.returncode != 0 and "Traceback" not in bad.stderr and "nope-nope" in bad.stderr
+
+
+def test_running_instances_are_sampled_before_they_end(tmp_path: Path) -> None:
+    from airavata_prefect.usecases.live_usage import LiveUsage
+
+    graph = compile_graph(parse_spec_text(textwrap.dedent("""
+        tasks:
+          hold:
+            command: |
+              python3 -c "import time; b = b'x' * (100 * 2**20); t = time.time()
+              while time.time() - t < 2.5: pass"
+        """), "t.yml"), root=str(tmp_path))
+    samples: list[dict[str, Usage]] = []
+    executor = LocalExecutor(graph, "exp", live=LiveUsage(samples.append, seconds=0.5))
+    sched = Scheduler(graph, executor, Recorder(lambda _b: None, interval=0.05), concurrency=1)
+    assert asyncio.run(run_to_end(sched, executor)).ok
+    seen = [s["hold[0]"] for s in samples if "hold[0]" in s]
+    assert len(seen) >= 2, samples
+    late = seen[-1]
+    assert late.cpu_seconds >= 1.0 and late.max_rss_bytes >= 100 * MB, seen
+    assert [u.cpu_seconds for u in seen] == sorted(u.cpu_seconds for u in seen)
+
+
+def test_proc_stat_lines_with_odd_command_names() -> None:
+    from airavata_prefect.adapters.proc_sampler import parse_stat
+
+    fields = "S 1 4242 4242 0 -1 0 0 0 0 0 150 50 30 20 20 0 1 0 100 1000 250 rest"
+    got = parse_stat(f"4243 (a) (b c)) {fields}")
+    assert got is not None
+    pgrp, cpu, rss = got
+    assert pgrp == 4242 and rss == 250 * os.sysconf("SC_PAGE_SIZE")
+    assert cpu == pytest.approx(250 / os.sysconf("SC_CLK_TCK"))
+    assert parse_stat("garbage") is None and parse_stat("1 (x) S 1 2") is None

@@ -31,12 +31,13 @@ from airavata_prefect.domain.instance import (
     keep_earlier_logs,
     render_script,
 )
-from airavata_prefect.domain.scheduler import Report
+from airavata_prefect.domain.scheduler import Report, Scheduler, Summary
 from airavata_prefect.domain.states import TaskState
 from airavata_prefect.domain.usage import limited_argv, memory_failure
 from airavata_prefect.usecases import conda_envs, pip_envs
 from airavata_prefect.usecases.conda_envs import CondaEnvironments
 from airavata_prefect.usecases.env_cache import EnvironmentFailed
+from airavata_prefect.usecases.live_usage import LiveUsage
 from airavata_prefect.usecases.local_mounts import LocalMounts, MountError
 from airavata_prefect.usecases.pip_envs import PipEnvironments
 
@@ -84,7 +85,8 @@ class LocalExecutor:
     def __init__(self, graph: TaskGraph, experiment_id: str,
                  mounts: LocalMounts | None = None,
                  envs: PipEnvironments | None = None,
-                 conda: CondaEnvironments | None = None) -> None:
+                 conda: CondaEnvironments | None = None,
+                 live: LiveUsage | None = None) -> None:
         restore_signal_defaults()
         self.graph = graph
         self.experiment_id = experiment_id
@@ -94,6 +96,7 @@ class LocalExecutor:
         self.base_env = host_environment(os.environ)
         self.bash = shutil.which("bash", path=self.base_env["PATH"]) or "bash"
         self.spawner = Spawner()
+        self.live = live  # samples running instances' usage, when given
         self._scripts: dict[str, str] = {}
 
     def _script(self, step: str) -> str:
@@ -160,11 +163,16 @@ class LocalExecutor:
             return Outcome(TaskState.FAILED, None, f"cannot start bash: {exc}")
         except SpawnerGone as exc:
             return Outcome(TaskState.FAILED, None, str(exc))
+        if self.live is not None:
+            self.live.started(inst.id, proc.pid)
         try:
             ended = await _wait(proc, cancel, walltime)
             result = await proc.ended
         except SpawnerGone as exc:
             return Outcome(TaskState.FAILED, None, str(exc))
+        finally:
+            if self.live is not None:
+                self.live.ended(proc.pid)
         end = Exit.of_returncode(result.returncode)
         if ended == "timeout":
             end = Exit(end.code, end.signal, timed_out=True)
@@ -181,7 +189,18 @@ class LocalExecutor:
 
     async def close(self) -> None:
         """Stop the spawning process (anything of ours still running there is killed)."""
+        if self.live is not None:
+            await self.live.close()
         await self.spawner.close()
+
+
+async def run_to_end(scheduler: Scheduler, executor: LocalExecutor) -> Summary:
+    """Run a scheduler over this executor, then stop its spawning process, whatever happened
+    (what usecases/run.py does around a whole run; tests and benchmarks drive it this way)."""
+    try:
+        return await scheduler.run()
+    finally:
+        await executor.close()
 
 
 def stderr_tail(path: Path, limit: int = 4096) -> str:

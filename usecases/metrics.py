@@ -97,12 +97,24 @@ def usage_families(figures: StoreFigures, now: datetime | None = None) -> list[M
         "airavata_instance_running_seconds", "How long each running task instance has run "
         f"(running ones only, at most {MAX_RUNNING_SERIES})",
         labels=["experiment", "step", "instance", "user", "resource"])
+    cpu = GaugeMetricFamily(
+        "airavata_instance_cpu_seconds", "CPU seconds a running task instance has used so far "
+        "(sampled; instances on local)", labels=["experiment", "step", "instance", "user",
+                                                 "resource"])
+    memory = GaugeMetricFamily(
+        "airavata_instance_memory_bytes", "Peak resident memory of a running task instance so "
+        "far (sampled; instances on local)", labels=["experiment", "step", "instance", "user",
+                                                     "resource"])
     now = now or datetime.now(UTC)
     for task, owner in figures.running:
         since = task.started_at or now
-        running.add_metric([task.experiment_id, task.step, task.instance_id, owner or "",
-                            task.resource or "local"], max(0.0, (now - since).total_seconds()))
-    return [durations, running]
+        labels = [task.experiment_id, task.step, task.instance_id, owner or "",
+                  task.resource or "local"]
+        running.add_metric(labels, max(0.0, (now - since).total_seconds()))
+        if task.usage is not None:
+            cpu.add_metric(labels, task.usage.cpu_seconds)
+            memory.add_metric(labels, task.usage.max_rss_bytes)
+    return [durations, running, cpu, memory]
 
 
 def store_families(figures: StoreFigures, resources: Iterable[str] = ()) -> list[Metric]:

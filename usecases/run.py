@@ -39,6 +39,7 @@ from airavata_prefect.usecases import agent_starters, events, lineage
 from airavata_prefect.usecases.catalog import load_compute
 from airavata_prefect.usecases.conda_envs import CondaEnvironments
 from airavata_prefect.usecases.dispatch import BUNDLE_FLOW, RemoteExecutor, Routing
+from airavata_prefect.usecases.live_usage import LiveUsage
 from airavata_prefect.usecases.local import LocalExecutor
 from airavata_prefect.usecases.local_mounts import LocalMounts
 from airavata_prefect.usecases.pilot_dispatch import AgentStarter, PilotExecutor
@@ -167,7 +168,8 @@ async def execute(store: Store, claimed: Claimed, settings: Settings, hooks: Hoo
     pilot_blocks = await pilot_resources(placed)
     mounts = LocalMounts(store, settings, exp, graph)
     here = LocalExecutor(graph, exp.id, mounts, PipEnvironments(settings),
-                         CondaEnvironments(settings))
+                         CondaEnvironments(settings),
+                         LiveUsage(lambda usages: store.tasks.live_usage(exp.id, usages)))
     local: Executor = here
     pilot: PilotExecutor | None = None
     local_items = any(i.resource == LOCAL for i in point.items)

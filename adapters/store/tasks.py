@@ -5,7 +5,7 @@ change is kept as a task event."""
 from __future__ import annotations
 
 import builtins
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -184,11 +184,28 @@ class TaskRepo:
         with self.engine.connect() as conn:
             return {state: int(n) for state, n in conn.execute(q)}
 
+    def live_usage(self, exp_id: str, usages: Mapping[str, Usage]) -> None:
+        """What running instances used so far, on their rows (only while they still run:
+        their end stores the exact figures)."""
+        if not usages:
+            return
+        upd = (tasks.update()
+               .where(tasks.c.experiment_id == exp_id,
+                      tasks.c.instance_id == sa.bindparam("i"),
+                      tasks.c.state == str(TaskState.RUNNING))
+               .values(wall_seconds=sa.bindparam("wall"), cpu_seconds=sa.bindparam("cpu"),
+                       max_rss_bytes=sa.bindparam("rss")))
+        with self.engine.begin() as conn:
+            conn.execute(upd, [{"i": iid, "wall": u.wall_seconds, "cpu": u.cpu_seconds,
+                                "rss": u.max_rss_bytes} for iid, u in usages.items()])
+
     def usage_by_step(self, exp_id: str) -> dict[str, builtins.list[Usage]]:
         """{step: the usage of each instance that ended with one}."""
+        ended = [str(s) for s in TERMINAL]
         q = (sa.select(tasks.c.step, tasks.c.wall_seconds, tasks.c.cpu_seconds,
                        tasks.c.max_rss_bytes, tasks.c.queue_seconds)
-             .where(tasks.c.experiment_id == exp_id, tasks.c.wall_seconds.is_not(None)))
+             .where(tasks.c.experiment_id == exp_id, tasks.c.wall_seconds.is_not(None),
+                    tasks.c.state.in_(ended)))
         out: dict[str, builtins.list[Usage]] = {}
         with self.engine.connect() as conn:
             for step, wall, cpu, rss, queue in conn.execute(q):
