@@ -5,12 +5,14 @@ line on stderr; the others are still shown."""
 from __future__ import annotations
 
 import re
+from datetime import datetime
 
 import typer
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from airavata_prefect.api import cli_remote
 from airavata_prefect.api.cli_door import plain, print_json
 from airavata_prefect.usecases import trace as use
 from airavata_prefect.usecases.context import open_context
@@ -36,8 +38,15 @@ def trace_cmd(
 ) -> None:
     """The timeline of one request: its audit rows, events and log lines, oldest first."""
     cid = use.check_correlation_id(correlation_id)  # before the store is opened
-    with open_context() as ctx:
-        found = use.trace(ctx, cid)
+    if (c := cli_remote.remote()) is not None:  # your own rows and events, from the server
+        doc = c.call("GET", f"/users/me/trace/{cid}")
+        found = use.Trace(doc["correlation_id"], [use.TraceLine(
+            datetime.fromisoformat(x["at"]) if x["at"] else None, x["source"], x["what"],
+            x["subject"], x["actor"], x["outcome"], x["detail"]) for x in doc["lines"]],
+            doc["notes"])
+    else:
+        with open_context() as ctx:
+            found = use.trace(ctx, cid)
     for note in found.notes:
         err.print(f"warning: {note}", markup=False, highlight=False)
     if as_json:

@@ -129,6 +129,17 @@ def test_cli_in_server_mode_runs_watches_cancels_and_never_opens_the_store(
         one = trail[-1]["correlation_id"]
         r = _cli(env, "audit", "-c", one, "--json")
         assert {row["correlation_id"] for row in json.loads(r.stdout)} == {one}, r.stdout
+        # That request's timeline: her own rows and events only, through the API.
+        r = _cli(env, "trace", one, "--json")
+        assert r.returncode == 0, r.stderr
+        lines = json.loads(r.stdout)["lines"]
+        assert lines and {x["actor"] for x in lines} == {"alice"}, lines
+        assert {x["source"] for x in lines} <= {"audit", "event"}
+        # What the first experiment's instances used, per step.
+        r = _cli(env, "experiment", "usage", exp_id, "--json")
+        assert r.returncode == 0, r.stderr
+        (greet,) = json.loads(r.stdout)
+        assert greet["step"] == "greet" and greet["measured"] == 3 and greet["wall_p90"] > 0
         # A command with no server mode refuses rather than open the store.
         r = _cli(env, "deployment", "list")
         assert r.returncode == 2 and "no server mode" in r.stderr, r.stderr

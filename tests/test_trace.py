@@ -137,3 +137,32 @@ def test_bad_correlation_ids_are_one_line(prefect_api: str, home: Path) -> None:
     assert one_line_error(cli("trace", "feedfacefeedface")) == (
         "error: nothing carries correlation id feedfacefeedface: no audit row, event or log "
         "line")
+
+
+def test_through_the_rest_api_a_trace_is_the_callers_own(home: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A correlation id is whoever sends a request's choice: a user sees only their own audit
+    rows and events under it, never another's, and no log lines."""
+    from tests.api_harness import api_server
+
+    monkeypatch.delenv("AIRAVATA_USER", raising=False)
+    with api_server(home) as api:
+        cid = "shared-trace-0042"
+        with api.add_user("alice") as alice, api.add_user("mallory") as mallory:
+            for who in (alice, mallory):  # both refused (audited), under the same id
+                r = who.post("/users/admin/disable", headers={"X-Correlation-ID": cid})
+                assert r.status_code == 403, r.text
+            r = alice.get(f"/users/me/trace/{cid}")
+            assert r.status_code == 200, r.text
+            doc = r.json()
+            assert doc["correlation_id"] == cid
+            assert [(x["source"], x["actor"], x["outcome"]) for x in doc["lines"]] == [
+                ("audit", "alice", "denied")]
+            with api.as_admin() as admin:
+                r = admin.get(f"/users/me/trace/{cid}")
+            assert r.status_code == 404, r.text
+            assert f"no audit row or event of yours carries correlation id {cid}" in (
+                r.json()["error"]["message"])
+            r = alice.get("/users/me/trace/no%20spaces%20here")
+            assert r.status_code in (400, 422), r.text
+            assert "not a correlation id" in r.text

@@ -9,7 +9,10 @@ its correlation id (usecases/correlation.py):
   experiment's id), and lines of this home's service logs (`AIRAVATA_HOME/server/*.log`: the
   REST API writes it in every line, as `[id]`).
 
-It reads this machine's store: local mode, for whoever operates it."""
+In local mode it reads this machine's store for whoever operates it: everything. Through the
+REST API (`actor`) it is the caller's own: audit rows and events whose actor is the caller, and
+no log lines (a correlation id is chosen by whoever sends a request, so sharing one must not
+show another's lines)."""
 
 from __future__ import annotations
 
@@ -88,10 +91,10 @@ def event_line(e: SeenEvent) -> TraceLine:
                      e.actor, None, detail)
 
 
-def _audit_lines(ctx: Context, cid: str) -> list[TraceLine]:
+def _audit_lines(ctx: Context, cid: str, actor: str | None) -> list[TraceLine]:
     return [TraceLine(r.at.astimezone(UTC) if r.at.tzinfo else r.at.replace(tzinfo=UTC),
                       "audit", r.action, r.object, r.actor, r.outcome, r.detail or "")
-            for r in ctx.store.audit.trail(correlation_id=cid, limit=MAX_LINES)]
+            for r in ctx.store.audit.trail(correlation_id=cid, actor=actor, limit=MAX_LINES)]
 
 
 def _prefect_log_lines(cid: str) -> list[TraceLine]:
@@ -146,10 +149,11 @@ def _service_log_lines(ctx: Context, cid: str, seen: list[str]) -> list[TraceLin
     return out
 
 
-def trace(ctx: Context, correlation_id: str) -> Trace:
-    """Every audit row, event and log line of the correlation id, oldest first. Raises
-    BadInput for what cannot be one, NotFound when nothing carries it; a source that cannot
-    be read (the Prefect API) is a note, and the others are still shown."""
+def trace(ctx: Context, correlation_id: str, *, actor: str | None = None) -> Trace:
+    """Every audit row, event and log line of the correlation id, oldest first (with `actor`:
+    only that user's audit rows and events, no log lines). Raises BadInput for what cannot be
+    one, NotFound when nothing carries it; a source that cannot be read (the Prefect API) is a
+    note, and the others are still shown."""
     cid = check_correlation_id(correlation_id)
     notes: list[str] = []
 
@@ -158,23 +162,29 @@ def trace(ctx: Context, correlation_id: str) -> Trace:
             notes.append(f"only the first {MAX_LINES} {what} are shown")
         return found
 
-    lines = capped("audit rows", _audit_lines(ctx, cid))
+    lines = capped("audit rows", _audit_lines(ctx, cid, actor))
     prefect_logs: list[TraceLine] = []
+    events_read = False
     try:
         lines += capped("events", [event_line(e) for e in
-                                   prefect_events.read_events(cid, limit=MAX_LINES)])
+                                   prefect_events.read_events(cid, limit=MAX_LINES)
+                                   if actor is None or e.actor == actor])
+        events_read = True
     except prefect_events.EventsUnavailable as exc:  # its logs would not be read either
         notes.append(f"events and run logs not read: {exc}")
-    else:
+    if events_read and actor is None:  # (log lines name no actor)
         try:  # a text search over every run's logs: it may take long on a big server
             prefect_logs = capped("run log lines", _prefect_log_lines(cid))
         except prefect_events.EventsUnavailable as exc:
             notes.append(f"run logs not read: {exc}")
     lines += prefect_logs
-    lines += capped("service log lines", _service_log_lines(
-        ctx, cid, [line.detail for line in prefect_logs if len(line.detail) >= 20]))
+    if actor is None:
+        lines += capped("service log lines", _service_log_lines(
+            ctx, cid, [line.detail for line in prefect_logs if len(line.detail) >= 20]))
     if not lines:
         why = f"; {notes[-1]}" if notes else ""
+        if actor is not None:
+            raise NotFound(f"no audit row or event of yours carries correlation id {cid}{why}")
         raise NotFound(f"nothing carries correlation id {cid}: no audit row, event or log "
                        f"line{why}")
     order = {"audit": 0, "event": 1, "log": 2}

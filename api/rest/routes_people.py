@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field
 
 from airavata_prefect.api.rest.deps import Ctx, Writer
 from airavata_prefect.api.rest.errors import CONFLICT
-from airavata_prefect.usecases import accounts, authorization, queries
+from airavata_prefect.usecases import accounts, authorization, queries, trace
 
 router = APIRouter(tags=["people"])
 NameP = Annotated[str, Path(min_length=1, max_length=200)]
@@ -159,6 +159,34 @@ def my_audit(ctx: Ctx, correlation_id: str | None = Query(None, min_length=1, ma
     return [AuditOut(at=r.at, action=r.action, object=r.object, outcome=r.outcome,
                      correlation_id=r.correlation_id, detail=r.detail)
             for r in queries.my_audit(ctx, correlation_id, limit)]
+
+
+class TraceLineOut(BaseModel):
+    at: datetime | None
+    source: Literal["audit", "event", "log"]
+    what: str = Field(description="an audit row's action, an event's type, a log level")
+    subject: str
+    actor: str | None
+    outcome: str | None
+    detail: str
+
+
+class TraceOut(BaseModel):
+    correlation_id: str
+    lines: list[TraceLineOut]
+    notes: list[str] = Field(description="sources that could not be read")
+
+
+@router.get("/users/me/trace/{correlation_id}", response_model=TraceOut)
+def my_trace(ctx: Ctx, correlation_id: Annotated[str, Path(min_length=1, max_length=200)]
+             ) -> TraceOut:
+    """The timeline of one of your requests: your audit rows and the lifecycle events that
+    acted as you under its correlation id, oldest first (log lines: `airavata trace` on the
+    server's machine)."""
+    found = trace.trace(ctx, correlation_id, actor=ctx.user)
+    return TraceOut(correlation_id=found.correlation_id, notes=found.notes,
+                    lines=[TraceLineOut.model_validate(line, from_attributes=True)
+                           for line in found.lines])
 
 
 @router.post("/users/{username}/disable", status_code=204, responses=CONFLICT)
