@@ -230,17 +230,17 @@ def rss_child() -> None:
     elif p["side"] == "cache":  # hop two: the fetched file into a resource's cache
         from airavata_prefect.adapters.hosts import LocalHost
         from airavata_prefect.adapters.s3 import S3
-        from airavata_prefect.usecases.bundles.resource_cache import ResourceCache, describe
+        from airavata_prefect.usecases.bundles.resource_cache import ResourceCache, hashed_files
 
         S3(BUCKET, access_key=p["access_key"], secret_key=p["secret_key"],
            endpoint_url=p["url"]).fetch(BIG_KEY, dest)  # not measured
         cache = ResourceCache(LocalHost(), str(dest / "site"), "bench")
         (dest / "warm").mkdir()
         (dest / "warm" / "w.bin").write_bytes(b"warm")
-        cache.place({f.sha256: f for f in describe(dest / "warm")})  # imports, a first round
+        cache.place({f.sha256: f for f in hashed_files(dest / "warm")})  # imports, a first round
 
         def fetch() -> object:
-            return cache.place({f.sha256: f for f in describe(dest / "data.bin")})
+            return cache.place({f.sha256: f for f in hashed_files(dest / "data.bin")})
     else:
         client = boto3_client(p["url"], p["access_key"], p["secret_key"])
         (dest / "warm").mkdir(parents=True, exist_ok=True)

@@ -174,6 +174,18 @@ def pg_url(pg_server: int) -> Iterator[str]:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
+    """A fresh store on SQLite, then on a real PostgreSQL (a module's own `store` overrides)."""
+    from airavata_prefect.adapters.store import Store
+
+    url = (f"sqlite:///{tmp_path / 'a.db'}" if request.param == "sqlite"
+           else request.getfixturevalue("pg_url"))
+    s = Store(url)
+    yield s
+    s.close()
+
+
 # -- OpenBao --------------------------------------------------------------------------------------
 
 

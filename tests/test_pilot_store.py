@@ -34,15 +34,6 @@ S = TaskState
 LEASE = 60.0
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    url = (f"sqlite:///{tmp_path / 'a.db'}" if request.param == "sqlite"
-           else request.getfixturevalue("pg_url"))
-    s = Store(url)
-    yield s
-    s.close()
-
-
 def _experiment(store: Store) -> str:
     return store.experiments.create(
         name="e", source="e.yml", spec_text="tasks: {}", params={}, workdir_root=Path("/runs"),

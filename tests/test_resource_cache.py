@@ -18,7 +18,7 @@ from airavata_prefect.adapters.storage import StorageError
 from airavata_prefect.usecases.bundles.resource_cache import (
     CACHE_DIR,
     ResourceCache,
-    describe,
+    hashed_files,
 )
 
 
@@ -60,7 +60,7 @@ def _inputs(root: Path) -> Path:
 
 
 def test_files_move_once_and_are_linked_read_only(tmp_path: Path) -> None:
-    files = describe(_inputs(tmp_path / "mount"))
+    files = hashed_files(_inputs(tmp_path / "mount"))
     assert [f.rel for f in files] == ["data/deep/same.csv", "data/x.csv", "params.txt"]
     assert files[1].sha256 == hashlib.sha256(b"1,2\n").hexdigest() == files[0].sha256
     unique = {f.sha256: f for f in files}
@@ -85,7 +85,7 @@ def test_files_move_once_and_are_linked_read_only(tmp_path: Path) -> None:
 
 
 def test_a_file_corrupted_on_the_way_is_sent_again(tmp_path: Path) -> None:
-    files = {f.sha256: f for f in describe(_inputs(tmp_path / "mount"))}
+    files = {f.sha256: f for f in hashed_files(_inputs(tmp_path / "mount"))}
     link = FaultyLink(bad=1)
     totals = ResourceCache(link, str(tmp_path / "site"), "flaky").place(files)
     assert link.uploads == 2 and totals.retries == 1 and totals.misses == 2
@@ -97,7 +97,7 @@ def test_a_file_corrupted_on_the_way_is_sent_again(tmp_path: Path) -> None:
 def test_a_file_corrupted_every_time_fails_and_leaves_nothing(tmp_path: Path) -> None:
     (tmp_path / "mount").mkdir()
     (tmp_path / "mount" / "big.bin").write_bytes(os.urandom(4096))
-    files = {f.sha256: f for f in describe(tmp_path / "mount")}
+    files = {f.sha256: f for f in hashed_files(tmp_path / "mount")}
     site = tmp_path / "site"
     with pytest.raises(StorageError, match=r"'big.bin' arrived corrupted at flaky 2 times "
                                            r"\(sha256 sent [0-9a-f]{16}…, found [0-9a-f]{16}…\)"):
@@ -110,4 +110,4 @@ def test_names_the_resource_protocol_cannot_carry_are_refused(tmp_path: Path) ->
     (tmp_path / "m").mkdir()
     (tmp_path / "m" / "a\nb").write_text("x")
     with pytest.raises(StorageError, match="newline or tab"):
-        describe(tmp_path / "m")
+        hashed_files(tmp_path / "m")

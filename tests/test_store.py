@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,15 +16,6 @@ from airavata_prefect.domain.records import NewTask
 from airavata_prefect.domain.states import IllegalTransition, TaskState, Transition
 
 S = TaskState
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    url = (f"sqlite:///{tmp_path / 'a.db'}" if request.param == "sqlite"
-           else request.getfixturevalue("pg_url"))
-    s = Store(url)
-    yield s
-    s.close()
 
 
 def _experiment(store: Store, n: int = 3) -> str:

@@ -19,7 +19,7 @@ from airavata_prefect.adapters.store import Store
 from airavata_prefect.blocks import StorageBlock
 from airavata_prefect.domain.dag import TaskGraph
 from airavata_prefect.domain.records import Experiment
-from airavata_prefect.usecases.bundles.resource_cache import describe
+from airavata_prefect.usecases.bundles.resource_cache import hashed_files
 from airavata_prefect.usecases.bundles.secrets import BundleSecrets
 from airavata_prefect.usecases.bundles.staging import fetch_mounts, mount_names, staged_files
 from airavata_prefect.usecases.catalog import load_storage
@@ -87,7 +87,7 @@ class LocalMounts:
         try:
             fetched = await asyncio.to_thread(fetch_mounts, self.graph, step, reader, scratch,
                                               frozenset(skipped))
-            described = await asyncio.to_thread(lambda: [describe(m.copy) for m in fetched])
+            described = await asyncio.to_thread(lambda: [hashed_files(m.copy) for m in fetched])
         except Exception as exc:
             raise MountError(str(exc)) from None
         # What each mount held, for lineage (no cache here: the copies are on this machine).

@@ -35,7 +35,7 @@ class CachedFile:
     size: int
 
 
-def describe(root: Path) -> list[CachedFile]:
+def hashed_files(root: Path) -> list[CachedFile]:
     """Every regular file under `root` (or `root` itself), hashed. Names the line protocol
     with the resource cannot carry (a newline or a tab) are refused."""
     files = [root] if root.is_file() else sorted(p for p in root.rglob("*")
@@ -130,4 +130,4 @@ class ResourceCache:
         self._run(script, (f"{d}\t{rel}" for rel, d in entries), "linking staged files")
 
 
-__all__ = ["ATTEMPTS", "CACHE_DIR", "CachedFile", "ResourceCache", "describe"]
+__all__ = ["ATTEMPTS", "CACHE_DIR", "CachedFile", "ResourceCache", "hashed_files"]

@@ -26,7 +26,7 @@ from airavata_prefect.domain.spec import parse_mount
 from airavata_prefect.usecases.bundles.resource_cache import (
     CachedFile,
     ResourceCache,
-    describe,
+    hashed_files,
 )
 from airavata_prefect.usecases.bundles.runner import Staged
 
@@ -118,7 +118,7 @@ def stage_mounts(graph: TaskGraph, step: str, bundle_dir: str,
     the cache saved, and every file staged (its digest, for lineage)."""
     staged = Staged()
     fetched = fetch_mounts(graph, step, reader_for, scratch)
-    described = [describe(m.copy) for m in fetched]
+    described = [hashed_files(m.copy) for m in fetched]
     unique: dict[str, CachedFile] = {f.sha256: f for files in described for f in files}
     totals = cache.place(unique)
     for n, (m, files) in enumerate(zip(fetched, described, strict=True)):
