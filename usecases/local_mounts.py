@@ -19,9 +19,8 @@ from airavata_prefect.adapters.store import Store
 from airavata_prefect.blocks import StorageBlock
 from airavata_prefect.domain.dag import TaskGraph
 from airavata_prefect.domain.records import Experiment
-from airavata_prefect.usecases.bundles.resource_cache import hashed_files
 from airavata_prefect.usecases.bundles.secrets import BundleSecrets
-from airavata_prefect.usecases.bundles.staging import fetch_mounts, mount_names, staged_files
+from airavata_prefect.usecases.bundles.staging import fetch_and_hash, mount_names
 from airavata_prefect.usecases.catalog import load_storage
 from airavata_prefect.usecases.errors import BadInput
 from airavata_prefect.usecases.settings import Settings
@@ -85,16 +84,14 @@ class LocalMounts:
         await asyncio.to_thread(shutil.rmtree, scratch, True)  # an earlier run's copy
         scratch.mkdir(parents=True)
         try:
-            fetched = await asyncio.to_thread(fetch_mounts, self.graph, step, reader, scratch,
-                                              frozenset(skipped))
-            described = await asyncio.to_thread(lambda: [hashed_files(m.copy) for m in fetched])
+            hashed = await asyncio.to_thread(fetch_and_hash, self.graph, step, reader, scratch,
+                                             frozenset(skipped))
         except Exception as exc:
             raise MountError(str(exc)) from None
         # What each mount held, for lineage (no cache here: the copies are on this machine).
-        await asyncio.to_thread(self.store.staging.record_inputs, self.exp.id, step, [
-            s for m, files in zip(fetched, described, strict=True)
-            for s in staged_files(m, files)])
-        return [(m.target, m.copy / m.single if m.single else m.copy) for m in fetched]
+        await asyncio.to_thread(self.store.staging.record_inputs, self.exp.id, step,
+                                hashed.inputs())
+        return [(m.target, m.copy / m.single if m.single else m.copy) for m in hashed.mounts]
 
     def close(self) -> None:
         """Revoke the run's child token (the copies stay: later steps may read them)."""

@@ -106,8 +106,24 @@ def fetch_mounts(graph: TaskGraph, step: str, reader_for: Callable[[str], Storag
     return out
 
 
-def staged_files(fetched: Fetched, files: list[CachedFile]) -> list[StagedFile]:
-    return [StagedFile(fetched.spec, f.rel, f.sha256, f.size) for f in files]
+@dataclass(frozen=True)
+class HashedMounts:
+    """A step's mounts fetched, and every file of each hashed (in the same order)."""
+
+    mounts: list[Fetched]
+    files: list[list[CachedFile]]
+
+    def inputs(self) -> list[StagedFile]:
+        """Every file staged, with its digest: what lineage records a step read."""
+        return [StagedFile(m.spec, f.rel, f.sha256, f.size)
+                for m, files in zip(self.mounts, self.files, strict=True) for f in files]
+
+
+def fetch_and_hash(graph: TaskGraph, step: str, reader_for: Callable[[str], StorageReader],
+                   scratch: Path, skip: frozenset[str] = frozenset()) -> HashedMounts:
+    """`fetch_mounts`, then each mount's files hashed (bundles and `local` alike)."""
+    fetched = fetch_mounts(graph, step, reader_for, scratch, skip)
+    return HashedMounts(fetched, [hashed_files(m.copy) for m in fetched])
 
 
 def stage_mounts(graph: TaskGraph, step: str, bundle_dir: str,
@@ -117,23 +133,19 @@ def stage_mounts(graph: TaskGraph, step: str, bundle_dir: str,
     them under `bundle_dir/mounts/<n>`; instances link to that. Returns what to link, what
     the cache saved, and every file staged (its digest, for lineage)."""
     staged = Staged()
-    fetched = fetch_mounts(graph, step, reader_for, scratch)
-    described = [hashed_files(m.copy) for m in fetched]
-    unique: dict[str, CachedFile] = {f.sha256: f for files in described for f in files}
+    hashed = fetch_and_hash(graph, step, reader_for, scratch)
+    unique: dict[str, CachedFile] = {f.sha256: f for files in hashed.files for f in files}
     totals = cache.place(unique)
-    for n, (m, files) in enumerate(zip(fetched, described, strict=True)):
+    for n, (m, files) in enumerate(zip(hashed.mounts, hashed.files, strict=True)):
         cache.link(f"{bundle_dir}/mounts/{n}", [(f.rel, f.sha256) for f in files])
         staged.links.append(Link(f"mounts/{n}/{m.single}" if m.single else f"mounts/{n}",
                                  m.target))
-    inputs = [s for m, files in zip(fetched, described, strict=True)
-              for s in staged_files(m, files)]
-    return staged, totals, inputs
+    return staged, totals, hashed.inputs()
 
 
 def scratch_dir() -> tempfile.TemporaryDirectory[str]:
     return tempfile.TemporaryDirectory(prefix="airavata-staging-")
 
 
-__all__ = ["Fetched", "dependency_inputs", "fetch_mounts", "mount_names", "scratch_dir",
-           "stage_dependencies",
-           "stage_mounts", "staged_files"]
+__all__ = ["Fetched", "HashedMounts", "dependency_inputs", "fetch_and_hash", "fetch_mounts",
+           "mount_names", "scratch_dir", "stage_dependencies", "stage_mounts"]
