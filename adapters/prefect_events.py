@@ -241,6 +241,16 @@ def emit(event: LifecycleEvent) -> None:
         log.debug("event %s not queued: %s", event.type, exc)
 
 
+def discard_pending() -> int:
+    """Drop what is queued, unsent, and stay quiet at exit (a test session ending, whose
+    Prefect server may be gone before its last events were sent). How many were dropped."""
+    with _sender.lock:
+        dropped = len(_sender.queue)
+        _sender.queue.clear()
+        _sender.exiting = True
+    return dropped
+
+
 def flush(timeout: float = 10.0, *, retry: bool = True) -> bool:
     """Wait (at most `timeout` s) until every queued event is sent. True when they were. An
     API that did not answer is tried again now (`retry`), else it is not waited for."""
@@ -325,5 +335,6 @@ def read_logs(text: str, *, limit: int = 500) -> list[PrefectLog]:
     return out
 
 
-__all__ = ["EventsUnavailable", "PrefectLog", "api_url", "emit", "flush", "read_events",
+__all__ = ["EventsUnavailable", "PrefectLog", "api_url", "discard_pending", "emit", "flush",
+           "read_events",
            "read_logs", "to_prefect"]

@@ -34,6 +34,13 @@ SAMPLE = ROOT / "examples" / "airavata_sample.yml"
 PEER_SAMPLE = ROOT.parent / "shared" / "peers" / "airavata" / "sample_experiment.yml"
 
 
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Events tests emitted while no Prefect server answered are not sent at exit (the
+    server of the session is gone by then, and so is pytest's captured stderr)."""
+    from airavata_prefect.adapters import prefect_events
+    prefect_events.discard_pending()
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
