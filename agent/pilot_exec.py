@@ -37,11 +37,16 @@ from pathlib import Path
 from typing import Literal, Protocol
 
 from airavata_prefect.domain.endings import Exit, Outcome, judge
-from airavata_prefect.domain.instance import LOGS, host_environment, keep_earlier_logs
+from airavata_prefect.domain.instance import (
+    LOGS,
+    host_environment,
+    keep_earlier_logs,
+    stderr_tail,
+)
 from airavata_prefect.domain.pilot import Usage
 from airavata_prefect.domain.states import TaskState
 from airavata_prefect.domain.usage import limited_argv, memory_failure
-from airavata_prefect.usecases.local import KILL_GRACE_SECONDS, stderr_tail
+from airavata_prefect.usecases.local import KILL_GRACE_SECONDS
 
 SCRIPTS_DIR = ".airavata-scripts"  # under the agent's root: one copy per script digest
 _CATCHABLE = frozenset(signal.valid_signals()) - {signal.SIGKILL, signal.SIGSTOP}

@@ -5,7 +5,8 @@
   that starts it (the runner's or a worker's variables may hold a database URL or a token).
 - Its script: the step's script with the resource `environment` exported after the `#!` line.
 - Its logs: `stdout.log` and `stderr.log` in its working directory; a retry first moves the
-  earlier attempt's to `stdout.attemptN.log` / `stderr.attemptN.log`.
+  earlier attempt's to `stdout.attemptN.log` / `stderr.attemptN.log`. The end of its stderr is
+  where a program says memory ran out (domain/usage.py reads it).
 """
 
 from __future__ import annotations
@@ -71,6 +72,16 @@ def keep_earlier_logs(workdir: Path, attempt: int) -> None:
             os.replace(log, workdir / kept)
 
 
+def stderr_tail(path: Path, limit: int = 4096) -> str:
+    """The end of an instance's stderr (where a program says memory ran out)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - limit))
+            return f.read().decode(errors="replace")
+    except OSError:
+        return ""
+
+
 __all__ = ["LOGS", "PASSTHROUGH", "PASSTHROUGH_PREFIXES", "earlier_logs", "host_environment",
            "instance_environment",
-           "keep_earlier_logs", "render_script"]
+           "keep_earlier_logs", "render_script", "stderr_tail"]

@@ -30,6 +30,7 @@ from airavata_prefect.domain.instance import (
     instance_environment,
     keep_earlier_logs,
     render_script,
+    stderr_tail,
 )
 from airavata_prefect.domain.scheduler import Report, Scheduler, Summary
 from airavata_prefect.domain.states import TaskState
@@ -201,16 +202,6 @@ async def run_to_end(scheduler: Scheduler, executor: LocalExecutor) -> Summary:
         return await scheduler.run()
     finally:
         await executor.close()
-
-
-def stderr_tail(path: Path, limit: int = 4096) -> str:
-    """The end of an instance's stderr (where a program says memory ran out)."""
-    try:
-        with open(path, "rb") as f:
-            f.seek(max(0, f.seek(0, os.SEEK_END) - limit))
-            return f.read().decode(errors="replace")
-    except OSError:
-        return ""
 
 
 async def _wait(proc: Spawned, cancel: asyncio.Event, walltime: int | None) -> str:

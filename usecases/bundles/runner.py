@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from airavata_prefect.adapters.hosts import Host, HostError, download, upload
-from airavata_prefect.adapters.launcher import Launcher, read_markers, read_tails
+from airavata_prefect.adapters.launcher import Launcher, read_markers
 from airavata_prefect.adapters.storage import StorageError, write_inside
 from airavata_prefect.adapters.store import Store
 from airavata_prefect.domain.bundle_layout import (
@@ -39,7 +39,7 @@ from airavata_prefect.domain.bundle_layout import (
 )
 from airavata_prefect.domain.dag import TaskGraph
 from airavata_prefect.domain.endings import Exit, Outcome, Requeue, judge
-from airavata_prefect.domain.instance import LOGS, keep_earlier_logs
+from airavata_prefect.domain.instance import LOGS, keep_earlier_logs, stderr_tail
 from airavata_prefect.domain.records import Bundle, BundleEvent, Experiment
 from airavata_prefect.domain.states import TERMINAL, BundleStatus, TaskState, summarize
 from airavata_prefect.domain.usage import Usage, memory_failure
@@ -321,15 +321,11 @@ class BundleRunner:
                     if o.state == TaskState.FAILED and _own_failure(ends[k])]
         if not (ram_gb and suspects):
             return outcomes
-        paths = {k: f"{job.remote.workdir(i.step, i.index)}/stderr.log"
-                 for k in suspects for i in (job.members[k].instance,)}
-        tails: dict[int, str] = {}
-        try:
-            tails = await asyncio.to_thread(read_tails, job.host, paths, STDERR_TAIL_BYTES)
-        except (HostError, RuntimeError) as exc:
-            job.log.warning("bundle %s: cannot read stderr of failed instances: %s", job.id, exc)
-        for k in suspects:
-            why = memory_failure(ram_gb, tails.get(k, ""), outcomes[k].usage)
+        for k in suspects:  # (their logs came home with _collect, before this)
+            inst = job.members[k].instance
+            tail = stderr_tail(Path(job.home.workdir(inst.step, inst.index)) / LOGS[1],
+                               STDERR_TAIL_BYTES)
+            why = memory_failure(ram_gb, tail, outcomes[k].usage)
             if why:
                 outcomes[k] = outcomes[k]._replace(reason=why)
         return outcomes
