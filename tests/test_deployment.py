@@ -190,8 +190,9 @@ def test_two_schedules_fire_with_their_own_parameters(home: Path, tmp_path: Path
 
 
 def test_a_killed_run_resumes_by_itself(home: Path, tmp_path: Path, prefect_api: str) -> None:
-    """SIGKILL of the process running 20 x `sleep 1`: a new run takes the experiment over;
-    only the instances running at the kill run twice."""
+    """SIGKILL of the process running 20 x `sleep 1`: what it ran dies with it (its spawning
+    process kills them when its pipe closes), a new run takes the experiment over, and only
+    instances that had started before the kill run again."""
     log = tmp_path / "executions.log"
     starts = tmp_path / "starts.log"
     spec = tmp_path / "naps.yml"
@@ -227,7 +228,7 @@ tasks:
         # it had never started, so it need not).
         again = {e.instance_id for e in store.tasks.events(exp.id)
                  if e.message and "orchestrator stopped" in e.message}
-        assert set(counts.values()) <= {1, 2} and twice, counts
+        assert set(counts.values()) <= {1, 2} and (twice or again), (counts, again)
         assert twice <= started and again <= started, (twice, again, started)
         assert len(twice) <= 4 and len(again) <= 4  # two slots, plus one unwritten batch
         # The rerun ones used no retry: their attempt is still 0.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import random
 
+import pulp
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -293,3 +294,120 @@ def test_bench_scenario_0_in_2_s_beats_what_30_s_found_before() -> None:
     p = plan(*found, Constraints(objective="time"), time_limit=2)
     assert p.makespan_seconds is not None and p.makespan_seconds <= 31_898
     recheck(p, *found, Constraints(objective="time"))
+
+
+# -- the coupled model (cost, balanced, time with a budget): a class's runtime where it runs -------
+
+
+def _long_and_short() -> tuple[list[TaskClass], list[ComputeResource]]:
+    """_two_queues with prices: `small` (4 cores, no queue, 1 per core-hour) and `big` (64
+    cores behind a 1 h queue wait, 2 per core-hour)."""
+    return ([TaskClass("long", 1, runtime_s=10800), TaskClass("short", 600, runtime_s=60)],
+            [res("small", nodes=1, cores_per_node=4, cost=Prices(core_hour=1)),
+             res("big", nodes=1, cores_per_node=64, queue_wait="1:00:00",
+                 cost=Prices(core_hour=2))])
+
+
+def test_cost_meets_a_deadline_only_a_queue_charged_where_it_runs_allows() -> None:
+    # 11,000 s: the 3 h instance on small, and as many short ones beside it as its 4 cores
+    # finish by then (553: 2,700 + 553 x 15 = 10,995 s); the other 47 behind big's queue
+    # (3,660 s). The old model charged big's queue plus the 3 h runtime (14,400 s) once big ran
+    # anything at the level, and everything on small takes 11,700 s: "infeasible".
+    ks, pool = _long_and_short()
+    cons = Constraints(objective="cost", deadline=format_duration(11000))
+    p = plan(ks, pool, cons, time_limit=5)
+    assert p.status == "optimal" and p.makespan_seconds == 10995.0
+    assert p.counts() == {"long": {"small": 1}, "short": {"small": 553, "big": 47}}
+    assert p.total_cost == pytest.approx(3 + 553 / 60 + 47 * 2 / 60)
+    recheck(p, ks, pool, cons)
+
+
+def test_balanced_pays_a_queue_for_what_runs_behind_it() -> None:
+    # Moving 60 short instances behind big's queue costs 1 and saves 900 s: worth it (balanced
+    # weighs 1 / 13 of the cost against 900 / 10,800 of the makespan). The old model priced
+    # that plan at 14,400 s and called keeping everything on small optimal.
+    ks, pool = _long_and_short()
+    p = plan(ks, pool, Constraints(objective="balanced"), time_limit=5, gap_tolerance=0)
+    assert p.status == "optimal" and (p.total_cost, p.makespan_seconds) == (14.0, 10800.0)
+    assert p.counts() == {"long": {"small": 1}, "short": {"small": 540, "big": 60}}
+    recheck(p, ks, pool, Constraints(objective="balanced"))
+
+
+def test_the_models_level_durations_are_what_evaluate_scores() -> None:
+    from airavata_prefect.domain.placement import _model_input, _references
+    from airavata_prefect.domain.placement_model import _build, evaluate, goal, level_times
+
+    ks, pool = _long_and_short()
+    ks.append(TaskClass("after", 8, runtime_s=600, level=1))  # 1,200 s on small alone
+    inp = _model_input(ks, pool, [(k, r) for k in range(3) for r in range(2)], set())
+    refs = _references(inp)
+    for objective in ("time", "balanced", "cost"):
+        prob, x = _build(inp, objective, 12200.0, None, refs)
+        prob.solve(pulp.PULP_CBC_CMD(msg=False))
+        assert pulp.LpStatus[prob.status] == "Optimal"
+        plan_x = {p: float(round(v.value() or 0.0)) for p, v in x.items()}
+        cost, finish = evaluate(inp, plan_x)
+        levels = level_times(finish)
+        m = {lv: prob.variablesDict()[f"m_{lv}"].value() for lv in (0, 1)}
+        if objective != "cost":  # minimised, each M_l is its level's finish
+            assert m == pytest.approx(levels)
+            assert pulp.value(prob.objective) == pytest.approx(
+                goal(objective, cost, sum(levels.values()), refs))
+        else:  # M_l only bounds it
+            assert all(m[lv] >= levels[lv] - 1e-6 for lv in (0, 1))
+        assert sum(levels.values()) <= 12200
+
+
+def test_bench_scenario_4_coupled_optimum_is_the_per_level_one() -> None:
+    # The old coupled model proved 15,060 s optimal for objective time; 14,460 s exists.
+    from airavata_prefect.domain.placement import _model_input
+    from airavata_prefect.domain.placement_model import solve
+    from airavata_prefect.domain.placement_start import solve_makespan
+    from bench.placement import scenario
+
+    found = scenario(4)
+    assert found is not None
+    ks, pool = found
+    pairs = [(ki, ri) for ki, k in enumerate(ks) for ri, r in enumerate(pool)
+             if ineligible(k, r, Constraints(), lambda r: True, "") is None]
+    inp = _model_input(ks, pool, pairs, set())
+    coupled = solve(inp, "time", time_limit=10)
+    assert coupled.status == "optimal" and coupled.makespan == coupled.objective == 14460.0
+    assert solve_makespan(inp, deadline=None, time_limit=10).makespan == 14460.0
+
+
+@st.composite
+def small_levels(draw: st.DrawFn) -> ModelInput:
+    """Up to 4 classes over 2 levels and 3 resources, one core per instance, runtimes from a
+    minute to 3 h, queue waits up to an hour: often a class one wave holds beside a long one."""
+    n_res = draw(st.integers(1, 3))
+    cores = [draw(st.sampled_from([4, 16, 64])) for _ in range(n_res)]
+    n_classes = draw(st.integers(1, 4))
+    inp = ModelInput(n=[draw(st.integers(1, 100)) for _ in range(n_classes)],
+                     t=[draw(st.sampled_from([60.0, 600.0, 3600.0, 10800.0]))
+                        for _ in range(n_classes)],
+                     level=[draw(st.integers(0, 1)) for _ in range(n_classes)],
+                     q=[draw(st.sampled_from([0.0, 1800.0, 3600.0])) for _ in range(n_res)],
+                     pairs=[], cost={}, slots={}, core_load={})
+    for k in range(n_classes):
+        for r in draw(st.sets(st.integers(0, n_res - 1), min_size=1)):
+            inp.pairs.append((k, r))
+            inp.cost[(k, r)] = draw(st.sampled_from([1.0, 2.0]))
+            inp.slots[(k, r)] = cores[r]
+            inp.core_load[(k, r)] = inp.t[k] / cores[r]
+    return inp
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(inp=small_levels())
+def test_coupled_and_per_level_makespans_agree(inp: ModelInput) -> None:
+    from airavata_prefect.domain.placement_model import solve
+    from airavata_prefect.domain.placement_start import GAP_ABS_S, GAP_REL, solve_makespan
+
+    coupled = solve(inp, "time", time_limit=5)
+    levels = solve_makespan(inp, deadline=None, time_limit=5)
+    assert coupled.status == levels.status == "optimal"
+    assert coupled.objective == pytest.approx(coupled.makespan, rel=1e-6)  # M is evaluate's
+    assert coupled.makespan <= levels.makespan * (1 + 1e-6) + 1e-6
+    n_levels = len(set(inp.level))
+    assert levels.makespan <= coupled.makespan * (1 + GAP_REL) + n_levels * GAP_ABS_S
