@@ -11,14 +11,15 @@ nodes). A class is eligible on r only if one instance fits a node (cores, GPUs, 
 nodes exist, its walltime fits, r is not excluded and the user holds a credential for r.
 
 Variables: x_kr integer >= 0 (instances of k on r, eligible pairs only); w_kr integer >= 0,
-the waves of k on
-r (w_kr · slots_kr ≥ x_kr; only where one wave cannot hold the class, otherwise y serves);
-y_rl ∈ {0,1}, r used at level l; M_l ≥ 0, level l's duration.
+the waves of k on r (x_kr ≤ min(slots_kr, n_k) · w_kr: for a class one wave holds, a 0/1
+indicator that k runs on r at all; w_kr ≤ most waves · y_rl); y_rl ∈ {0,1}, r used at level l;
+M_l ≥ 0, level l's duration.
 
 Constraints: Σ_r x_kr = n_k (every instance placed once); x_kr ≤ n_k · y_rl;
   M_l ≥ q_r y_rl + Σ_k∈l x_kr cpu_k t_k / (N_r C_r)   (core-seconds over the resource's cores)
   M_l ≥ q_r y_rl + Σ_k∈l x_kr gpu_k t_k / (N_r G_r)   (likewise GPUs, when the level uses them)
-  M_l ≥ q_r y_rl + t_k w_kr   (or + t_k y_rl)          (never faster than its waves)
+  M_l ≥ q_r y_rl + t_k w_kr                            (never faster than its waves, and a
+                                                        class's runtime only where it runs)
   makespan T = Σ_l M_l ≤ deadline;  cost = Σ x_kr c_kr ≤ max_cost, where
   c_kr = t_k/3600 · (cpu_k core_hour + gpu_k gpu_hour + node_k node_hour) + input_gb_k · egress.
 

@@ -8,8 +8,7 @@ water-filled over its resources), the rounded LP plan and a local search from ei
 U_l then tightens the MIP (formulation: domain/placement.py):
 
 - waves w_kr for every pair, so a resource's queue wait plus a class's runtime bind only where
-  that class runs (the coupled model's `M_l >= (q_r + t_k) y_rl`, for classes one wave holds,
-  charges them to every class eligible on a resource the level uses);
+  that class runs (as in the combined model);
 - only pairs that fit the level at all: q_r + t_k <= U_l;
 - x_kr <= cap_kr w_kr with cap_kr = min(n_k, instances of k that r finishes within U_l), and
   w_kr <= waves_kr y_r: far smaller big-Ms than n_k, so the relaxation sees queue waits;

@@ -376,38 +376,55 @@ def test_bench_scenario_4_coupled_optimum_is_the_per_level_one() -> None:
     assert solve_makespan(inp, deadline=None, time_limit=10).makespan == 14460.0
 
 
+def test_a_deadline_the_fastest_plan_meets_is_never_infeasible() -> None:
+    # Bench scenario 6, deadline 1.5 x its fastest makespan: CBC alone found no plan in 2 s (so
+    # `plan` said "infeasible"); warm-started from the list schedule it always holds one.
+    from airavata_prefect.domain.placement import _model_input
+    from airavata_prefect.domain.placement_model import evaluate, level_times, solve
+    from airavata_prefect.domain.placement_start import list_schedule
+    from bench.placement import scenario
+
+    found = scenario(6)
+    assert found is not None
+    ks, pool = found
+    pairs = [(ki, ri) for ki, k in enumerate(ks) for ri, r in enumerate(pool)
+             if ineligible(k, r, Constraints(), lambda r: True, "") is None]
+    inp = _model_input(ks, pool, pairs, set())
+    start = list_schedule(inp)
+    start_cost, finish = evaluate(inp, start)
+    deadline = 1.5 * sum(level_times(finish).values())
+    sol = solve(inp, "cost", deadline=deadline, time_limit=0.2)
+    assert sol.status == "feasible" and sol.makespan <= deadline
+    assert sol.cost <= start_cost + 1e-6
+
+
 @st.composite
-def small_levels(draw: st.DrawFn) -> ModelInput:
-    """Up to 4 classes over 2 levels and 3 resources, one core per instance, runtimes from a
-    minute to 3 h, queue waits up to an hour: often a class one wave holds beside a long one."""
-    n_res = draw(st.integers(1, 3))
-    cores = [draw(st.sampled_from([4, 16, 64])) for _ in range(n_res)]
-    n_classes = draw(st.integers(1, 4))
-    inp = ModelInput(n=[draw(st.integers(1, 100)) for _ in range(n_classes)],
-                     t=[draw(st.sampled_from([60.0, 600.0, 3600.0, 10800.0]))
-                        for _ in range(n_classes)],
-                     level=[draw(st.integers(0, 1)) for _ in range(n_classes)],
-                     q=[draw(st.sampled_from([0.0, 1800.0, 3600.0])) for _ in range(n_res)],
-                     pairs=[], cost={}, slots={}, core_load={})
-    for k in range(n_classes):
-        for r in draw(st.sets(st.integers(0, n_res - 1), min_size=1)):
-            inp.pairs.append((k, r))
-            inp.cost[(k, r)] = draw(st.sampled_from([1.0, 2.0]))
-            inp.slots[(k, r)] = cores[r]
-            inp.core_load[(k, r)] = inp.t[k] / cores[r]
-    return inp
+def one_level(draw: st.DrawFn) -> ModelInput:
+    """_two_queues' resources (4 cores, no queue; 64 cores behind 1 h), perhaps a third, and 2-3
+    classes of one core per instance, eligible everywhere: often a short class that needs the
+    queued resource beside a long one that one wave holds (about 1 case in 7 that the old model
+    overcharged)."""
+    extra = draw(st.lists(st.tuples(st.sampled_from([4, 64]), st.sampled_from([0.0, 3600.0])),
+                          max_size=1))
+    cores, q = zip(*[(4, 0.0), (64, 3600.0), *extra], strict=True)
+    n_classes = draw(st.integers(2, 3))
+    pairs = [(k, r) for k in range(n_classes) for r in range(len(cores))]
+    t = [draw(st.sampled_from([60.0, 3600.0, 10800.0])) for _ in range(n_classes)]
+    return ModelInput(n=[draw(st.sampled_from([1, 4, 60, 600])) for _ in range(n_classes)],
+                      t=t, level=[0] * n_classes, q=list(q), pairs=pairs,
+                      cost=dict.fromkeys(pairs, 1.0), slots={(k, r): cores[r] for k, r in pairs},
+                      core_load={(k, r): t[k] / cores[r] for k, r in pairs})
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(inp=small_levels())
+@given(inp=one_level())
 def test_coupled_and_per_level_makespans_agree(inp: ModelInput) -> None:
     from airavata_prefect.domain.placement_model import solve
     from airavata_prefect.domain.placement_start import GAP_ABS_S, GAP_REL, solve_makespan
 
     coupled = solve(inp, "time", time_limit=5)
-    levels = solve_makespan(inp, deadline=None, time_limit=5)
-    assert coupled.status == levels.status == "optimal"
+    level = solve_makespan(inp, deadline=None, time_limit=5)  # optimal within its gaps
+    assert coupled.status == level.status == "optimal"
     assert coupled.objective == pytest.approx(coupled.makespan, rel=1e-6)  # M is evaluate's
-    assert coupled.makespan <= levels.makespan * (1 + 1e-6) + 1e-6
-    n_levels = len(set(inp.level))
-    assert levels.makespan <= coupled.makespan * (1 + GAP_REL) + n_levels * GAP_ABS_S
+    assert coupled.makespan <= level.makespan * (1 + 1e-6) + 1e-6
+    assert level.makespan <= coupled.makespan * (1 + GAP_REL) + GAP_ABS_S

@@ -21,8 +21,9 @@ def test_sample_plan_json(home: Path) -> None:
     assert r.returncode == 0, r.stderr
     p = json.loads(r.stdout)
     assert set(p) == {"status", "objective", "total_cost", "makespan_seconds", "gap",
-                      "solve_seconds", "assignments", "reason"}
+                      "solve_seconds", "assignments", "reason", "estimates"}
     assert p["status"] == "optimal" and p["objective"] == "time" and p["reason"] is None
+    assert p["estimates"] == {}  # offline (--resources): no history is read
     per_step: dict[str, int] = {}
     for a in p["assignments"]:
         assert set(a) == {"step", "resource", "count", "cost", "finish_seconds"}
