@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
+import marshal
 import os
+import struct
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -20,6 +21,7 @@ from pathlib import Path
 from airavata_prefect.domain.usage import Usage
 
 _SERVER = str(Path(__file__).with_name("spawn_server.py"))
+_LENGTH = struct.Struct(">I")  # the frames of spawn_server.py's protocol
 
 
 class SpawnerGone(RuntimeError):
@@ -70,12 +72,15 @@ class Spawner:
         proc = self._proc
         if proc is None or proc.stdin is None or proc.returncode is not None:
             return
-        proc.stdin.write(json.dumps(message, separators=(",", ":")).encode() + b"\n")
+        body = marshal.dumps(message)
+        proc.stdin.write(_LENGTH.pack(len(body)) + body)
 
-    async def spawn(self, argv: Sequence[str], *, cwd: str | os.PathLike[str],
-                    env: Mapping[str, str], stdout: str, stderr: str) -> Spawned:
-        """Start `argv` in `cwd` in a new session, stdin /dev/null, stdout/stderr into these
-        files (relative to `cwd`), default signal dispositions. OSError if it cannot start."""
+    async def spawn(self, executable: str, argv: Sequence[str], *,
+                    cwd: str | os.PathLike[str], env: Mapping[str, str], stdout: str,
+                    stderr: str) -> Spawned:
+        """Start `executable` (a path) with `argv` in `cwd` in a new session, stdin /dev/null,
+        stdout/stderr into these files (relative to `cwd`), default signal dispositions.
+        OSError if it cannot start."""
         proc = await self._ensure()
         self._next += 1
         ident = self._next
@@ -84,8 +89,8 @@ class Spawner:
         ended: asyncio.Future[Ended] = loop.create_future()
         self._started[ident] = started
         self._ended[ident] = (ended, time.monotonic())
-        self._send({"op": "spawn", "id": ident, "argv": list(argv), "cwd": os.fspath(cwd),
-                    "env": dict(env), "out": stdout, "err": stderr})
+        self._send({"op": "spawn", "id": ident, "path": executable, "argv": list(argv),
+                    "cwd": os.fspath(cwd), "env": dict(env), "out": stdout, "err": stderr})
         try:
             pid = await started
         except BaseException:
@@ -99,12 +104,16 @@ class Spawner:
     async def _read(self, proc: asyncio.subprocess.Process) -> None:
         assert proc.stdout is not None
         try:
-            while line := await proc.stdout.readline():
+            while True:
                 try:
-                    reply = json.loads(line)
-                except ValueError:
+                    (size,) = _LENGTH.unpack(await proc.stdout.readexactly(4))
+                    reply = marshal.loads(await proc.stdout.readexactly(size))
+                except asyncio.IncompleteReadError:
+                    break  # it ended
+                except (EOFError, ValueError, TypeError):
                     continue
-                self._reply(reply)
+                if isinstance(reply, dict):
+                    self._reply(reply)
         finally:
             gone = SpawnerGone("the process that started local instances stopped")
             for started in self._started.values():

@@ -54,13 +54,14 @@ class _AsyncioProcess(Spawned):
 class AsyncioSpawner:
     """The spawn path before usage was measured: asyncio from the runner, wall time only."""
 
-    async def spawn(self, argv: Sequence[str], *, cwd: str | os.PathLike[str],
-                    env: Mapping[str, str], stdout: str, stderr: str) -> Spawned:
+    async def spawn(self, executable: str, argv: Sequence[str], *,
+                    cwd: str | os.PathLike[str], env: Mapping[str, str], stdout: str,
+                    stderr: str) -> Spawned:
         flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
         fds = [os.open(os.path.join(cwd, name), flags, 0o644) for name in (stdout, stderr)]
         try:
             proc = await asyncio.create_subprocess_exec(
-                *argv, cwd=cwd, env=dict(env), stdin=asyncio.subprocess.DEVNULL,
+                executable, *argv[1:], cwd=cwd, env=dict(env), stdin=asyncio.subprocess.DEVNULL,
                 stdout=fds[0], stderr=fds[1], start_new_session=True)
         finally:
             for fd in fds:
@@ -106,7 +107,7 @@ def one_run(base: Path, n: int, measured: bool, tag: str) -> float:
     return took
 
 
-def run(n: int = N, repeat: int = 2) -> dict[str, list[float]]:
+def run(n: int = N, repeat: int = 6) -> dict[str, list[float]]:
     out: dict[str, list[float]] = {"with": [], "without": []}
     with tempfile.TemporaryDirectory(prefix="airavata-usage-") as tmp:
         for r in range(repeat):  # interleaved: the machine's load touches both alike
@@ -127,7 +128,7 @@ def rows(result: dict[str, list[float]], n: int = N) -> list[tuple[str, str, str
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--n", type=int, default=N)
-    parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--repeat", type=int, default=6)
     args = parser.parse_args()
     for row in rows(run(args.n, args.repeat), args.n):
         print(" | ".join(row))

@@ -95,7 +95,7 @@ class LocalExecutor:
         self.envs = envs
         self.conda = conda
         self.base_env = host_environment(os.environ)
-        self.bash = shutil.which("bash", path=self.base_env["PATH"]) or "bash"
+        self.bash = shutil.which("bash", path=self.base_env["PATH"]) or "/bin/bash"
         self.spawner = Spawner()
         self.live = live  # samples running instances' usage, when given
         self._scripts: dict[str, str] = {}
@@ -158,7 +158,7 @@ class LocalExecutor:
         report(TaskState.RUNNING, None)
         try:
             proc = await self.spawner.spawn(
-                limited_argv(self.bash, script_path, ram_gb), cwd=workdir, env=env,
+                self.bash, limited_argv(self.bash, script_path, ram_gb), cwd=workdir, env=env,
                 stdout=LOGS[0], stderr=LOGS[1])
         except OSError as exc:
             return Outcome(TaskState.FAILED, None, f"cannot start bash: {exc}")
