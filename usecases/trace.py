@@ -5,9 +5,11 @@ its correlation id (usecases/correlation.py):
 - events (the Prefect API): every lifecycle event of ours related to
   `airavata.correlation.<id>` (domain/events.py), whatever process emitted it; an
   experiment's run carries its submit's id on, so its events follow the submit's;
-- log lines: flow and task run logs in the Prefect API that name it (a bundle's run logs its
-  experiment's id), and lines of this home's service logs (`AIRAVATA_HOME/server/*.log`: the
-  REST API writes it in every line, as `[id]`).
+- log lines: the logs of the flow runs of what it touched (the experiments its audit rows and
+  events name, their bundles' runs, the runs its events name) that name it (an experiment's
+  run logs its id as it starts), and lines of this home's service logs
+  (`AIRAVATA_HOME/server/*.log` but the Prefect server's own: the REST API writes the id in
+  every line, as `[id]`).
 
 In local mode it reads this machine's store for whoever operates it: everything. Through the
 REST API (`actor`) it is the caller's own: audit rows and events whose actor is the caller, and
@@ -32,6 +34,11 @@ from airavata_prefect.usecases.errors import BadInput
 from airavata_prefect.usecases.server import state_dir
 
 MAX_LINES = 1000  # of each source
+MAX_EXPERIMENTS = 20  # whose flow runs' logs are searched
+FLOW_RUN_PREFIX = "prefect.flow-run."
+# The Prefect server's own log echoes the queries made of it (a trace's own search among
+# them): not a log of what the request did.
+NOT_SCANNED = frozenset({"prefect.log"})
 MAX_LOG_BYTES = 32 << 20  # of each service log file, its end
 # Payload fields a trace line shows elsewhere (its subject, what, actor), left out of its detail.
 _SHOWN = frozenset({"correlation_id", "project_id", "experiment_id", "actor", "instance_id",
@@ -97,11 +104,31 @@ def _audit_lines(ctx: Context, cid: str, actor: str | None) -> list[TraceLine]:
             for r in ctx.store.audit.trail(correlation_id=cid, actor=actor, limit=MAX_LINES)]
 
 
-def _prefect_log_lines(cid: str) -> list[TraceLine]:
+def _flow_runs(ctx: Context, lines: list[TraceLine], events: list[SeenEvent]) -> set[str]:
+    """The flow runs of what the request touched: those its events name, and the runs of the
+    experiments its audit rows and events are about (their bundles' runs too)."""
+    runs = {rid.removeprefix(FLOW_RUN_PREFIX) for e in events for role, rid in e.related
+            if role == "flow-run" and rid.startswith(FLOW_RUN_PREFIX)}
+    experiments = {line.subject.partition(":")[2] for line in lines
+                   if line.subject.startswith("experiment:")}
+    experiments |= {str(e.payload["experiment_id"]) for e in events
+                    if e.payload.get("experiment_id")}
+    for exp_id in sorted(experiments)[:MAX_EXPERIMENTS]:
+        try:
+            exp = ctx.store.experiments.get(exp_id)
+        except NotFound:
+            continue
+        runs |= {r for r in (exp.flow_run_id, exp.origin_flow_run_id) if r}
+        runs |= {b.flow_run_id for b in ctx.store.bundles.of_experiment(exp.id)
+                 if b.flow_run_id}
+    return runs
+
+
+def _prefect_log_lines(cid: str, flow_runs: set[str]) -> list[TraceLine]:
     return [TraceLine(line.at.astimezone(UTC), "log", logging.getLevelName(line.level),
                       f"flow-run:{line.flow_run_id}" if line.flow_run_id else line.name, None,
                       None, line.message)
-            for line in prefect_events.read_logs(cid, limit=MAX_LINES)]
+            for line in prefect_events.read_logs(cid, flow_runs, limit=MAX_LINES)]
 
 
 def _tail_lines(path: Path) -> Iterator[str]:
@@ -136,6 +163,8 @@ def _service_log_lines(ctx: Context, cid: str, seen: list[str]) -> list[TraceLin
     out: list[TraceLine] = []
     d = state_dir(ctx.settings)
     for path in sorted(d.glob("*.log")) if d.is_dir() else []:
+        if path.name in NOT_SCANNED:
+            continue
         try:
             for line in _tail_lines(path):
                 if cid not in line or any(m in line for m in seen):
@@ -164,17 +193,17 @@ def trace(ctx: Context, correlation_id: str, *, actor: str | None = None) -> Tra
 
     lines = capped("audit rows", _audit_lines(ctx, cid, actor))
     prefect_logs: list[TraceLine] = []
-    events_read = False
+    events: list[SeenEvent] | None = None
     try:
-        lines += capped("events", [event_line(e) for e in
-                                   prefect_events.read_events(cid, limit=MAX_LINES)
-                                   if actor is None or e.actor == actor])
-        events_read = True
+        events = [e for e in prefect_events.read_events(cid, limit=MAX_LINES)
+                  if actor is None or e.actor == actor]
+        lines += capped("events", [event_line(e) for e in events])
     except prefect_events.EventsUnavailable as exc:  # its logs would not be read either
         notes.append(f"events and run logs not read: {exc}")
-    if events_read and actor is None:  # (log lines name no actor)
-        try:  # a text search over every run's logs: it may take long on a big server
-            prefect_logs = capped("run log lines", _prefect_log_lines(cid))
+    if events is not None and actor is None:  # (log lines name no actor)
+        try:
+            prefect_logs = capped("run log lines", _prefect_log_lines(
+                cid, _flow_runs(ctx, lines, events)))
         except prefect_events.EventsUnavailable as exc:
             notes.append(f"run logs not read: {exc}")
     lines += prefect_logs
