@@ -62,7 +62,7 @@ from airavata_prefect.domain.placement_model import (
     solve,
     solve_relaxed_and_round,
 )
-from airavata_prefect.domain.placement_start import solve_makespan
+from airavata_prefect.domain.placement_start import list_schedule, solve_makespan
 from airavata_prefect.domain.plan import Assignment, Plan
 from airavata_prefect.domain.resources import ComputeResource
 from airavata_prefect.domain.spec import Constraints, format_duration, parse_duration
@@ -210,12 +210,13 @@ def _diagnose(inp: ModelInput, deadline: float | None, max_cost: float | None,
             return (f"deadline {format_duration(deadline)} cannot be met: the fastest placement "
                     f"needs {format_duration(fastest.makespan)}")
     if max_cost is not None:
-        cheapest = solve(inp, "cost", time_limit=time_limit)
+        cheapest = solve(inp, "cost", time_limit=time_limit, start=list_schedule(inp))
         if cheapest.cost > max_cost:
             return (f"max_cost {max_cost:g} cannot be met: the cheapest placement costs "
                     f"{cheapest.cost:.2f}")
     if deadline is not None and max_cost is not None:
-        in_time = solve(inp, "cost", deadline=deadline, time_limit=time_limit)
+        in_time = solve(inp, "cost", deadline=deadline, time_limit=time_limit,
+                        start=list_schedule(inp))
         return (f"deadline {format_duration(deadline)} and max_cost {max_cost:g} cannot both be "
                 f"met: meeting the deadline costs at least {in_time.cost:.2f}")
     return "no placement satisfies the constraints"
@@ -270,7 +271,7 @@ def plan(classes: Sequence[TaskClass], resources: Sequence[ComputeResource],
                                  starts=[fast.x] if fast is not None else [])
         else:
             sol = solve(inp, objective, deadline=deadline, max_cost=max_cost,
-                        time_limit=time_limit, refs=refs)
+                        time_limit=time_limit, refs=refs, start=list_schedule(inp))
         if sol.status == "infeasible" and fast is None:
             return Plan("infeasible", objective, solve_seconds=time.perf_counter() - start,
                         reason=_diagnose(inp, deadline, max_cost, time_limit))

@@ -158,15 +158,14 @@ def _build(inp: ModelInput, objective: str, deadline: float | None, max_cost: fl
     return prob, x
 
 
-def _start(inp: ModelInput, deadline: float | None, max_cost: float | None
-           ) -> dict[Pair, float] | None:
-    """A plan to warm-start CBC from: the makespan's list schedule, when it meets the limits.
-    Without one CBC can end a short time limit with no plan at all, even for a deadline the
-    fastest plan meets with room to spare (bench scenarios 6, 8 and 9 at 2 s, deadline 1.5 x
-    the fastest makespan)."""
-    from airavata_prefect.domain.placement_start import list_schedule  # it imports this module
-
-    x = list_schedule(inp)
+def _start(inp: ModelInput, x: dict[Pair, float] | None, deadline: float | None,
+           max_cost: float | None) -> dict[Pair, float] | None:
+    """`x` (the caller's start, e.g. placement_start.list_schedule) when it meets the limits:
+    a plan to warm-start CBC from. Without one CBC can end a short time limit with no plan at
+    all, even for a deadline the fastest plan meets with room to spare (bench scenarios 6, 8
+    and 9 at 2 s, deadline 1.5 x the fastest makespan)."""
+    if x is None:
+        return None
     cost, finish = evaluate(inp, x)
     if (deadline is not None and sum(level_times(finish).values()) > deadline + 1e-6) or \
             (max_cost is not None and cost > max_cost + 1e-6):
@@ -176,8 +175,9 @@ def _start(inp: ModelInput, deadline: float | None, max_cost: float | None
 
 def solve(inp: ModelInput, objective: str, *, deadline: float | None = None,
           max_cost: float | None = None, time_limit: float = 10.0,
-          refs: tuple[float, float] = (1.0, 1.0)) -> Solution:
-    start = _start(inp, deadline, max_cost)
+          refs: tuple[float, float] = (1.0, 1.0),
+          start: dict[Pair, float] | None = None) -> Solution:
+    start = _start(inp, start, deadline, max_cost)
     prob, x = _build(inp, objective, deadline, max_cost, refs, start)
     prob.solve(pulp.PULP_CBC_CMD(msg=False, timeLimit=time_limit, warmStart=start is not None))
     # "Not Solved" after a time limit means CBC found no integer solution: its values are the

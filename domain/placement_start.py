@@ -337,5 +337,6 @@ def solve_makespan(inp: ModelInput, *, deadline: float | None, time_limit: float
     if deadline is not None and sol.makespan > deadline + 1e-6:
         if proven:
             return Solution("infeasible", {}, math.inf, math.inf, {}, math.inf)
-        return solve(inp, "time", deadline=deadline, time_limit=time_limit)  # the coupled model
+        return solve(inp, "time", deadline=deadline, time_limit=time_limit,  # the coupled model
+                     start=list_schedule(inp))
     return sol

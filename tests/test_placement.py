@@ -393,7 +393,7 @@ def test_a_deadline_the_fastest_plan_meets_is_never_infeasible() -> None:
     start = list_schedule(inp)
     start_cost, finish = evaluate(inp, start)
     deadline = 1.5 * sum(level_times(finish).values())
-    sol = solve(inp, "cost", deadline=deadline, time_limit=0.2)
+    sol = solve(inp, "cost", deadline=deadline, time_limit=0.2, start=start)
     assert sol.status == "feasible" and sol.makespan <= deadline
     assert sol.cost <= start_cost + 1e-6
 
