@@ -13,10 +13,11 @@ import shlex
 import subprocess
 import tarfile
 import tempfile
-from collections.abc import Mapping
+import zlib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import IO, Any, BinaryIO, Protocol
 
 
 class HostError(RuntimeError):
@@ -44,7 +45,10 @@ class Host(Protocol):
     name: str  # for messages: "local" or "user@host:port"
 
     def run(self, command: str, *, stdin: Stdin | None = None,
-            timeout: float | None = None) -> CommandResult: ...
+            timeout: float | None = None, stdout: BinaryIO | None = None) -> CommandResult:
+        """`stdout`: a file its output is written to as it comes (the result's stdout is then
+        empty), instead of held in memory."""
+        ...
 
     def close(self) -> None: ...
 
@@ -99,30 +103,37 @@ def upload(host: Host, directory: str, files: Mapping[str, Content], *,
               stdin=archive, what=f"upload to {directory}")
 
 
-def download(host: Host, directory: str, paths: list[str]) -> dict[str, bytes]:
-    """Read the files that exist among `paths` (relative to `directory`), in one round trip.
-    Missing files are simply absent from the result."""
+def download(host: Host, directory: str, paths: list[str],
+             place: Callable[[str, IO[bytes]], None]) -> set[str]:
+    """Fetch the files that exist among `paths` (relative to `directory`) in one round trip,
+    handing each to `place(path, file)` as it comes out of the archive; returns the paths found
+    (a missing file is simply absent). Nothing is held whole in memory: the archive lands in a
+    temporary file and is read as a stream; a name that was not asked for is ignored."""
     if not paths:
-        return {}
+        return set()
+    wanted = set(paths)
     listing = ("\n".join(paths) + "\n").encode()  # `read` drops an unterminated last line
     d = shlex.quote(directory)
     # Keep only the files that exist, then tar them to stdout; an empty list gives no archive.
     cmd = (f"cd {d} 2>/dev/null || exit 0; "
            "while IFS= read -r f; do [ -f \"$f\" ] && printf '%s\\n' \"$f\"; done "
            "| tar czf - -T - --no-recursion 2>/dev/null || true")
-    result = host.run(cmd, stdin=listing)
-    if not result.stdout:
-        return {}
-    out: dict[str, bytes] = {}
-    try:
-        with tarfile.open(fileobj=io.BytesIO(result.stdout), mode="r:gz") as tar:
-            for member in tar.getmembers():
-                f = tar.extractfile(member)
-                if f is not None:
-                    out[member.name] = f.read()
-    except (tarfile.TarError, EOFError) as exc:
-        raise HostError(f"download from {host.name}:{directory} failed: {exc}") from None
-    return out
+    found: set[str] = set()
+    with tempfile.TemporaryFile() as spool:
+        host.run(cmd, stdin=listing, stdout=spool)
+        if spool.seek(0, os.SEEK_END) == 0:
+            return found
+        spool.seek(0)
+        try:
+            with tarfile.open(fileobj=spool, mode="r|gz") as tar:
+                for member in tar:
+                    f = tar.extractfile(member) if member.isfile() else None
+                    if f is not None and member.name in wanted:
+                        place(member.name, f)
+                        found.add(member.name)
+        except (tarfile.TarError, EOFError, zlib.error) as exc:
+            raise HostError(f"download from {host.name}:{directory} failed: {exc}") from None
+    return found
 
 
 class LocalHost:
@@ -137,18 +148,21 @@ class LocalHost:
         self.env = {**base, **(env or {})}
 
     def run(self, command: str, *, stdin: Stdin | None = None,
-            timeout: float | None = None) -> CommandResult:
+            timeout: float | None = None, stdout: BinaryIO | None = None) -> CommandResult:
         feed: dict[str, Any] = {"input": stdin} if not hasattr(stdin, "read") else {
             "stdin": stdin}  # a file: the child reads it where it stands
+        if stdout is not None:
+            stdout.flush()  # the child writes through its own descriptor, where it stands
         try:
-            proc = subprocess.run(["bash", "-c", command], capture_output=True, env=self.env,
-                                  timeout=timeout, **feed)
+            proc = subprocess.run(["bash", "-c", command], env=self.env, timeout=timeout,
+                                  stdout=stdout if stdout is not None else subprocess.PIPE,
+                                  stderr=subprocess.PIPE, **feed)
         except subprocess.TimeoutExpired:
             raise HostError(f"command on {self.name} timed out after {timeout} s: "
                             f"{command[:80]}") from None
         except OSError as exc:
             raise HostError(f"cannot run a command on {self.name}: {exc}") from None
-        return CommandResult(proc.returncode, proc.stdout, proc.stderr)
+        return CommandResult(proc.returncode, proc.stdout or b"", proc.stderr)
 
     def close(self) -> None:
         return None

@@ -13,6 +13,7 @@ import select
 import threading
 import time
 from dataclasses import dataclass
+from typing import BinaryIO
 
 import paramiko
 
@@ -122,21 +123,25 @@ class SSHHost:
             return self._client
 
     def run(self, command: str, *, stdin: Stdin | None = None,
-            timeout: float | None = None) -> CommandResult:
+            timeout: float | None = None, stdout: BinaryIO | None = None) -> CommandResult:
         start = stdin.tell() if stdin is not None and not isinstance(stdin, bytes) else 0
+        out_start = stdout.tell() if stdout is not None else 0
         for attempt in (0, 1):  # one reconnect: a dropped connection is not a failed command
             try:
                 if stdin is not None and not isinstance(stdin, bytes):
                     stdin.seek(start)  # the retry sends the file from its start again
-                return self._run_once(command, stdin, timeout)
+                if stdout is not None:  # and writes its output afresh
+                    stdout.seek(out_start)
+                    stdout.truncate()
+                return self._run_once(command, stdin, timeout, stdout)
             except (paramiko.SSHException, EOFError, OSError) as exc:
                 if attempt:
                     raise HostError(f"SSH to {self.name} dropped: {exc}") from None
                 self.drop()
         raise AssertionError("unreachable")
 
-    def _run_once(self, command: str, stdin: Stdin | None,
-                  timeout: float | None) -> CommandResult:
+    def _run_once(self, command: str, stdin: Stdin | None, timeout: float | None,
+                  stdout: BinaryIO | None = None) -> CommandResult:
         transport = self.client().get_transport()
         assert transport is not None
         chan = transport.open_session(timeout=self._timeout)
@@ -160,7 +165,10 @@ class SSHHost:
                                     f"{command[:80]}")
                 select.select([chan], [], [], 0.05)
                 while chan.recv_ready():
-                    out += chan.recv(1 << 16)
+                    if stdout is not None:
+                        stdout.write(chan.recv(1 << 16))
+                    else:
+                        out += chan.recv(1 << 16)
                 while chan.recv_stderr_ready():
                     err += chan.recv_stderr(1 << 16)
             return CommandResult(chan.recv_exit_status(), bytes(out), bytes(err))

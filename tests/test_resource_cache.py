@@ -10,6 +10,7 @@ import io
 import os
 import tarfile
 from pathlib import Path
+from typing import BinaryIO
 
 import pytest
 
@@ -31,11 +32,11 @@ class FaultyLink(LocalHost):
         self.uploads = 0
 
     def run(self, command: str, *, stdin: Stdin | None = None,
-            timeout: float | None = None) -> CommandResult:
+            timeout: float | None = None, stdout: BinaryIO | None = None) -> CommandResult:
         if stdin is not None and "tar x" in command:
             self.uploads += 1
             stdin = self._corrupt(stdin if isinstance(stdin, bytes) else stdin.read())
-        return super().run(command, stdin=stdin, timeout=timeout)
+        return super().run(command, stdin=stdin, timeout=timeout, stdout=stdout)
 
     def _corrupt(self, payload: bytes) -> bytes:
         out = io.BytesIO()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import resource
 import subprocess
+from typing import BinaryIO
 
 import pytest
 
@@ -94,8 +96,29 @@ def test_upload_and_download_round_trip(kind: str, ssh: SSHHost, sshd: Sshd) -> 
     upload(host, base, {"a.txt": "alpha", "deep/dir/b.bin": b"\x00\x01", "run.sh": "echo hi\n"},
            executable=frozenset({"run.sh"}))
     assert host.run(f"cd {base} && ./run.sh").text == "hi\n"
-    got = download(host, base, ["a.txt", "deep/dir/b.bin", "missing.txt"])
-    assert got == {"a.txt": b"alpha", "deep/dir/b.bin": b"\x00\x01"}
-    assert download(host, base + "/nowhere", ["a.txt"]) == {}
-    assert download(host, base, ["missing.txt", "a.txt"]) == {"a.txt": b"alpha"}  # the last one
+
+    def fetch(directory: str, paths: list[str]) -> dict[str, bytes]:
+        got: dict[str, bytes] = {}
+        found = download(host, directory, paths, lambda rel, f: got.update({rel: f.read()}))
+        assert found == set(got)
+        return got
+
+    assert fetch(base, ["a.txt", "deep/dir/b.bin", "missing.txt"]) == {
+        "a.txt": b"alpha", "deep/dir/b.bin": b"\x00\x01"}
+    assert fetch(base + "/nowhere", ["a.txt"]) == {}
+    assert fetch(base, ["missing.txt", "a.txt"]) == {"a.txt": b"alpha"}  # the last one
+    # Only what was asked for is handed over, whatever else the archive holds.
+    assert fetch(base, ["deep/dir/b.bin"]) == {"deep/dir/b.bin": b"\x00\x01"}
+    # A big file comes through a spool, never whole in this process's memory at once.
+    host.run(f"head -c {64 << 20} /dev/urandom > {base}/big.bin")
+    sizes: dict[str, int] = {}
+
+    def count(rel: str, f: BinaryIO) -> None:
+        sizes[rel] = sum(len(chunk) for chunk in iter(lambda: f.read(1 << 20), b""))
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    assert download(host, base, ["big.bin"], count) == {"big.bin"}
+    assert sizes == {"big.bin": 64 << 20}
+    grew = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak  # KiB
+    assert grew < 32 << 10, grew
     host.run(f"rm -rf {base}")

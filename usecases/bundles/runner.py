@@ -24,6 +24,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 from airavata_prefect.adapters.hosts import Host, HostError, download, upload
 from airavata_prefect.adapters.launcher import Launcher, read_markers
@@ -348,16 +349,21 @@ class BundleRunner:
                 if path.startswith(job.remote.root + "/"):
                     wanted[path.removeprefix(job.remote.root + "/")] = (
                         k, out, Path(job.home.output_path(inst.step, inst.index, out)))
-        got = download(job.host, job.remote.root, list(wanted))
+        placed: set[str] = set()
+
+        def place(rel: str, f: IO[bytes]) -> None:  # streamed home, never whole in memory
+            try:
+                write_inside(Path(job.home.root), str(wanted[rel][2].relative_to(job.home.root)),
+                             iter(lambda: f.read(1 << 20), b""))
+                placed.add(rel)
+            except StorageError as exc:  # an earlier attempt here left a link out
+                job.log.warning("bundle %s: %s", job.id, exc)
+
+        download(job.host, job.remote.root, list(wanted), place)
         missing: dict[int, list[str]] = {}
-        for rel, (k, name, target) in wanted.items():
-            if rel in got:
-                try:
-                    write_inside(Path(job.home.root),
-                                 str(target.relative_to(job.home.root)), [got[rel]])
-                    continue
-                except StorageError as exc:  # an earlier attempt here left a link out
-                    job.log.warning("bundle %s: %s", job.id, exc)
+        for rel, (k, name, _) in wanted.items():
+            if rel in placed:
+                continue
             if name not in LOGS:
                 missing.setdefault(k, []).append(
                     f"{name}={job.members[k].instance.outputs[name]}")
