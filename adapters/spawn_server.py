@@ -45,7 +45,8 @@ class Server:
 
     def say(self, **reply: Any) -> None:
         body = marshal.dumps(reply)
-        self.out.write(_LENGTH.pack(len(body)) + body)
+        with contextlib.suppress(BrokenPipeError):  # the runner is gone: serve() ends
+            self.out.write(_LENGTH.pack(len(body)) + body)
 
     def spawn(self, req: dict[str, Any]) -> None:
         ident = req["id"]
@@ -114,7 +115,10 @@ class Server:
                     running = self.requests()
                 elif key.data in self.live:
                     self.reap(key.data)
-            self.out.flush()
+            try:
+                self.out.flush()
+            except BrokenPipeError:
+                running = False  # the runner is gone
         for ident, (pid, _) in list(self.live.items()):  # the runner is gone: so are they
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pid, signal.SIGKILL)

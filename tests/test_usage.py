@@ -200,3 +200,25 @@ def test_proc_stat_lines_with_odd_command_names() -> None:
     assert pgrp == 4242 and rss == 250 * os.sysconf("SC_PAGE_SIZE")
     assert cpu == pytest.approx(250 / os.sysconf("SC_CLK_TCK"))
     assert parse_stat("garbage") is None and parse_stat("1 (x) S 1 2") is None
+
+
+def test_instances_start_with_default_signals_whatever_the_runner_ignores(
+        tmp_path: Path) -> None:
+    import signal
+
+    out = tmp_path / "sigign"
+    graph = compile_graph(parse_spec_text(textwrap.dedent(f"""
+        tasks:
+          s: {{command: 'grep SigIgn /proc/self/status > {out}'}}
+        """), "t.yml"), root=str(tmp_path))
+    before = signal.signal(signal.SIGQUIT, signal.SIG_IGN)  # as a background job's shell has
+    try:
+        executor = LocalExecutor(graph, "exp")
+        sched = Scheduler(graph, executor, Recorder(lambda _b: None, interval=0.05),
+                          concurrency=1)
+        assert asyncio.run(run_to_end(sched, executor)).ok
+    finally:
+        signal.signal(signal.SIGQUIT, before)
+    ignored = int(out.read_text().split()[1], 16)  # of a command the script runs (bash
+    # itself ignores SIGQUIT in its own process, whatever it inherited)
+    assert not ignored & (1 << (signal.SIGQUIT - 1)), hex(ignored)

@@ -4,8 +4,9 @@ Each instance gets its own working directory (`<experiment>/<step>/<index>`), th
 domain/instance.py gives it (nothing of ours: the runner's own variables may hold secrets, such
 as a database URL) with its step's conda / pip environments active (built once each, while it
 is in ENV_SETUP: usecases/conda_envs.py, usecases/pip_envs.py), its own session and process
-group (so cancel and timeout kill the whole tree) with default signal dispositions,
-stdout/stderr in its logs, and its declared outputs checked after a zero exit. How it ended
+group (so cancel and timeout kill the whole tree) with default signal dispositions whatever
+the runner inherited (set by adapters/spawn_server.py, which starts it), stdout/stderr in its
+logs, and its declared outputs checked after a zero exit. How it ended
 becomes a state through domain/endings.py.
 """
 
@@ -15,9 +16,6 @@ import asyncio
 import os
 import shutil
 import signal
-import sys
-import threading
-import warnings
 from pathlib import Path
 
 from airavata_prefect.adapters.spawner import Spawned, Spawner, SpawnerGone
@@ -45,50 +43,12 @@ from airavata_prefect.usecases.pip_envs import PipEnvironments
 KILL_GRACE_SECONDS = 5.0
 
 
-_watched_loops: set[int] = set()
-
-
-def _fast_child_watcher() -> None:
-    """On Python 3.11 asyncio waits for each child with a thread of its own; a pidfd watcher
-    makes spawning ~1.5x faster (3.12+ does this by itself)."""
-    loop = asyncio.get_running_loop()
-    if sys.version_info >= (3, 12) or id(loop) in _watched_loops:
-        return
-    _watched_loops.add(id(loop))
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            watcher = asyncio.PidfdChildWatcher()
-            asyncio.set_child_watcher(watcher)
-            watcher.attach_loop(loop)
-    except (OSError, AttributeError, NotImplementedError):
-        pass  # an old kernel: keep the default watcher
-
-
-# Signals a process may have inherited as ignored (a background job of a non-interactive shell
-# ignores SIGINT and SIGQUIT); an ignored signal stays ignored across exec, in every instance.
-_RESTORED = (signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGTERM, signal.SIGUSR1,
-             signal.SIGUSR2, signal.SIGALRM, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU)
-
-
-def restore_signal_defaults() -> None:
-    """Un-ignore inherited signals in this process, so instances start with the defaults
-    (Python's own handlers become the defaults again at exec). Main thread only."""
-    if threading.current_thread() is not threading.main_thread():
-        return
-    for sig in _RESTORED:
-        if signal.getsignal(sig) == signal.SIG_IGN:
-            signal.signal(sig, signal.default_int_handler if sig == signal.SIGINT
-                          else signal.SIG_DFL)
-
-
 class LocalExecutor:
     def __init__(self, graph: TaskGraph, experiment_id: str,
                  mounts: LocalMounts | None = None,
                  envs: PipEnvironments | None = None,
                  conda: CondaEnvironments | None = None,
                  live: LiveUsage | None = None) -> None:
-        restore_signal_defaults()
         self.graph = graph
         self.experiment_id = experiment_id
         self.mounts = mounts
@@ -126,7 +86,6 @@ class LocalExecutor:
 
     async def __call__(self, inst: TaskInstance, attempt: int, report: Report,
                        cancel: asyncio.Event) -> Outcome:
-        _fast_child_watcher()
         plan = self.graph.by_name[inst.step]
         workdir = Path(self.graph.workdir(inst.step, inst.index))
         storage = plan.resources.storage
